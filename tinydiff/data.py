@@ -1,0 +1,287 @@
+r"""Data for every lesson, all offline: an exact Gaussian-mixture oracle, 2-D toy sets, digits.
+
+The :class:`GaussianMixture` is the book's *oracle*. For :math:`Y = aX + s\varepsilon` with
+:math:`X\sim\sum_k w_k\mathcal N(\mu_k,\Sigma_k)` and :math:`\varepsilon\sim\mathcal N(0,I)`, the law of
+:math:`Y` is again a mixture, :math:`\sum_k w_k\mathcal N(a\mu_k, a^2\Sigma_k + s^2 I)`, so its density,
+score and posterior mean :math:`\mathbb E[X\mid Y]` are closed-form. With :math:`a=\sqrt{\bar\alpha_t}`,
+:math:`s=\sqrt{1-\bar\alpha_t}` that is the exact noised marginal of diffusion at step ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import convert
+
+__all__ = ["GaussianMixture", "toy_2d", "TOY_2D", "load_digits", "load_mnist"]
+
+
+class GaussianMixture:
+    """A mixture of Gaussians in ``D`` dimensions with exact noised marginals (see the module docstring).
+
+    Args:
+        weights: ``(K,)`` non-negative, summing to 1.
+        means: ``(K, D)``.
+        covs: ``(K, D, D)`` symmetric positive definite, or ``(K, D)`` diagonals, or ``(K,)`` isotropic variances.
+        labels: optional ``(K,)`` integer class of each component (for guidance, lesson 06).
+
+    All computations are done in float64; results come back in the dtype of the input ``x``.
+    """
+
+    def __init__(self, weights, means, covs, labels=None):
+        w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        if mu.ndim != 2:
+            raise ValueError(f"means must have shape (K, D); got {tuple(mu.shape)}")
+        K, D = mu.shape
+        if w.shape != (K,):
+            raise ValueError(f"weights must have shape ({K},) to match the {K} means; got {tuple(w.shape)}")
+        if (w < 0).any() or not torch.isfinite(w).all():
+            raise ValueError("mixture weights must be finite and non-negative")
+        if abs(w.sum().item() - 1.0) > 1e-6:
+            raise ValueError(f"mixture weights must sum to 1; they sum to {w.sum().item():.6g} (divide by their sum)")
+        cov = torch.as_tensor(covs, dtype=torch.float64)
+        if cov.shape == (K,):
+            cov = cov[:, None, None] * torch.eye(D, dtype=torch.float64)
+        elif cov.shape == (K, D):
+            cov = torch.diag_embed(cov)
+        if cov.shape != (K, D, D):
+            raise ValueError(f"covs must have shape (K, D, D), (K, D) or (K,) with K={K}, D={D}; got {tuple(cov.shape)}")
+        if not torch.allclose(cov, cov.transpose(-1, -2), atol=1e-10):
+            raise ValueError("every covariance must be symmetric")
+        _, info = torch.linalg.cholesky_ex(cov)
+        if (info != 0).any():
+            bad = int(torch.nonzero(info)[0])
+            raise ValueError(f"covariance of component {bad} is not positive definite (check its eigenvalues)")
+        self.weights, self.means, self.covs = w, mu, cov
+        self.K, self.D = K, D
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+            if labels.shape != (K,) or (labels < 0).any():
+                raise ValueError(f"labels must be {K} non-negative integers, one per component")
+        self.labels = labels
+        self.num_classes = None if labels is None else int(labels.max()) + 1
+
+    # -------------------------------------------------------------------------------- constructors
+    @classmethod
+    def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.2, labels=None) -> "GaussianMixture":
+        """``k`` equal-weight isotropic components evenly spaced on a circle (2-D)."""
+        ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+        means = radius * torch.stack([ang.cos(), ang.sin()], dim=1)
+        return cls(torch.full((k,), 1.0 / k, dtype=torch.float64), means, torch.full((k,), std**2), labels=labels)
+
+    @classmethod
+    def isotropic(cls, means, std: float, weights=None, labels=None) -> "GaussianMixture":
+        """Components of a common standard deviation ``std``; equal weights unless given."""
+        means = torch.as_tensor(means, dtype=torch.float64)
+        K = means.shape[0]
+        w = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else weights
+        return cls(w, means, torch.full((K,), float(std) ** 2), labels=labels)
+
+    # -------------------------------------------------------------------------------- sampling
+    def sample(self, n: int, generator: torch.Generator | None = None, *, return_components: bool = False,
+               dtype=torch.float32):
+        """Draw ``n`` samples ``(n, D)``; with ``return_components`` also the component index of each."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.D, generator=generator, dtype=torch.float64)
+        L = torch.linalg.cholesky(self.covs)
+        x = self.means[comp] + (L[comp] @ z.unsqueeze(-1)).squeeze(-1)
+        x = x.to(dtype)
+        return (x, comp) if return_components else x
+
+    def sample_class(self, y: int, n: int, generator=None, dtype=torch.float32):
+        """Draw ``n`` samples from the class-conditional mixture :math:`p(x\\mid y)`."""
+        return self.conditional(y).sample(n, generator, dtype=dtype)
+
+    # -------------------------------------------------------------------------------- exact quantities
+    def _noised(self, x, a, s):
+        """Per-sample, per-component mean ``(B,K,D)`` and Cholesky factor ``(B or 1,K,D,D)`` of ``aX + s eps``."""
+        x64 = x.to(torch.float64)
+        B = x64.shape[0]
+        a = torch.as_tensor(a, dtype=torch.float64, device=x.device)
+        s = torch.as_tensor(s, dtype=torch.float64, device=x.device)
+        if a.ndim not in (0, 1) or s.ndim not in (0, 1) or (a.ndim == 1 and a.shape[0] != B) or (s.ndim == 1 and s.shape[0] != B):
+            raise ValueError(f"a and s must be scalars or tensors of shape ({B},); got {tuple(a.shape)}, {tuple(s.shape)}")
+        a = a.reshape(-1, 1, 1, 1) if a.ndim else a.reshape(1, 1, 1, 1)
+        s = s.reshape(-1, 1, 1, 1) if s.ndim else s.reshape(1, 1, 1, 1)
+        mu = self.means.to(x.device)
+        cov = self.covs.to(x.device)
+        eye = torch.eye(self.D, dtype=torch.float64, device=x.device)
+        C = a**2 * cov.unsqueeze(0) + s**2 * eye  # (B or 1, K, D, D)
+        m = a[..., 0] * mu.unsqueeze(0)  # (B or 1, K, D)
+        return x64, m, C, a
+
+    def _check_x(self, x):
+        if x.ndim != 2 or x.shape[1] != self.D:
+            raise ValueError(f"x must have shape (B, {self.D}) for this {self.D}-D mixture; got {tuple(x.shape)}")
+
+    def _component_terms(self, x, a, s):
+        self._check_x(x)
+        x64, m, C, a4 = self._noised(x, a, s)
+        L = torch.linalg.cholesky(C)
+        diff = x64.unsqueeze(1) - m  # (B, K, D)
+        sol = torch.cholesky_solve(diff.unsqueeze(-1), L.expand(diff.shape[0], -1, -1, -1)).squeeze(-1)  # C^{-1}(x - m)
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (B or 1, K)
+        maha = (diff * sol).sum(-1)
+        logN = -0.5 * (maha + logdet + self.D * math.log(2 * math.pi))
+        logw = torch.log(self.weights.to(x.device)).unsqueeze(0)
+        return logw + logN, sol, a4
+
+    def log_prob(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
+        r""":math:`\log p(y)` of :math:`Y = aX + s\varepsilon` at ``x`` ``(B, D)``; returns ``(B,)``."""
+        lj, _, _ = self._component_terms(x, a, s)
+        return torch.logsumexp(lj, dim=1).to(x.dtype)
+
+    def component_posterior(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
+        r"""Responsibilities :math:`p(k\mid y)` ``(B, K)`` of each component for :math:`Y = aX + s\varepsilon`."""
+        lj, _, _ = self._component_terms(x, a, s)
+        return torch.softmax(lj, dim=1).to(x.dtype)
+
+    def score(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
+        r""":math:`\nabla_y\log p(y) = -\sum_k p(k\mid y)\,C_k^{-1}(y - a\mu_k)`, :math:`C_k = a^2\Sigma_k + s^2 I`."""
+        lj, sol, _ = self._component_terms(x, a, s)
+        r = torch.softmax(lj, dim=1)
+        return -(r.unsqueeze(-1) * sol).sum(1).to(x.dtype)
+
+    def posterior_mean(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
+        r"""Tweedie's target :math:`\mathbb E[X\mid Y=y] = \sum_k p(k\mid y)\,\big(\mu_k + a\Sigma_k C_k^{-1}(y - a\mu_k)\big)`."""
+        lj, sol, a4 = self._component_terms(x, a, s)
+        r = torch.softmax(lj, dim=1)
+        cov = self.covs.to(x.device).unsqueeze(0)
+        mk = self.means.to(x.device).unsqueeze(0) + a4[..., 0] * (cov @ sol.unsqueeze(-1)).squeeze(-1)
+        return (r.unsqueeze(-1) * mk).sum(1).to(x.dtype)
+
+    # -------------------------------------------------------------------------------- classes
+    def _require_labels(self):
+        if self.labels is None:
+            raise ValueError("this mixture has no labels: build it with labels=[class of each component]")
+
+    def class_posterior(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
+        r""":math:`p(y\mid x_t)` ``(B, num_classes)``: the responsibilities summed over each class's components."""
+        self._require_labels()
+        r = self.component_posterior(x, a, s)
+        onehot = torch.nn.functional.one_hot(self.labels, self.num_classes).to(r.dtype).to(r.device)
+        return r @ onehot
+
+    def conditional(self, y: int) -> "GaussianMixture":
+        r"""The class-conditional mixture :math:`p(x\mid y)` (components of class ``y``, weights renormalised)."""
+        self._require_labels()
+        if not 0 <= int(y) < self.num_classes:
+            raise ValueError(f"class y must be in 0..{self.num_classes - 1}; got {y}")
+        keep = self.labels == int(y)
+        w = self.weights[keep]
+        return GaussianMixture(w / w.sum(), self.means[keep], self.covs[keep], labels=self.labels[keep])
+
+    # -------------------------------------------------------------------------------- diffusion view
+    def eps_fn(self, sched):
+        r"""The exact :math:`\varepsilon`-denoiser for schedule ``sched``:
+        :math:`\varepsilon^*(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log q_t(x_t)` (usable by any sampler)."""
+
+        def eps(x, t):
+            ab = sched.alpha_bar[t.cpu()].to(x.device)
+            return convert.eps_from_score(self.score(x, ab.sqrt(), (1 - ab).sqrt()), ab)
+
+        return eps
+
+    def mean(self) -> torch.Tensor:
+        """The mixture mean ``(D,)`` (float64)."""
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        """The mixture covariance ``(D, D)`` (float64): within-component plus between-component spread."""
+        m = self.mean()
+        d = self.means - m
+        return (self.weights[:, None, None] * (self.covs + d[:, :, None] * d[:, None, :])).sum(0)
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(K={self.K}, D={self.D}{'' if self.labels is None else f', classes={self.num_classes}'})"
+
+
+# ------------------------------------------------------------------------------------ 2-D toy sets
+def _moons(n, g):
+    n1 = n // 2
+    a = torch.rand(n1, generator=g) * math.pi
+    b = torch.rand(n - n1, generator=g) * math.pi
+    upper = torch.stack([a.cos(), a.sin()], 1)
+    lower = torch.stack([1 - b.cos(), 0.5 - b.sin()], 1)
+    x = torch.cat([upper, lower]) + 0.05 * torch.randn(n, 2, generator=g)
+    return (x - torch.tensor([0.5, 0.25])) * 1.6
+
+
+def _swiss_roll(n, g):
+    u = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))
+    x = torch.stack([u * u.cos(), u * u.sin()], 1) / 5.0
+    return x + 0.05 * torch.randn(n, 2, generator=g)
+
+
+def _checkerboard(n, g):
+    x1 = torch.rand(n, generator=g) * 4 - 2
+    x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g) * 2.0
+    x2 = x2 + (torch.floor(x1) % 2)
+    return torch.stack([x1, x2], 1)
+
+
+def _eight_gaussians(n, g):
+    return GaussianMixture.ring(8, radius=2.0, std=0.15).sample(n, g)
+
+
+TOY_2D = {"moons": _moons, "swiss_roll": _swiss_roll, "checkerboard": _checkerboard, "eight_gaussians": _eight_gaussians}
+
+
+def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` points ``(n, 2)`` float32 of a 2-D toy set: one of ``moons``, ``swiss_roll``, ``checkerboard``,
+    ``eight_gaussians``; roughly centred with unit scale."""
+    if name not in TOY_2D:
+        raise ValueError(f"unknown toy set {name!r}; choose one of {sorted(TOY_2D)}")
+    if int(n) < 1:
+        raise ValueError(f"n must be a positive number of points; got {n}")
+    return TOY_2D[name](int(n), generator).float()
+
+
+# ------------------------------------------------------------------------------------ digits
+def load_digits(size: int = 8, *, return_labels: bool = True):
+    """scikit-learn's bundled 8×8 digits (1,797 real images, no download), scaled to ``[-1, 1]``.
+
+    Returns ``(x, y)``: ``x`` float32 ``(1797, 1, size, size)``, ``y`` LongTensor ``(1797,)``.
+    ``size=16`` upsamples bilinearly (convenient for UNets with two downsamplings).
+    """
+    from sklearn.datasets import load_digits as _sk_digits
+
+    if size not in (8, 16, 32):
+        raise ValueError(f"size must be 8, 16 or 32; got {size}")
+    d = _sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0  # pixel values 0..16 -> [-1, 1]
+    if size != 8:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
+    y = torch.tensor(d.target, dtype=torch.long)
+    return (x, y) if return_labels else x
+
+
+def load_mnist(root: str = "~/.cache/tinydiff", *, train: bool = True, fashion: bool = False):
+    """MNIST (or Fashion-MNIST) in ``[-1, 1]`` via torchvision, where it is installed and the network allows.
+
+    Returns ``(x, y)`` with ``x`` float32 ``(N, 1, 28, 28)``. Offline, or without torchvision, raises a
+    ``RuntimeError`` saying what to do instead (``load_digits`` always works).
+    """
+    try:
+        from torchvision import datasets
+    except Exception as exc:  # ImportError, or a torchvision that does not match torch
+        raise RuntimeError(
+            "MNIST needs torchvision, which is not importable here "
+            f"({type(exc).__name__}: {exc}). Use tinydiff.data.load_digits() instead (offline, no extra install), "
+            "or install a torchvision that matches your torch (on Colab it is preinstalled)."
+        ) from None
+    import os
+
+    cls = datasets.FashionMNIST if fashion else datasets.MNIST
+    try:
+        ds = cls(os.path.expanduser(root), train=train, download=True)
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not load {'Fashion-' if fashion else ''}MNIST ({type(exc).__name__}: {exc}). "
+            "It is downloaded on first use, which needs the network; offline, use tinydiff.data.load_digits()."
+        ) from None
+    x = ds.data.float().unsqueeze(1) / 127.5 - 1.0
+    return x, ds.targets.long()

@@ -1,0 +1,266 @@
+r"""DDPM (lesson 02): the forward process, its posterior, the loss, Algorithm 2 and the ELBO terms.
+
+Notation: :math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon` and
+
+.. math:: q(x_{t-1}\mid x_t, x_0) = \mathcal N\Big(\tfrac{\sqrt{\bar\alpha_{t-1}}\beta_t}{1-\bar\alpha_t}x_0
+          + \tfrac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t,\;
+          \tfrac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t I\Big).
+
+Every sampler takes a denoiser callable ``eps_fn(x, t) -> eps`` with ``t`` a LongTensor ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import convert
+from .utils import check_same_shape, expand_to, progress
+
+__all__ = [
+    "q_sample",
+    "q_step",
+    "q_posterior",
+    "posterior_mean_coefs",
+    "reverse_variance",
+    "p_mean",
+    "step",
+    "sample",
+    "loss",
+    "LOSS_TARGETS",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "prior_kl",
+    "denoising_kl",
+    "reconstruction_log_prob",
+    "elbo_terms",
+]
+
+VARIANCES = ("posterior", "beta")
+LOSS_TARGETS = ("eps", "x0", "v")
+
+
+def _check_var(var: str) -> None:
+    if var not in VARIANCES:
+        raise ValueError(f"var must be 'posterior' (sigma_t^2 = tilde beta_t) or 'beta' (sigma_t^2 = beta_t); got {var!r}")
+
+
+# ---------------------------------------------------------------------------------- forward process
+def q_sample(x0: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
+    r"""Sample :math:`q(x_t\mid x_0)`: :math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon`.
+
+    ``t`` is an int or a LongTensor ``(B,)`` with values in ``0..T`` (``t = 0`` returns ``x0``).
+    """
+    check_same_shape(x0=x0, eps=eps)
+    t = sched.check_t(t, x0.shape[0])
+    ab = expand_to(sched.alpha_bar[t.cpu()], x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
+    r"""One forward step :math:`x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{1-\alpha_t}\,\varepsilon_t`, ``t`` in ``1..T``."""
+    check_same_shape(x_prev=x_prev, eps=eps)
+    t = sched.check_t(t, x_prev.shape[0], low=1)
+    a = expand_to(sched.alpha[t.cpu()], x_prev)
+    return a.sqrt() * x_prev + (1 - a).sqrt() * eps
+
+
+def posterior_mean_coefs(sched) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The two tables of the posterior mean, :math:`\tilde\mu_t = c^{(0)}_t x_0 + c^{(t)}_t x_t`:
+    :math:`c^{(0)}_t = \sqrt{\bar\alpha_{t-1}}\beta_t/(1-\bar\alpha_t)` and
+    :math:`c^{(t)}_t = \sqrt{\alpha_t}(1-\bar\alpha_{t-1})/(1-\bar\alpha_t)` (index 0 unused, set to 0)."""
+    denom = (1 - sched.alpha_bar).clone()
+    denom[0] = 1.0
+    c0 = sched.alpha_bar_prev.sqrt() * sched.beta / denom
+    ct = sched.alpha.sqrt() * (1 - sched.alpha_bar_prev) / denom
+    c0[0] = ct[0] = 0.0
+    return c0, ct
+
+
+def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t, sched) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Mean and variance of :math:`q(x_{t-1}\mid x_t, x_0)` for ``t`` in ``1..T``.
+
+    Returns ``(mean, var)``; ``var`` is :math:`\tilde\beta_t` shaped ``(B, 1, ..., 1)`` to broadcast with ``mean``.
+    """
+    check_same_shape(x0=x0, xt=xt)
+    t = sched.check_t(t, x0.shape[0], low=1)
+    c0, ct = posterior_mean_coefs(sched)
+    tc = t.cpu()
+    mean = expand_to(c0[tc], x0) * x0 + expand_to(ct[tc], xt) * xt
+    var = expand_to(sched.posterior_variance[tc], x0)
+    return mean, var
+
+
+# ---------------------------------------------------------------------------------- reverse process
+def reverse_variance(sched, var: str = "posterior") -> torch.Tensor:
+    r"""The table of :math:`\sigma_t^2` for Algorithm 2: ``"posterior"`` gives :math:`\tilde\beta_t`
+    (the lower bound of DDPM's paper), ``"beta"`` gives :math:`\beta_t` (the upper bound)."""
+    _check_var(var)
+    return sched.posterior_variance if var == "posterior" else sched.beta
+
+
+def p_mean(xt: torch.Tensor, eps: torch.Tensor, t, sched) -> torch.Tensor:
+    r"""The model mean :math:`\mu_\theta = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\varepsilon_\theta\big)`.
+
+    It equals :func:`q_posterior`'s mean with :math:`x_0` replaced by :math:`\hat x_0(x_t, \varepsilon_\theta)`.
+    """
+    check_same_shape(xt=xt, eps=eps)
+    t = sched.check_t(t, xt.shape[0], low=1)
+    tc = t.cpu()
+    alpha = expand_to(sched.alpha[tc], xt)
+    beta = expand_to(sched.beta[tc], xt)
+    ab = expand_to(sched.alpha_bar[tc], xt)
+    return (xt - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+
+
+def step(xt: torch.Tensor, eps: torch.Tensor, t, sched, *, var: str = "posterior", noise=None) -> torch.Tensor:
+    r"""One step of Algorithm 2: :math:`x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z`, with ``z = 0`` at ``t = 1``."""
+    t = sched.check_t(t, xt.shape[0], low=1)
+    mean = p_mean(xt, eps, t, sched)
+    if noise is None:
+        noise = torch.randn_like(xt)
+    check_same_shape(xt=xt, noise=noise)
+    sigma = expand_to(reverse_variance(sched, var)[t.cpu()].sqrt(), xt)
+    sigma = sigma * expand_to((t > 1).to(torch.float64).cpu(), xt)
+    return mean + sigma * noise
+
+
+@torch.no_grad()
+def sample(
+    eps_fn,
+    shape,
+    sched,
+    *,
+    var: str = "posterior",
+    generator: torch.Generator | None = None,
+    device=None,
+    x_T: torch.Tensor | None = None,
+    return_trajectory: bool = False,
+    progress_bar: bool = False,
+):
+    r"""Algorithm 2 (ancestral sampling): start from :math:`x_T\sim\mathcal N(0,I)` and apply :func:`step` for t = T..1.
+
+    Noise is drawn on the CPU from ``generator`` and then moved to ``device``, so a seed gives the
+    same samples on every machine. With ``return_trajectory=True`` returns ``(x0, [x_T, ..., x_0])``.
+    """
+    _check_var(var)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    shape = tuple(shape)
+    if x_T is None:
+        x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    else:
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={shape} was requested")
+        x = x_T.to(device)
+    traj = [x.cpu()] if return_trajectory else None
+    for t_int in progress(range(sched.T, 0, -1), desc="DDPM sampling", disable=not progress_bar):
+        t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
+        z = torch.randn(shape, generator=generator, dtype=x.dtype).to(device) if t_int > 1 else torch.zeros_like(x)
+        x = step(x, eps_fn(x, t), t, sched, var=var, noise=z)
+        if return_trajectory:
+            traj.append(x.cpu())
+    return (x, traj) if return_trajectory else x
+
+
+# ---------------------------------------------------------------------------------- training loss
+def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=None, model_kwargs=None) -> torch.Tensor:
+    r"""Algorithm 1's loss: the mean over the batch of :math:`\|\text{target} - \text{model}(x_t, t)\|^2`
+    (summed over dimensions), with :math:`t\sim\mathcal U\{1..T\}` and :math:`\varepsilon\sim\mathcal N(0,I)`.
+
+    ``target`` picks what the network predicts: ``"eps"`` (DDPM's simple loss), ``"x0"`` (the clean
+    data; its loss is the eps loss reweighted by :math:`\bar\alpha_t/(1-\bar\alpha_t)`, the SNR), or ``"v"``
+    (:math:`\sqrt{\bar\alpha_t}\varepsilon - \sqrt{1-\bar\alpha_t}x_0`; eps loss times :math:`1/(1-\bar\alpha_t)`).
+    ``model(x_t, t, **model_kwargs)`` is called with ``t`` a LongTensor ``(B,)``.
+    """
+    if target not in LOSS_TARGETS:
+        raise ValueError(f"target must be one of {LOSS_TARGETS}; got {target!r}")
+    B = x0.shape[0]
+    if t is None:
+        t = torch.randint(1, sched.T + 1, (B,), device=x0.device)
+    t = sched.check_t(t, B, low=1).to(x0.device)
+    if eps is None:
+        eps = torch.randn_like(x0)
+    xt = q_sample(x0, t, eps, sched)
+    pred = model(xt, t, **(model_kwargs or {}))
+    if pred.shape != x0.shape:
+        raise ValueError(f"the model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)} (same as x0)")
+    if target == "eps":
+        goal = eps
+    elif target == "x0":
+        goal = x0
+    else:
+        goal = convert.v_from_eps(eps, x0, sched.alpha_bar[t.cpu()])
+    return (goal - pred).pow(2).flatten(1).sum(1).mean()
+
+
+# ---------------------------------------------------------------------------------- ELBO (eq. 47–58)
+def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
+    r""":math:`\mathrm{KL}(\mathcal N(\mu_1, v_1 I)\,\|\,\mathcal N(\mu_2, v_2 I))`, summed over all but the batch dimension."""
+    mean1, mean2 = torch.broadcast_tensors(mean1, mean2)
+    var1 = torch.as_tensor(var1, dtype=mean1.dtype, device=mean1.device).expand_as(mean1)
+    var2 = torch.as_tensor(var2, dtype=mean1.dtype, device=mean1.device).expand_as(mean1)
+    kl = 0.5 * (torch.log(var2) - torch.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+    return kl.flatten(1).sum(1)
+
+
+def gaussian_log_prob(x, mean, var) -> torch.Tensor:
+    r""":math:`\log\mathcal N(x;\mu, v I)`, summed over all but the batch dimension."""
+    var = torch.as_tensor(var, dtype=x.dtype, device=x.device).expand_as(x)
+    lp = -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
+    return lp.flatten(1).sum(1)
+
+
+def prior_kl(x0: torch.Tensor, sched) -> torch.Tensor:
+    r"""Prior matching term :math:`\mathrm{KL}(q(x_T\mid x_0)\,\|\,\mathcal N(0, I))` per sample (nats)."""
+    ab = expand_to(sched.alpha_bar[sched.T], x0)
+    return gaussian_kl(ab.sqrt() * x0, 1 - ab, torch.zeros_like(x0), torch.ones_like(x0))
+
+
+def denoising_kl(eps_fn, x0: torch.Tensor, t, sched, *, var: str = "posterior", eps=None) -> torch.Tensor:
+    r"""Denoising matching term :math:`\mathrm{KL}(q(x_{t-1}\mid x_t,x_0)\,\|\,p_\theta(x_{t-1}\mid x_t))` for
+    one draw :math:`x_t\sim q(x_t\mid x_0)` (``t`` in ``2..T``), per sample, in nats."""
+    B = x0.shape[0]
+    t = sched.check_t(t, B, low=2).to(x0.device)
+    if eps is None:
+        eps = torch.randn_like(x0)
+    xt = q_sample(x0, t, eps, sched)
+    q_mean, q_var = q_posterior(x0, xt, t, sched)
+    p_var = expand_to(reverse_variance(sched, var)[t.cpu()], x0)
+    return gaussian_kl(q_mean, q_var, p_mean(xt, eps_fn(xt, t), t, sched), p_var)
+
+
+def reconstruction_log_prob(eps_fn, x0: torch.Tensor, sched, *, eps=None) -> torch.Tensor:
+    r"""Reconstruction term :math:`\log p_\theta(x_0\mid x_1)` for one draw :math:`x_1\sim q(x_1\mid x_0)`.
+
+    For continuous (2-D) data the decoder is Gaussian, :math:`\mathcal N(\mu_\theta(x_1, 1), \beta_1 I)`:
+    at ``t = 1`` the posterior variance :math:`\tilde\beta_1` is 0, so both variance choices use :math:`\beta_1`.
+    """
+    B = x0.shape[0]
+    t = torch.ones(B, dtype=torch.long, device=x0.device)
+    if eps is None:
+        eps = torch.randn_like(x0)
+    x1 = q_sample(x0, t, eps, sched)
+    return gaussian_log_prob(x0, p_mean(x1, eps_fn(x1, t), t, sched), sched.beta[1].item())
+
+
+@torch.no_grad()
+def elbo_terms(eps_fn, x0: torch.Tensor, sched, *, var: str = "posterior", progress_bar: bool = False) -> dict:
+    r"""All terms of eq. (58) for each sample of ``x0``, one Monte-Carlo draw of :math:`x_t` per term.
+
+    Returns a dict of tensors (nats): ``reconstruction`` ``(B,)``, ``prior`` ``(B,)``,
+    ``denoising`` ``(B, T-1)`` (column ``j`` is ``t = j + 2``) and
+    ``elbo = reconstruction - prior - denoising.sum(1)`` ``(B,)``, a lower bound on :math:`\log p(x_0)`.
+    """
+    _check_var(var)
+    B = x0.shape[0]
+    rec = reconstruction_log_prob(eps_fn, x0, sched)
+    prior = prior_kl(x0, sched)
+    den = torch.stack(
+        [
+            denoising_kl(eps_fn, x0, torch.full((B,), t, dtype=torch.long, device=x0.device), sched, var=var)
+            for t in progress(range(2, sched.T + 1), desc="ELBO terms", disable=not progress_bar)
+        ],
+        dim=1,
+    )
+    return {"reconstruction": rec, "prior": prior, "denoising": den, "elbo": rec - prior - den.sum(1)}

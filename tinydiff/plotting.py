@@ -1,0 +1,146 @@
+"""Plotting helpers: image grids, 2-D scatters and densities, vector fields, trajectories, and a
+denoising animation with a static fallback. Every function draws on ``ax`` if given and returns it."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+__all__ = ["image_grid", "show_images", "scatter2d", "density2d", "vector_field", "trajectories2d", "animate_frames"]
+
+
+def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
+    """Tile images ``(B, C, H, W)`` in ``[-1, 1]`` into one ``(rows*H, nrow*W, C)`` array in ``[0, 1]``."""
+    x = torch.as_tensor(x).detach().float().cpu()
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W); got {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    x = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    nrow = max(1, min(nrow, B))
+    rows = (B + nrow - 1) // nrow
+    grid = np.ones((rows * (H + pad) + pad, nrow * (W + pad) + pad, C), dtype=np.float32)
+    for i in range(B):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = x[i]
+    return grid
+
+
+def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, pad: int = 1):
+    """Show a grid of images in ``[-1, 1]`` (grey for one channel, RGB for three)."""
+    grid = image_grid(x, nrow, pad)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(12, 0.6 * grid.shape[1] / (x.shape[-1] + pad) + 1),) * 2)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def scatter2d(x: torch.Tensor, ax=None, title: str | None = None, lim: float | None = 3.5, s: float = 2,
+              alpha: float = 0.5, **kwargs):
+    """Scatter 2-D points ``(N, 2)`` with equal axes."""
+    x = torch.as_tensor(x).detach().float().cpu()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, **kwargs)
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _grid(lim, n):
+    u = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    gx, gy = torch.meshgrid(u, u, indexing="xy")
+    return gx, gy, torch.stack([gx.flatten(), gy.flatten()], 1)
+
+
+def density2d(log_prob_fn, ax=None, lim: float = 3.5, n: int = 150, title: str | None = None, cmap="viridis"):
+    """Image of the density ``exp(log_prob_fn(points))`` on ``[-lim, lim]^2``."""
+    gx, gy, pts = _grid(lim, n)
+    with torch.no_grad():
+        p = log_prob_fn(pts).exp().reshape(n, n).cpu().numpy()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(p, origin="lower", extent=(-lim, lim, -lim, lim), cmap=cmap)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def vector_field(field_fn, ax=None, lim: float = 3.5, n: int = 20, title: str | None = None, normalize: bool = True,
+                 **kwargs):
+    """Quiver plot of a 2-D vector field (e.g. a score) ``field_fn(points (M, 2)) -> (M, 2)``."""
+    gx, gy, pts = _grid(lim, n)
+    with torch.no_grad():
+        v = field_fn(pts.float()).detach().double().cpu()
+    if normalize:
+        v = v / (v.norm(dim=1, keepdim=True) + 1e-12) * v.norm(dim=1, keepdim=True).clamp(max=1.0 * lim / n * 2)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.quiver(gx.numpy(), gy.numpy(), v[:, 0].reshape(n, n).numpy(), v[:, 1].reshape(n, n).numpy(),
+              angles="xy", scale_units="xy", scale=1, **kwargs)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def trajectories2d(traj, ax=None, n_show: int = 20, lim: float | None = 3.5, title: str | None = None):
+    """Draw the paths of ``n_show`` particles from a list of ``(N, 2)`` states (first state marked ○, last ●)."""
+    path = torch.stack([torch.as_tensor(p).detach().float().cpu() for p in traj])  # (steps, N, 2)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    for i in range(min(n_show, path.shape[1])):
+        ax.plot(path[:, i, 0], path[:, i, 1], lw=0.7, alpha=0.7)
+    ax.scatter(path[0, :n_show, 0], path[0, :n_show, 1], s=12, facecolors="none", edgecolors="k")
+    ax.scatter(path[-1, :n_show, 0], path[-1, :n_show, 1], s=12, c="k")
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def animate_frames(frames, draw, *, n_static: int = 6, animate: bool | None = None, interval: int = 120,
+                   figsize=(4, 4)):
+    """Show a sequence of frames (e.g. a denoising trajectory): ``draw(frame, ax)`` draws one.
+
+    With ``animate=True`` (or ``TINYDIFF_ANIMATE=1``) returns an HTML/JS animation for a live notebook.
+    Otherwise (the default, and what the executed notebooks store) a static strip of ``n_static``
+    evenly spaced frames, which renders everywhere, GitHub included.
+    """
+    frames = list(frames)
+    if animate is None:
+        animate = os.environ.get("TINYDIFF_ANIMATE", "0") == "1"
+    if animate:
+        from IPython.display import HTML
+        from matplotlib import animation
+
+        fig, ax = plt.subplots(figsize=figsize)
+
+        def update(i):
+            ax.clear()
+            draw(frames[i], ax)
+            ax.set_title(f"frame {i + 1}/{len(frames)}")
+
+        anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=interval)
+        plt.close(fig)
+        return HTML(anim.to_jshtml())
+    idx = np.linspace(0, len(frames) - 1, min(n_static, len(frames))).round().astype(int)
+    fig, axes = plt.subplots(1, len(idx), figsize=(figsize[0] * len(idx) * 0.6, figsize[1] * 0.6))
+    for ax, i in zip(np.atleast_1d(axes), idx):
+        draw(frames[i], ax)
+        ax.set_title(f"{i + 1}/{len(frames)}", fontsize=8)
+    fig.tight_layout()
+    return fig

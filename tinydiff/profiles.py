@@ -1,0 +1,56 @@
+"""The three sizes of the book: ``quick`` (tests, CI), ``standard`` (a laptop CPU) and ``full`` (a GPU).
+
+Chosen by one environment variable, ``TINYDIFF_PROFILE=quick|standard|full``. Without it the
+profile is ``full`` on CUDA and ``standard`` otherwise. A notebook states its sizes once::
+
+    cfg = td.profiles.choose(
+        quick=dict(steps=200, n=512),
+        standard=dict(steps=3000, n=4096),
+        full=dict(steps=20000, n=65536),
+    )
+    cfg.steps  # the value for the active profile
+
+so the choice of device and size is made here, never by an ``if`` inside a notebook.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import torch
+
+__all__ = ["PROFILES", "current", "choose"]
+
+PROFILES = ("quick", "standard", "full")
+
+
+def current() -> str:
+    """The active profile name, read from ``$TINYDIFF_PROFILE`` (default: full on CUDA, else standard)."""
+    name = os.environ.get("TINYDIFF_PROFILE", "").strip().lower()
+    if not name:
+        return "full" if torch.cuda.is_available() else "standard"
+    if name not in PROFILES:
+        raise ValueError(
+            f"TINYDIFF_PROFILE must be one of {', '.join(PROFILES)}; got {name!r}. "
+            "Unset it to get the default for this machine."
+        )
+    return name
+
+
+def choose(*, quick: dict, standard: dict, full: dict | None = None, profile: str | None = None):
+    """Return the settings of the active profile as an attribute namespace.
+
+    ``full`` defaults to ``standard`` when omitted. Every profile must define the same keys, so a
+    notebook cannot silently depend on a setting that only one profile has.
+    """
+    table = {"quick": quick, "standard": standard, "full": standard if full is None else full}
+    keys = set(quick)
+    for name, settings in table.items():
+        if set(settings) != keys:
+            diff = sorted(keys.symmetric_difference(settings))
+            raise ValueError(f"profile {name!r} must define the same settings as 'quick'; differs in {diff}")
+    name = profile or current()
+    if name not in table:
+        raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    return SimpleNamespace(profile=name, **table[name])

@@ -1,0 +1,104 @@
+"""Small helpers shared by every lesson: the device choice, seeding, and input checks.
+
+There is exactly one place that decides where tensors live (:func:`device`), so no notebook or
+module ever hard-codes ``.cuda()``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = [
+    "device",
+    "seed_everything",
+    "expand_to",
+    "as_timesteps",
+    "check_same_shape",
+    "progress",
+]
+
+
+def device() -> torch.device:
+    """The device every lesson uses: ``$TINYDIFF_DEVICE`` if set, else CUDA, else Apple MPS, else CPU."""
+    name = os.environ.get("TINYDIFF_DEVICE")
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a fresh CPU ``torch.Generator`` seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def expand_to(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample coefficient ``(B,)`` (or a scalar) so it broadcasts against ``x`` ``(B, ...)``.
+
+    The coefficient is cast to ``x``'s dtype and device: schedules are stored in float64 and cast here,
+    where they are used.
+    """
+    coef = torch.as_tensor(coef)
+    coef = coef.to(device=x.device, dtype=x.dtype if x.is_floating_point() else coef.dtype)
+    if coef.ndim == 0:
+        return coef
+    if coef.ndim != 1 or coef.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"a per-sample coefficient must have shape (B,) with B = {x.shape[0]} (the batch of x), "
+            f"got shape {tuple(coef.shape)}"
+        )
+    return coef.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def as_timesteps(t, batch: int, T: int, *, low: int = 0, name: str = "t") -> torch.Tensor:
+    """Validate integer timesteps and return them as a LongTensor of shape ``(batch,)``.
+
+    ``t`` may be a Python int (broadcast to the batch) or an integer tensor of shape ``(batch,)``.
+    Raises ``ValueError`` with a readable message if a value lies outside ``[low, T]``.
+    """
+    t = torch.as_tensor(t)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must hold integer timesteps in {low}..{T}; got dtype {t.dtype}. "
+            f"Use torch.full((B,), t, dtype=torch.long) or torch.randint(...)."
+        )
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.ndim != 1 or t.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch},) to match the batch, got {tuple(t.shape)}")
+    if t.numel() and (int(t.min()) < low or int(t.max()) > T):
+        raise ValueError(
+            f"{name} must lie in {low}..{T} (this schedule has T = {T}); got values from "
+            f"{int(t.min())} to {int(t.max())}"
+        )
+    return t.long()
+
+
+def check_same_shape(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the culprits if the given tensors do not all have one shape."""
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        desc = ", ".join(f"{k}: {s}" for k, s in shapes.items())
+        raise ValueError(f"shape mismatch: these tensors must have the same shape, got {desc}")
+
+
+def progress(iterable=None, *, total=None, desc=None, disable=False, **kwargs):
+    """A text progress bar (tqdm) that renders both in a terminal and in a saved notebook.
+
+    Set ``TINYDIFF_PROGRESS=0`` to silence every bar (the test suite does).
+    """
+    from tqdm.std import tqdm
+
+    if os.environ.get("TINYDIFF_PROGRESS", "1") == "0":
+        disable = True
+    return tqdm(iterable, total=total, desc=desc, disable=disable, mininterval=1.0, ncols=90, **kwargs)
