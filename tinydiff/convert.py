@@ -1,8 +1,10 @@
-r"""Conversions between the three things a denoiser can predict: :math:`\varepsilon`, :math:`x_0`, the score.
+r"""Conversions between the things a denoiser can predict: :math:`\varepsilon`, :math:`x_0`, the score, and :math:`v`.
 
 All follow from :math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon` (lesson 02) and
-Tweedie's formula :math:`\nabla\log p(x_t) = -\varepsilon/\sqrt{1-\bar\alpha_t}` (lesson 05).
-``alpha_bar_t`` is a scalar or a per-sample tensor ``(B,)``.
+Tweedie's formula :math:`\nabla\log p(x_t) = -\varepsilon/\sqrt{1-\bar\alpha_t}` (lesson 05), where
+:math:`\varepsilon` stands for the *expected* noise :math:`\mathbb E[\varepsilon\mid x_t]` when it is a prediction.
+``alpha_bar_t`` is a scalar or a per-sample tensor ``(B,)``; it must lie in ``(0, 1)`` for the divisions
+to make sense (``t = 0`` has no noise, so there is nothing to convert).
 This module is the only place these formulas are written; every sampler and loss uses it.
 """
 
@@ -23,6 +25,8 @@ __all__ = [
     "eps_fn_from_score_fn",
     "score_fn_from_eps_fn",
     "x0_fn_from_eps_fn",
+    "eps_fn_from_x0_fn",
+    "eps_fn_from_v_fn",
 ]
 
 
@@ -100,3 +104,21 @@ def x0_fn_from_eps_fn(eps_fn, sched):
         return x0_from_eps(x, eps_fn(x, t), sched.alpha_bar[t.cpu()])
 
     return x0_fn
+
+
+def eps_fn_from_x0_fn(x0_fn, sched):
+    """Turn a denoiser ``x0_fn(x, t)`` (a network trained with ``target="x0"``) into ``eps_fn(x, t)``."""
+
+    def eps_fn(x, t):
+        return eps_from_x0(x, x0_fn(x, t), sched.alpha_bar[t.cpu()])
+
+    return eps_fn
+
+
+def eps_fn_from_v_fn(v_fn, sched):
+    """Turn ``v_fn(x, t)`` (a network trained with ``target="v"``) into ``eps_fn(x, t)``."""
+
+    def eps_fn(x, t):
+        return eps_from_v(x, v_fn(x, t), sched.alpha_bar[t.cpu()])
+
+    return eps_fn

@@ -21,6 +21,7 @@ from .utils import check_same_shape, expand_to, progress
 __all__ = [
     "q_sample",
     "q_step",
+    "q_sample_steps",
     "q_posterior",
     "posterior_mean_coefs",
     "reverse_variance",
@@ -28,6 +29,7 @@ __all__ = [
     "step",
     "sample",
     "loss",
+    "loss_weight",
     "LOSS_TARGETS",
     "gaussian_kl",
     "gaussian_log_prob",
@@ -43,7 +45,9 @@ LOSS_TARGETS = ("eps", "x0", "v")
 
 def _check_var(var: str) -> None:
     if var not in VARIANCES:
-        raise ValueError(f"var must be 'posterior' (sigma_t^2 = tilde beta_t) or 'beta' (sigma_t^2 = beta_t); got {var!r}")
+        raise ValueError(
+            f"var must be 'posterior' (sigma_t^2 = tilde beta_t) or 'beta' (sigma_t^2 = beta_t); got {var!r}"
+        )
 
 
 # ---------------------------------------------------------------------------------- forward process
@@ -59,11 +63,34 @@ def q_sample(x0: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
 
 
 def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
-    r"""One forward step :math:`x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{1-\alpha_t}\,\varepsilon_t`, ``t`` in ``1..T``."""
+    r"""One forward step :math:`x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{1-\alpha_t}\,\varepsilon_t`, ``t`` in ``1..T``
+    (the transition :math:`q(x_t\mid x_{t-1}) = \mathcal N(\sqrt{\alpha_t}x_{t-1}, \beta_t I)`)."""
     check_same_shape(x_prev=x_prev, eps=eps)
     t = sched.check_t(t, x_prev.shape[0], low=1)
     a = expand_to(sched.alpha[t.cpu()], x_prev)
     return a.sqrt() * x_prev + (1 - a).sqrt() * eps
+
+
+def q_sample_steps(x0: torch.Tensor, t: int, sched, *, generator: torch.Generator | None = None):
+    r"""Run ``t`` single forward steps :func:`q_step` from ``x0`` and return ``(x_t, eps_bar)``.
+
+    ``eps_bar`` is the one standard normal that the ``t`` step noises add up to: unrolling the chain gives
+    :math:`x_t = \sqrt{\bar\alpha_t}x_0 + \sum_{s=1}^t w_s\varepsilon_s` with
+    :math:`w_s = \sqrt{\beta_s\bar\alpha_t/\bar\alpha_s}` and :math:`\sum_s w_s^2 = 1-\bar\alpha_t`, so
+    :math:`\bar\varepsilon = \sum_s w_s\varepsilon_s/\sqrt{1-\bar\alpha_t}\sim\mathcal N(0, I)` and
+    ``q_sample(x0, t, eps_bar, sched)`` equals ``x_t`` exactly (the closed form, coupled to the same noise).
+    """
+    if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= sched.T:
+        raise ValueError(f"t must be an int in 1..{sched.T} (the number of forward steps); got {t!r}")
+    x = x0
+    noise_sum = torch.zeros_like(x0, dtype=torch.float64)
+    for s in range(1, t + 1):
+        eps_s = _randn_like(x0, generator)
+        x = q_step(x, s, eps_s, sched)
+        w_s = (sched.beta[s] * sched.alpha_bar[t] / sched.alpha_bar[s]).sqrt()
+        noise_sum = noise_sum + w_s * eps_s.double()
+    eps_bar = noise_sum / (1 - sched.alpha_bar[t]).sqrt()
+    return x, eps_bar.to(x0.dtype)
 
 
 def posterior_mean_coefs(sched) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +128,9 @@ def reverse_variance(sched, var: str = "posterior") -> torch.Tensor:
 
 
 def p_mean(xt: torch.Tensor, eps: torch.Tensor, t, sched) -> torch.Tensor:
-    r"""The model mean :math:`\mu_\theta = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\varepsilon_\theta\big)`.
+    r"""The model mean of Algorithm 2,
+    :math:`\mu_\theta = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\hat\varepsilon\big)`
+    (the lecture writes :math:`1-\alpha_t` for :math:`\beta_t`).
 
     It equals :func:`q_posterior`'s mean with :math:`x_0` replaced by :math:`\hat x_0(x_t, \varepsilon_\theta)`.
     """
@@ -147,6 +176,8 @@ def sample(
     _check_var(var)
     device = torch.device("cpu") if device is None else torch.device(device)
     shape = tuple(shape)
+    if not shape or not all(isinstance(n, int) and n > 0 for n in shape):
+        raise ValueError(f"shape must be a tuple of positive ints like (B, D) or (B, C, H, W); got {shape}")
     if x_T is None:
         x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
     else:
@@ -164,17 +195,30 @@ def sample(
 
 
 # ---------------------------------------------------------------------------------- training loss
-def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=None, model_kwargs=None) -> torch.Tensor:
-    r"""Algorithm 1's loss: the mean over the batch of :math:`\|\text{target} - \text{model}(x_t, t)\|^2`
-    (summed over dimensions), with :math:`t\sim\mathcal U\{1..T\}` and :math:`\varepsilon\sim\mathcal N(0,I)`.
+def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=None, model_kwargs=None,
+         reduction: str = "mean") -> torch.Tensor:
+    r"""Algorithm 1's loss: :math:`\|\text{target} - \text{model}(x_t, t)\|^2` summed over dimensions and
+    averaged over the batch, with :math:`x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\varepsilon`,
+    :math:`t\sim\mathcal U\{1..T\}` and :math:`\varepsilon\sim\mathcal N(0,I)` (unless ``t``/``eps`` are given).
 
-    ``target`` picks what the network predicts: ``"eps"`` (DDPM's simple loss), ``"x0"`` (the clean
-    data; its loss is the eps loss reweighted by :math:`\bar\alpha_t/(1-\bar\alpha_t)`, the SNR), or ``"v"``
-    (:math:`\sqrt{\bar\alpha_t}\varepsilon - \sqrt{1-\bar\alpha_t}x_0`; eps loss times :math:`1/(1-\bar\alpha_t)`).
-    ``model(x_t, t, **model_kwargs)`` is called with ``t`` a LongTensor ``(B,)``.
+    ``target`` picks what the network predicts:
+
+    - ``"eps"``: the noise :math:`\varepsilon` (DDPM's :math:`L_\text{simple}`);
+    - ``"x0"``: the clean data. Since :math:`x_0 - \hat x_0 = -\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}\,
+      (\varepsilon - \hat\varepsilon)`, this loss is the :math:`\varepsilon`-loss times
+      :math:`(1-\bar\alpha_t)/\bar\alpha_t = 1/\mathrm{SNR}_t` (the lecture's weight); equivalently the
+      :math:`\varepsilon`-loss is the :math:`x_0`-loss weighted by the SNR;
+    - ``"v"``: :math:`v = \sqrt{\bar\alpha_t}\varepsilon - \sqrt{1-\bar\alpha_t}x_0` (Salimans & Ho); its loss
+      is the :math:`\varepsilon`-loss times :math:`1/\bar\alpha_t`, i.e. the :math:`x_0`-loss times
+      :math:`1+\mathrm{SNR}_t`.
+
+    :func:`loss_weight` tabulates these factors. ``model(x_t, t, **model_kwargs)`` is called with ``t`` a
+    LongTensor ``(B,)``. ``reduction="none"`` returns the per-sample losses ``(B,)`` instead of their mean.
     """
     if target not in LOSS_TARGETS:
         raise ValueError(f"target must be one of {LOSS_TARGETS}; got {target!r}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     B = x0.shape[0]
     if t is None:
         t = torch.randint(1, sched.T + 1, (B,), device=x0.device)
@@ -191,74 +235,119 @@ def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=Non
         goal = x0
     else:
         goal = convert.v_from_eps(eps, x0, sched.alpha_bar[t.cpu()])
-    return (goal - pred).pow(2).flatten(1).sum(1).mean()
+    per_sample = (goal - pred).pow(2).flatten(1).sum(1)
+    return per_sample if reduction == "none" else per_sample.mean()
+
+
+def loss_weight(sched, target: str) -> torch.Tensor:
+    r"""The table :math:`w_t` (length ``T + 1``) with :math:`\|\text{target} - \widehat{\text{target}}\|^2 =
+    w_t\,\|\varepsilon - \hat\varepsilon\|^2` when all predictions come from one :math:`\hat\varepsilon`:
+    1 for ``"eps"``, :math:`(1-\bar\alpha_t)/\bar\alpha_t = 1/\mathrm{SNR}_t` for ``"x0"``,
+    :math:`1/\bar\alpha_t` for ``"v"``."""
+    if target not in LOSS_TARGETS:
+        raise ValueError(f"target must be one of {LOSS_TARGETS}; got {target!r}")
+    ab = sched.alpha_bar
+    if target == "eps":
+        return torch.ones_like(ab)
+    return (1 - ab) / ab if target == "x0" else 1 / ab
 
 
 # ---------------------------------------------------------------------------------- ELBO (eq. 47–58)
 def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
-    r""":math:`\mathrm{KL}(\mathcal N(\mu_1, v_1 I)\,\|\,\mathcal N(\mu_2, v_2 I))`, summed over all but the batch dimension."""
-    mean1, mean2 = torch.broadcast_tensors(mean1, mean2)
-    var1 = torch.as_tensor(var1, dtype=mean1.dtype, device=mean1.device).expand_as(mean1)
-    var2 = torch.as_tensor(var2, dtype=mean1.dtype, device=mean1.device).expand_as(mean1)
-    kl = 0.5 * (torch.log(var2) - torch.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+    r""":math:`\mathrm{KL}(\mathcal N(\mu_1, v_1 I)\,\|\,\mathcal N(\mu_2, v_2 I))
+    = \tfrac12\sum_i\big(\log\tfrac{v_2}{v_1} + \tfrac{v_1}{v_2} - 1 + \tfrac{(\mu_1-\mu_2)^2}{v_2}\big)`,
+    summed over all but the batch dimension.
+
+    Computed in float64 with the variance part and the mean part kept apart: a denoising term is often a
+    tiny :math:`(\mu_1-\mu_2)^2/v_2` next to :math:`v_1/v_2 = 1`, which float32 would round away.
+    Returns float64 ``(B,)``.
+    """
+    mean1, mean2 = torch.broadcast_tensors(torch.as_tensor(mean1).double(), torch.as_tensor(mean2).double())
+    var1 = torch.as_tensor(var1, dtype=torch.float64, device=mean1.device).expand_as(mean1)
+    var2 = torch.as_tensor(var2, dtype=torch.float64, device=mean1.device).expand_as(mean1)
+    if (var1 <= 0).any() or (var2 <= 0).any():
+        raise ValueError("both variances of a Gaussian KL must be > 0 (the posterior variance is 0 at t = 1: "
+                         "use the reconstruction term there)")
+    ratio = var1 / var2
+    kl = 0.5 * ((ratio - 1.0 - torch.log(ratio)) + (mean1 - mean2) ** 2 / var2)
     return kl.flatten(1).sum(1)
 
 
 def gaussian_log_prob(x, mean, var) -> torch.Tensor:
-    r""":math:`\log\mathcal N(x;\mu, v I)`, summed over all but the batch dimension."""
-    var = torch.as_tensor(var, dtype=x.dtype, device=x.device).expand_as(x)
-    lp = -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
+    r""":math:`\log\mathcal N(x;\mu, v I)`, summed over all but the batch dimension (float64 ``(B,)``)."""
+    x = torch.as_tensor(x).double()
+    var = torch.as_tensor(var, dtype=torch.float64, device=x.device).expand_as(x)
+    lp = -0.5 * (torch.log(2 * math.pi * var) + (x - torch.as_tensor(mean).double()) ** 2 / var)
     return lp.flatten(1).sum(1)
 
 
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the CPU from ``generator`` (if given) and moved."""
+    if generator is None:
+        return torch.randn_like(x)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
 def prior_kl(x0: torch.Tensor, sched) -> torch.Tensor:
-    r"""Prior matching term :math:`\mathrm{KL}(q(x_T\mid x_0)\,\|\,\mathcal N(0, I))` per sample (nats)."""
+    r"""Prior matching term of eq. (58), :math:`\mathrm{KL}(q(x_T\mid x_0)\,\|\,\mathcal N(0, I))` per sample
+    (nats, float64 ``(B,)``); no parameter touches it, it only says how far :math:`x_T` is from pure noise."""
     ab = expand_to(sched.alpha_bar[sched.T], x0)
     return gaussian_kl(ab.sqrt() * x0, 1 - ab, torch.zeros_like(x0), torch.ones_like(x0))
 
 
-def denoising_kl(eps_fn, x0: torch.Tensor, t, sched, *, var: str = "posterior", eps=None) -> torch.Tensor:
-    r"""Denoising matching term :math:`\mathrm{KL}(q(x_{t-1}\mid x_t,x_0)\,\|\,p_\theta(x_{t-1}\mid x_t))` for
-    one draw :math:`x_t\sim q(x_t\mid x_0)` (``t`` in ``2..T``), per sample, in nats."""
+def denoising_kl(eps_fn, x0: torch.Tensor, t, sched, *, var: str = "posterior", eps=None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Denoising matching term of eq. (58), :math:`\mathrm{KL}(q(x_{t-1}\mid x_t,x_0)\,\|\,p_\theta(x_{t-1}\mid x_t))`,
+    for one draw :math:`x_t\sim q(x_t\mid x_0)` (``t`` in ``2..T``), per sample, in nats (float64 ``(B,)``).
+
+    :math:`p_\theta(x_{t-1}\mid x_t) = \mathcal N(\mu_\theta(x_t, t), \sigma_t^2 I)` with :func:`p_mean` and
+    :func:`reverse_variance`. Averaging over draws gives the expectation in eq. (58)."""
     B = x0.shape[0]
     t = sched.check_t(t, B, low=2).to(x0.device)
     if eps is None:
-        eps = torch.randn_like(x0)
+        eps = _randn_like(x0, generator)
     xt = q_sample(x0, t, eps, sched)
     q_mean, q_var = q_posterior(x0, xt, t, sched)
     p_var = expand_to(reverse_variance(sched, var)[t.cpu()], x0)
     return gaussian_kl(q_mean, q_var, p_mean(xt, eps_fn(xt, t), t, sched), p_var)
 
 
-def reconstruction_log_prob(eps_fn, x0: torch.Tensor, sched, *, eps=None) -> torch.Tensor:
+def reconstruction_log_prob(eps_fn, x0: torch.Tensor, sched, *, eps=None,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
     r"""Reconstruction term :math:`\log p_\theta(x_0\mid x_1)` for one draw :math:`x_1\sim q(x_1\mid x_0)`.
 
     For continuous (2-D) data the decoder is Gaussian, :math:`\mathcal N(\mu_\theta(x_1, 1), \beta_1 I)`:
-    at ``t = 1`` the posterior variance :math:`\tilde\beta_1` is 0, so both variance choices use :math:`\beta_1`.
+    at ``t = 1`` the posterior variance :math:`\tilde\beta_1` is 0, so both variance choices use :math:`\beta_1`
+    (DDPM's paper instead uses a discrete decoder on 8-bit pixel bins; diffusers' ``fixed_large`` also
+    uses :math:`\beta_1` there, but never adds that noise when sampling). At ``t = 1``,
+    :math:`\mu_\theta(x_1, 1) = \hat x_0(x_1)` because :math:`\bar\alpha_0 = 1`. Returns float64 ``(B,)``.
     """
     B = x0.shape[0]
     t = torch.ones(B, dtype=torch.long, device=x0.device)
     if eps is None:
-        eps = torch.randn_like(x0)
+        eps = _randn_like(x0, generator)
     x1 = q_sample(x0, t, eps, sched)
     return gaussian_log_prob(x0, p_mean(x1, eps_fn(x1, t), t, sched), sched.beta[1].item())
 
 
 @torch.no_grad()
-def elbo_terms(eps_fn, x0: torch.Tensor, sched, *, var: str = "posterior", progress_bar: bool = False) -> dict:
+def elbo_terms(eps_fn, x0: torch.Tensor, sched, *, var: str = "posterior", progress_bar: bool = False,
+               generator: torch.Generator | None = None) -> dict:
     r"""All terms of eq. (58) for each sample of ``x0``, one Monte-Carlo draw of :math:`x_t` per term.
 
-    Returns a dict of tensors (nats): ``reconstruction`` ``(B,)``, ``prior`` ``(B,)``,
+    Returns a dict of float64 tensors (nats): ``reconstruction`` ``(B,)``, ``prior`` ``(B,)``,
     ``denoising`` ``(B, T-1)`` (column ``j`` is ``t = j + 2``) and
-    ``elbo = reconstruction - prior - denoising.sum(1)`` ``(B,)``, a lower bound on :math:`\log p(x_0)`.
+    ``elbo = reconstruction - prior - denoising.sum(1)`` ``(B,)``, a lower bound on :math:`\log p_\theta(x_0)`
+    (in expectation over the draws). Noise comes from ``generator`` when given (reproducible).
     """
     _check_var(var)
     B = x0.shape[0]
-    rec = reconstruction_log_prob(eps_fn, x0, sched)
+    rec = reconstruction_log_prob(eps_fn, x0, sched, generator=generator)
     prior = prior_kl(x0, sched)
     den = torch.stack(
         [
-            denoising_kl(eps_fn, x0, torch.full((B,), t, dtype=torch.long, device=x0.device), sched, var=var)
+            denoising_kl(eps_fn, x0, torch.full((B,), t, dtype=torch.long, device=x0.device), sched, var=var,
+                         generator=generator)
             for t in progress(range(2, sched.T + 1), desc="ELBO terms", disable=not progress_bar)
         ],
         dim=1,
