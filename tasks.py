@@ -84,7 +84,9 @@ def _execute(py: str, src: Path, dst: Path, profile: str | None) -> float:
     code = (
         "import sys, nbformat; from nbclient import NotebookClient\n"
         "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+        "from nbconvert.preprocessors import CoalesceStreamsPreprocessor\n"
         "NotebookClient(nb, timeout=1800, kernel_name='python3', resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
+        "nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})  # keep only the last state of progress bars\n"
         "nbformat.write(nb, sys.argv[2])\n"
     )
     t0 = time.time()

@@ -201,7 +201,7 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
             ema.update(model)
         losses.append(loss.item())
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
         if ckpt is not None and (step + 1) % ckpt_every == 0:
             save(step + 1)
     save(max(steps, start))

@@ -1,0 +1,109 @@
+"""Networks and attention: shapes, the identity-at-init property, attention against its formula, errors."""
+
+import math
+
+import pytest
+import torch
+
+from tinydiff.attention import CrossAttention, SpatialTransformer
+from tinydiff.models import Classifier, MLPDenoiser, UNet, timestep_embedding
+
+
+def test_timestep_embedding_formula():
+    t = torch.tensor([0.0, 1.0, 10.0])
+    emb = timestep_embedding(t, 8, max_period=10000.0)
+    freqs = torch.tensor([10000.0 ** (-i / 4) for i in range(4)])
+    want = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], 1)
+    torch.testing.assert_close(emb, want)
+    with pytest.raises(ValueError, match="even"):
+        timestep_embedding(t, 7)
+
+
+def test_mlp_denoiser_shapes_labels_and_errors():
+    m = MLPDenoiser(dim=3, hidden=16, depth=2, time_dim=8, num_classes=4)
+    x, t = torch.randn(5, 3), torch.randint(0, 100, (5,))
+    assert m(x, t).shape == (5, 3)
+    torch.testing.assert_close(m(x, t), m(x, t, y=torch.full((5,), 4)))  # no label = the null label
+    with pytest.raises(ValueError, match="class indices"):
+        m(x, t, y=torch.full((5,), 9))
+    with pytest.raises(ValueError, match=r"shape \(B, 3\)"):
+        m(torch.randn(5, 2), t)
+    with pytest.raises(ValueError, match="t must have shape"):
+        m(x, torch.zeros(4))
+    with pytest.raises(ValueError, match="without num_classes"):
+        MLPDenoiser(dim=3)(x, t, y=torch.zeros(5, dtype=torch.long))
+
+
+def test_unet_shapes_and_zero_output_at_init():
+    net = UNet(in_channels=3, base_channels=16, channel_mults=(1, 2), attn_levels=(1,), num_classes=10)
+    x = torch.randn(2, 3, 16, 16)
+    out = net(x, torch.tensor([1, 500]), y=torch.tensor([3, 10]))
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # the last conv starts at zero
+    with pytest.raises(ValueError, match="divisible by 2"):
+        net(torch.randn(2, 3, 15, 15), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        net(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]))
+
+
+def test_unet_learns_to_use_its_inputs():
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_classes=3)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    x, target = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    for _ in range(20):
+        opt.zero_grad()
+        (net(x, torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 2, 0])) - target).pow(2).mean().backward()
+        opt.step()
+    a = net(x, torch.tensor([1, 1, 1, 1]), torch.tensor([0, 0, 0, 0]))
+    assert not torch.allclose(a, net(x, torch.tensor([900] * 4), torch.tensor([0, 0, 0, 0])))  # depends on t
+    assert not torch.allclose(a, net(x, torch.tensor([1, 1, 1, 1]), torch.tensor([1, 1, 1, 1])))  # and on y
+
+
+def test_unet_with_context_cross_attends():
+    net = UNet(in_channels=1, base_channels=16, channel_mults=(1, 2), attn_levels=(1,), context_dim=12)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 4])
+    with pytest.raises(ValueError, match="needs context"):
+        net(x, t)
+    assert net(x, t, context=torch.randn(2, 5, 12)).shape == x.shape
+    with pytest.raises(ValueError, match="context must have shape"):
+        net(x, t, context=torch.randn(2, 5, 7))
+
+
+def test_spatial_transformer_is_the_identity_at_init():
+    block = SpatialTransformer(16, context_dim=12, heads=2)
+    x = torch.randn(2, 16, 4, 4)
+    assert torch.equal(block(x, torch.randn(2, 3, 12)), x)
+    with pytest.raises(ValueError, match="context"):
+        block(x)
+
+
+def test_cross_attention_is_softmax_qk_v():
+    torch.manual_seed(0)
+    attn = CrossAttention(query_dim=8, context_dim=6, heads=2, dim_head=4)
+    x, ctx = torch.randn(3, 5, 8), torch.randn(3, 7, 6)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[:, -2:] = False
+    q = attn.to_q(x).view(3, 5, 2, 4).transpose(1, 2)
+    k = attn.to_k(ctx).view(3, 7, 2, 4).transpose(1, 2)
+    v = attn.to_v(ctx).view(3, 7, 2, 4).transpose(1, 2)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(4)
+    logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+    want = attn.to_out((logits.softmax(-1) @ v).transpose(1, 2).reshape(3, 5, 8))
+    torch.testing.assert_close(attn(x, ctx, mask), want)
+    attn.store_attention = True
+    torch.testing.assert_close(attn(x, ctx, mask), want)  # the explicit path agrees with the fused kernel
+    assert attn.last_attention.shape == (3, 2, 5, 7)
+    assert torch.all(attn.last_attention[..., -2:] == 0)  # masked tokens get no attention
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        attn(torch.randn(3, 5, 9), ctx)
+
+
+def test_classifier_shapes_and_time_conditioning():
+    clf = Classifier(in_channels=1, num_classes=10, base_channels=8, time_conditional=True)
+    x = torch.randn(4, 1, 8, 8)
+    assert clf(x, torch.tensor([1, 2, 3, 4])).shape == (4, 10)
+    assert clf.features(x, torch.tensor([1, 2, 3, 4])).shape == (4, 16)
+    with pytest.raises(ValueError, match="pass the timestep"):
+        clf(x)
+    assert Classifier(in_channels=3, num_classes=5, base_channels=8)(torch.randn(2, 3, 16, 16)).shape == (2, 5)

@@ -1,0 +1,42 @@
+"""The repository a newcomer meets: one dependency list, CI = the README's test command, every lesson listed."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_TO_PIP = {"pytorch": "torch"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_installs_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_deps = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    conda = []
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        m = re.match(r"^  - ([A-Za-z][\w.\-]*.*)$", line)  # top-level conda dependencies (2-space indent)
+        if m and not m.group(1).startswith(("python", "pip")):
+            conda.append(m.group(1))
+    conda_deps = {CONDA_TO_PIP.get(_name(r), _name(r)): r for r in conda}
+    assert set(conda_deps) == set(pip_deps)
+    for name, req in pip_deps.items():  # the same lower bounds too
+        assert req.replace(name, "", 1) == conda_deps[name].split(" ", 1)[0].replace(_name(conda_deps[name]), "", 1)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 tasks.py test" in readme and "python3 tasks.py book" in readme
+    assert "python3 tasks.py test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_lists_every_notebook_and_guide():
+    readme = (ROOT / "README.md").read_text()
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert f"notebooks/{nb.name}" in readme, f"README does not list {nb.name}"
+        assert f"lessons/{nb.stem}.md" in readme, f"README does not link lessons/{nb.stem}.md"
+        assert (ROOT / "lessons" / f"{nb.stem}.md").exists(), f"lessons/{nb.stem}.md is missing"
+    for link in re.findall(r"\]\((notebooks/[^)]+|lessons/[^)]+)\)", readme):
+        assert (ROOT / link).exists(), f"README links {link}, which does not exist"

@@ -1,0 +1,96 @@
+"""Profiles, device choice, metrics, check cells and the exercise checker."""
+
+import pytest
+import scipy.linalg
+import torch
+
+import tinydiff as td
+from tinydiff import metrics, profiles
+from tinydiff.exercises import check
+from tinydiff.utils import as_timesteps, expand_to
+
+
+def test_profile_default_and_override(monkeypatch):
+    monkeypatch.delenv("TINYDIFF_PROFILE", raising=False)
+    assert profiles.current() == ("full" if torch.cuda.is_available() else "standard")
+    monkeypatch.setenv("TINYDIFF_PROFILE", "quick")
+    cfg = profiles.choose(quick=dict(n=1), standard=dict(n=2), full=dict(n=3))
+    assert cfg.n == 1 and cfg.profile == "quick"
+    assert profiles.choose(quick=dict(n=1), standard=dict(n=2), profile="full").n == 2  # full defaults to standard
+    monkeypatch.setenv("TINYDIFF_PROFILE", "huge")
+    with pytest.raises(ValueError, match="quick, standard, full"):
+        profiles.current()
+    with pytest.raises(ValueError, match="same settings"):
+        profiles.choose(quick=dict(n=1), standard=dict(m=2), profile="quick")
+
+
+def test_device_override(monkeypatch):
+    monkeypatch.setenv("TINYDIFF_DEVICE", "cpu")
+    assert td.device() == torch.device("cpu")
+
+
+def test_timestep_and_shape_helpers():
+    assert as_timesteps(3, 4, T=10).tolist() == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match=r"0\.\.10"):
+        as_timesteps(torch.tensor([1, 11]), 2, T=10)
+    with pytest.raises(ValueError, match="integer"):
+        as_timesteps(torch.tensor([0.5, 1.0]), 2, T=10)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        as_timesteps(torch.tensor([1, 2]), 3, T=10)
+    assert expand_to(torch.ones(4, dtype=torch.float64), torch.zeros(4, 3, 2, 2)).shape == (4, 1, 1, 1)
+
+
+def test_sliced_wasserstein_of_a_shift():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 4, generator=g)
+    m = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    # projecting a shift m on a random unit direction gives E[(theta.m)^2] = |m|^2 / D
+    sw = metrics.sliced_wasserstein(x, x + m, n_projections=2000, generator=g)
+    assert abs(sw - m.norm().item() / 2) < 0.05
+    assert metrics.sliced_wasserstein(x, x.clone(), generator=g) < 1e-9
+    assert metrics.sliced_wasserstein(x, torch.randn(9000, 4, generator=g), generator=g) < 0.05  # unequal sizes
+
+
+def test_frechet_distance_against_scipy():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(400, 3, generator=g, dtype=torch.float64) * 2 + 1
+    cx, cy = torch.cov(x.T).numpy(), torch.cov(y.T).numpy()
+    want = ((x.mean(0) - y.mean(0)) ** 2).sum().item() + (cx + cy - 2 * scipy.linalg.sqrtm(cx @ cy).real).trace()
+    assert abs(metrics.frechet_distance(x, y) - want) < 1e-6
+
+
+def test_mmd_separates_distributions():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(400, 2, generator=g), torch.randn(400, 2, generator=g)
+    assert abs(metrics.mmd_rbf(x, y)) < 0.01
+    assert metrics.mmd_rbf(x, y + 1.0) > 0.1
+
+
+def test_check_cells_pass_and_fail_loudly(capsys):
+    td.check("two equal numbers", torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0 + 1e-9]))
+    assert capsys.readouterr().out == "✓ two equal numbers\n"
+    with pytest.raises(AssertionError, match="max abs error"):
+        td.check("not equal", torch.tensor([1.0]), torch.tensor([1.1]))
+    with pytest.raises(AssertionError, match="shapes differ"):
+        td.check("shapes", torch.zeros(2), torch.zeros(3))
+    td.check_less("small", 0.1, 0.2)
+    with pytest.raises(AssertionError, match="not below"):
+        td.check_less("big", 0.3, 0.2)
+
+
+def test_exercise_checker_verdicts(capsys):
+    cases = [(torch.tensor([1.0, 4.0]),), (torch.tensor([9.0]),)]
+
+    def todo(x):
+        raise NotImplementedError
+
+    assert check(todo, torch.sqrt, cases) is None
+    assert "[not attempted]" in capsys.readouterr().out
+    assert check(lambda x: x**0.5, torch.sqrt, cases) is True
+    assert "[correct]" in capsys.readouterr().out
+    assert check(lambda x: x / 2, torch.sqrt, cases, mistakes={"halved instead of a root": lambda x: x / 2}) is False
+    out = capsys.readouterr().out
+    assert "[wrong]" in out and "hint: halved instead of a root" in out
+    assert check(lambda x: x.foo(), torch.sqrt, cases) is False
+    assert "[error]" in capsys.readouterr().out
