@@ -203,7 +203,7 @@ def test_sample_matches_a_diffusers_loop(var, variance_type):
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
 
 
-def test_sampling_with_exact_mixture_eps_reproduces_the_mixture():
+def test_sampling_with_exact_eps_reproduces_the_mixture():
     """Algorithm 2 driven by the exact eps of a Gaussian mixture: the samples are as close to fresh mixture
     samples as two fresh draws are to each other (the noise floor), for both variance choices."""
     sched = td.NoiseSchedule.cosine(100)
