@@ -5,6 +5,7 @@
     python3 tasks.py book      # set up .venv if needed, then run every notebook end to end into build/
     python3 tasks.py lab       # open the notebooks in JupyterLab
     python3 tasks.py execute [NN ...]   # authors: rebuild notebooks/*.ipynb from their .py twins, executed
+    python3 tasks.py sync [NN ...]      # authors: copy Markdown-only edits of the .py into the .ipynb
 
 Set-up creates ``.venv`` with the CPU build of torch (``TINYDIFF_TORCH`` overrides the pin) and
 ``pip install -e .[dev]``; it is redone only when pyproject.toml changes. Inside an already active
@@ -128,6 +129,16 @@ def cmd_execute(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    """Authors: copy text edits of notebooks/NN_*.py into the .ipynb, keeping the stored outputs
+    (jupytext --update). Changed code needs `execute` instead, so that its outputs are fresh."""
+    py = ensure_env()
+    srcs = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+    for src in [p for p in srcs if not args or any(p.name.startswith(s) for s in args)]:
+        _run([py, "-m", "jupytext", "--quiet", "--update", "--to", "ipynb", "-o", src.with_suffix(".ipynb"), src])
+    return 0
+
+
 def cmd_lab(args) -> int:
     py = ensure_env()
     if subprocess.run([py, "-c", "import jupyterlab"], capture_output=True).returncode != 0:
@@ -135,7 +146,7 @@ def cmd_lab(args) -> int:
     return subprocess.run([py, "-m", "jupyter", "lab", str(ROOT / "notebooks"), *args]).returncode
 
 
-COMMANDS = {"test": cmd_test, "book": cmd_book, "lab": cmd_lab, "execute": cmd_execute}
+COMMANDS = {"test": cmd_test, "book": cmd_book, "lab": cmd_lab, "execute": cmd_execute, "sync": cmd_sync}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

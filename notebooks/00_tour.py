@@ -155,7 +155,8 @@ td.exercises.check(my_alpha_bar, lambda beta: torch.cumprod(1 - beta, 0), random
 # noised densities *exactly* at every step (lessons 02–06 lean on this oracle). So we can sample it two
 # ways with the same sampler, DDPM's Algorithm 2 (`td.ddpm.sample`):
 #
-# 1. with the **exact** noise predictor $\varepsilon^*(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log q_t(x_t)$ — no training at all;
+# 1. with the **exact** noise predictor $\varepsilon^*(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log q_t(x_t)$ — no
+#    training at all;
 # 2. with a small **MLP** $\varepsilon_\theta$ trained on samples with Algorithm 1 (`td.ddpm.loss`, `td.train.fit`).
 #
 # The sampler only ever sees a callable `eps_fn(x, t)`; it cannot tell the two apart.

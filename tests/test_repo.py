@@ -1,8 +1,9 @@
 """The repository a newcomer meets: one dependency list, CI = the README's test command, every lesson listed."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_TO_PIP = {"pytorch": "torch"}

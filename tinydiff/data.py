@@ -146,7 +146,8 @@ class GaussianMixture:
         return -(r.unsqueeze(-1) * sol).sum(1).to(x.dtype)
 
     def posterior_mean(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
-        r"""Tweedie's target :math:`\mathbb E[X\mid Y=y] = \sum_k p(k\mid y)\,\big(\mu_k + a\Sigma_k C_k^{-1}(y - a\mu_k)\big)`."""
+        r"""Tweedie's target, the posterior mean
+        :math:`\mathbb E[X\mid Y=y] = \sum_k p(k\mid y)\,\big(\mu_k + a\Sigma_k C_k^{-1}(y - a\mu_k)\big)`."""
         lj, sol, a4 = self._component_terms(x, a, s)
         r = torch.softmax(lj, dim=1)
         cov = self.covs.to(x.device).unsqueeze(0)

@@ -93,7 +93,8 @@ def load_checkpoint(path: str, model: nn.Module | None = None, *, map_location="
             if got["class"] != want["class"]:
                 why = f"it holds a {got['class']}, not a {want['class']}"
             else:
-                diff = sorted(k for k in set(got["shapes"]) | set(want["shapes"]) if got["shapes"].get(k) != want["shapes"].get(k))
+                names = set(got["shapes"]) | set(want["shapes"])
+                diff = sorted(k for k in names if got["shapes"].get(k) != want["shapes"].get(k))
                 why = f"parameter shapes differ ({', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''})"
             raise CheckpointMismatch(
                 f"checkpoint {path!r} was written by another model: {why}. Build the model with the settings "
