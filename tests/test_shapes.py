@@ -1,0 +1,112 @@
+"""The captioned shapes data set, its tokenizer and the attribute classifier's helpers (lesson 08)."""
+
+import math
+
+import pytest
+import torch
+
+import tinydiff as td
+from tinydiff.shapes import COLOURS, POSITIONS, SHAPES, Tokenizer, make_shapes, parse_caption
+
+GREEN_TRIANGLE = [{"colour": "green", "shape": "triangle"}]
+
+
+def test_dataset_is_deterministic_from_its_seed():
+    a, b, c = make_shapes(40, 16, seed=3), make_shapes(40, 16, seed=3), make_shapes(40, 16, seed=4)
+    assert torch.equal(a.images, b.images) and a.captions == b.captions
+    assert not torch.equal(a.images, c.images)
+    assert a.images.shape == (40, 3, 16, 16) and a.images.min() >= -1 and a.images.max() <= 1
+
+
+def test_captions_match_labels_and_pixels():
+    d = make_shapes(300, 32, seed=0)
+    for i, text in enumerate(d.captions):
+        assert parse_caption(text) == tuple(d.labels[i].tolist())
+    # the pixel at the shape's centre is fully inside it, so it has exactly the caption's colour
+    cx, cy = d.centre[:, 0].long(), d.centre[:, 1].long()
+    centre_rgb = d.images[torch.arange(len(d)), :, cy, cx]  # (N, 3)
+    assert torch.equal(centre_rgb.argmax(1), d.colour)
+    assert torch.allclose(centre_rgb, td.shapes._RGB[d.colour])
+    # the caption's position is the quadrant of the centre
+    right, bottom = (d.centre[:, 0] > 16).long(), (d.centre[:, 1] > 16).long()
+    assert torch.equal(2 * bottom + right, d.position)
+
+
+def test_drawn_areas_match_each_shape_formula():
+    """Circle pi r^2, square (1.7 r)^2, triangle (3 sqrt3 / 4)(1.2 r)^2: a swapped mask or a wrong size fails."""
+    d = make_shapes(90, 32, seed=1)
+    images = td.shapes.render(d.shape, d.colour, d.centre, d.radius, 32, supersample=16)  # finer edges
+    assert torch.allclose(images, d.images, atol=0.5)  # the same pictures as the data set's (4x4 antialiasing)
+    cover = (images - td.shapes._BACKGROUND) / (td.shapes._RGB[d.colour][:, :, None, None] - td.shapes._BACKGROUND)
+    area = cover[:, 0].flatten(1).sum(1)  # channel 0 differs from the background for every colour
+    r = d.radius
+    want = torch.stack([math.pi * r**2, (1.7 * r) ** 2, 3 * math.sqrt(3) / 4 * (1.2 * r) ** 2])[d.shape, torch.arange(90)]
+    torch.testing.assert_close(area, want, rtol=0.03, atol=0.3)
+
+
+def test_held_out_combinations_are_excluded_and_only_selects_them():
+    train = make_shapes(400, 16, seed=0, exclude=GREEN_TRIANGLE)
+    green, tri = COLOURS.index("green"), SHAPES.index("triangle")
+    assert not ((train.colour == green) & (train.shape == tri)).any()
+    assert (train.colour == green).any() and (train.shape == tri).any()  # the words are still seen separately
+    held = make_shapes(50, 16, seed=0, only=GREEN_TRIANGLE)
+    assert ((held.colour == green) & (held.shape == tri)).all()
+    assert set(held.position.tolist()) == set(range(len(POSITIONS)))
+    assert len(td.shapes.combos(GREEN_TRIANGLE)) == 36 - 4
+
+
+def test_bad_dataset_arguments_raise():
+    with pytest.raises(ValueError, match="positive int"):
+        make_shapes(0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        make_shapes(4, 18)
+    with pytest.raises(ValueError, match="unknown colour"):
+        make_shapes(4, only=[{"colour": "purple"}])
+    with pytest.raises(ValueError, match="may only name"):
+        td.shapes.combos(exclude=[{"size": "big"}])
+    with pytest.raises(ValueError, match="no .* combination is left"):
+        td.shapes.combos(exclude=[{}])
+    with pytest.raises(ValueError, match="a caption reads"):
+        parse_caption("red circle")
+
+
+def test_tokenizer_round_trip_padding_and_mask():
+    tok = Tokenizer(max_len=8)
+    caps = ["a red circle top left", "a blue triangle bottom right", ""]
+    ids, mask = tok.encode(caps)
+    assert ids.shape == mask.shape == (3, 8) and ids.dtype == torch.long and mask.dtype == torch.bool
+    assert tok.decode(ids, mask) == caps
+    assert mask.sum(1).tolist() == [6, 6, 1]  # <bos> + words
+    assert (ids[:, 0] == tok.index["<bos>"]).all() and (ids[~mask] == tok.index["<pad>"]).all()
+    assert tok.decode(ids) == caps  # without a mask the pads are dropped too
+
+
+def test_tokenizer_rejects_unknown_and_too_long_input():
+    tok = Tokenizer(max_len=6)
+    with pytest.raises(ValueError, match="unknown word"):
+        tok.encode("a purple circle top left")
+    with pytest.raises(ValueError, match="unknown word"):
+        tok.encode("<pad>")
+    with pytest.raises(ValueError, match="at most 5"):
+        tok.encode("a red circle top left left")
+    with pytest.raises(ValueError, match="must lie in"):
+        tok.decode(torch.tensor([[1, 99]]))
+    with pytest.raises(ValueError, match="distinct"):
+        Tokenizer(["a", "a"])
+
+
+def test_attribute_accuracy_and_classifier_helpers():
+    target = torch.tensor([[0, 1, 2], [1, 1, 3], [2, 0, 0], [0, 2, 1]])
+    pred = torch.tensor([[0, 1, 2], [1, 0, 3], [2, 0, 1], [1, 2, 1]])
+    acc = td.shapes.attribute_accuracy(pred, target)
+    assert acc == {"shape": 0.75, "colour": 0.75, "position": 0.75, "all": 0.25}
+    with pytest.raises(ValueError, match=r"\(B, 3\)"):
+        td.shapes.attribute_accuracy(pred[:, :2], target[:, :2])
+    d = make_shapes(8, 16, seed=0)
+    clf = td.shapes.attribute_classifier(8)
+    loss = td.shapes.classifier_loss(clf, (d.images, d.labels))
+    assert torch.isfinite(loss) and loss.item() > 0
+    with torch.no_grad():  # at init the head is near-uniform: the loss is close to sum of log(K)
+        assert abs(loss.item() - sum(math.log(k) for k in td.shapes.NUM_ATTRIBUTES)) < 1.0
+    pred = td.shapes.predict_attributes(clf, d.images, batch_size=3)
+    assert pred.shape == (8, 3) and (pred < torch.tensor(td.shapes.NUM_ATTRIBUTES)).all()

@@ -1,0 +1,280 @@
+r"""Latent diffusion (lesson 08): the glue between a first-stage autoencoder and the DDPM/DDIM code.
+
+1. Encode once: :math:`z_0 = s\,\mathcal E(x)` with the **scale factor** :math:`s = 1/\mathrm{std}(\mathcal E(x))`
+   (:func:`scale_factor`), so the latents have unit variance like the :math:`\mathcal N(0, I)` the noise
+   schedule was designed for. Without it :math:`q(z_t\mid z_0)` has the signal-to-noise ratio
+   :math:`\mathrm{Var}(z_0)\,\bar\alpha_t/(1-\bar\alpha_t)` (:func:`snr`) instead of :math:`\bar\alpha_t/(1-\bar\alpha_t)`.
+2. Diffuse in latent space with the unchanged loss and samplers, then decode: :math:`x = \mathcal D(z_0/s)`.
+3. Condition on a caption :math:`y` by cross-attention: :math:`\varepsilon_\theta(z_t, t, \tau_\theta(y))`
+   (:class:`CaptionUNet`), trained with caption dropout (the empty caption) so that one network gives both
+   :math:`\varepsilon(z_t, y)` and :math:`\varepsilon(z_t, \varnothing)` for classifier-free guidance (:func:`eps_fn`).
+
+Also: helpers to look inside the model (identity-at-init of the transformer blocks, cross-attention maps)
+and to measure the cost of a training step or a sampling step (the compute argument of latent diffusion).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from torch import nn
+
+from . import ddpm, guidance
+from .attention import CrossAttention, SpatialTransformer
+from .models import UNet
+from .text import TextEncoder
+
+__all__ = [
+    "scale_factor",
+    "encode",
+    "decode",
+    "snr",
+    "CaptionUNet",
+    "caption_unet",
+    "drop_captions",
+    "loss",
+    "eps_fn",
+    "guided_eps",
+    "transformer_block_deltas",
+    "store_cross_attention",
+    "cross_attention_maps",
+    "activation_bytes",
+    "cost",
+]
+
+
+# ------------------------------------------------------------------------------------ scale factor
+def scale_factor(z: torch.Tensor) -> float:
+    r"""The LDM scale factor :math:`s = 1/\hat\sigma`, :math:`\hat\sigma` the standard deviation of *all*
+    entries of a batch of latents :math:`\mathcal E(x)` (one number for the whole latent space)."""
+    z = torch.as_tensor(z).detach().double()
+    if z.numel() < 2:
+        raise ValueError("need at least two latent entries to estimate their standard deviation")
+    std = float(z.std())
+    if not std > 0:
+        raise ValueError("the latents have zero spread (a constant encoder?): the scale factor 1/std is undefined")
+    return 1.0 / std
+
+
+@torch.no_grad()
+def encode(autoencoder, x: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
+    r""":math:`z_0 = s\,\mathcal E(x)` for images ``x`` ``(N, C, H, W)``, in batches (deterministic encoder)."""
+    autoencoder.eval()
+    dev = next(autoencoder.parameters()).device
+    return torch.cat([autoencoder.encode(x[i:i + batch_size].to(dev)).cpu()
+                      for i in range(0, x.shape[0], batch_size)]) * scale
+
+
+@torch.no_grad()
+def decode(autoencoder, z: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
+    r""":math:`x = \mathcal D(z_0/s)`, clamped to ``[-1, 1]``, in batches."""
+    autoencoder.eval()
+    dev = next(autoencoder.parameters()).device
+    return torch.cat([autoencoder.decode(z[i:i + batch_size].to(dev) / scale).clamp(-1, 1).cpu()
+                      for i in range(0, z.shape[0], batch_size)])
+
+
+def snr(sched, data_var: float = 1.0) -> torch.Tensor:
+    r"""Signal-to-noise ratio of :math:`q(z_t\mid z_0)` for data of variance ``data_var`` per entry:
+    :math:`\mathrm{SNR}(t) = \mathrm{Var}(z_0)\,\bar\alpha_t/(1-\bar\alpha_t)` (index 0 is ``inf``)."""
+    if not data_var > 0:
+        raise ValueError(f"data_var must be > 0; got {data_var}")
+    return data_var * sched.snr()
+
+
+# ------------------------------------------------------------------------------------ the conditional model
+class CaptionUNet(nn.Module):
+    r""":math:`\varepsilon_\theta(z_t, t, \tau_\theta(y))`: a text encoder and a UNet whose attention blocks
+    cross-attend to its tokens, trained jointly (LDM eq. 3). ``forward(z, t, ids, mask)``."""
+
+    def __init__(self, unet: UNet, text_encoder: TextEncoder):
+        super().__init__()
+        if unet.context_dim != text_encoder.dim:
+            raise ValueError(f"the UNet's context_dim ({unet.context_dim}) must equal the text encoder's dim "
+                             f"({text_encoder.dim})")
+        self.unet, self.text = unet, text_encoder
+
+    def _apply(self, fn, recurse: bool = True):
+        # tinydiff.models.UNet names a forward helper `_apply(layer, h, ...)`, which hides nn.Module._apply
+        # and breaks .to(device) (and so td.train.fit). Call the base-class method on the UNet directly.
+        if recurse:
+            nn.Module._apply(self.unet, fn)
+            self.text._apply(fn)
+        return nn.Module._apply(self, fn, recurse=False)
+
+    def forward(self, z: torch.Tensor, t, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if ids.shape[0] != z.shape[0]:
+            raise ValueError(f"one caption per latent: z has batch {z.shape[0]}, ids has {ids.shape[0]}")
+        return self.unet(z, t, context=self.text(ids, mask), context_mask=mask)
+
+
+def caption_unet(vocab_size: int, latent_channels: int = 4, *, base_channels: int = 32, channel_mults=(1, 2),
+                 attn_levels=(1,), text_dim: int = 64, text_layers: int = 2, heads: int = 4,
+                 max_len: int = 8) -> CaptionUNet:
+    """Build a :class:`CaptionUNet` from a :class:`tinydiff.models.UNet` and a :class:`tinydiff.text.TextEncoder`."""
+    text = TextEncoder(vocab_size, text_dim, text_layers, heads, max_len)
+    unet = UNet(latent_channels, base_channels=base_channels, channel_mults=channel_mults, attn_levels=attn_levels,
+                context_dim=text_dim, heads=heads)
+    return CaptionUNet(unet, text)
+
+
+def drop_captions(ids: torch.Tensor, mask: torch.Tensor, p: float, null_ids: torch.Tensor, null_mask: torch.Tensor,
+                  generator: torch.Generator | None = None):
+    """Caption dropout for classifier-free guidance: replace each caption by the null (empty) caption with
+    probability ``p``. ``null_ids``/``null_mask`` are ``(1, M)`` (e.g. ``tokenizer.encode("")``)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"the caption-dropout probability p must lie in [0, 1]; got {p}")
+    if null_ids.shape != (1, ids.shape[1]) or null_mask.shape != null_ids.shape:
+        raise ValueError(f"null_ids and null_mask must be (1, {ids.shape[1]}); got {tuple(null_ids.shape)}, "
+                         f"{tuple(null_mask.shape)}")
+    drop = (torch.rand(ids.shape[0], generator=generator) < p).to(ids.device)[:, None]
+    return (torch.where(drop, null_ids.to(ids.device), ids), torch.where(drop, null_mask.to(mask.device), mask))
+
+
+def loss(model: CaptionUNet, batch, sched, *, p_uncond: float = 0.1, null=None) -> torch.Tensor:
+    r"""The conditional LDM loss :math:`\mathbb E\,\|\varepsilon - \varepsilon_\theta(z_t, t, \tau_\theta(y))\|^2`
+    (``td.ddpm.loss``) on ``batch = (z0, ids, mask)``, with captions dropped to ``null = (null_ids, null_mask)``
+    with probability ``p_uncond``."""
+    z0, ids, mask = batch
+    if p_uncond > 0:
+        if null is None:
+            raise ValueError("caption dropout needs the null caption: pass null=tokenizer.encode('')")
+        ids, mask = drop_captions(ids, mask, p_uncond, *null)
+    return ddpm.loss(model, z0, sched, model_kwargs={"ids": ids, "mask": mask})
+
+
+def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, gamma: float) -> torch.Tensor:
+    r"""Classifier-free guidance :math:`\tilde\varepsilon = (1+\gamma)\,\varepsilon(z_t, y) - \gamma\,\varepsilon(z_t, \varnothing)`
+    (lesson 06's :func:`tinydiff.guidance.cfg`)."""
+    return guidance.cfg(eps_uncond, eps_cond, gamma)
+
+
+def eps_fn(model: CaptionUNet, ids: torch.Tensor, mask: torch.Tensor, *, gamma: float = 0.0, null=None):
+    r"""A sampler-ready ``eps_fn(z, t)`` for the captions ``ids``/``mask`` ``(B, M)``: the conditional
+    prediction, or with ``gamma > 0`` the guided one (:func:`guided_eps`; both branches in one batch).
+    :math:`\tau_\theta(y)` is computed once, not at every step."""
+    if gamma and null is None:
+        raise ValueError("guidance (gamma > 0) needs the null caption: pass null=tokenizer.encode('')")
+    model.eval()
+    dev = next(model.parameters()).device
+    ids, mask = ids.to(dev), mask.to(dev)
+    with torch.no_grad():
+        ctx = model.text(ids, mask)
+        if gamma:
+            n_ids, n_mask = null[0].to(dev).expand_as(ids), null[1].to(dev).expand_as(mask)
+            ctx = torch.cat([ctx, model.text(n_ids, n_mask)])
+            mask = torch.cat([mask, n_mask])
+
+    def fn(z, t):
+        if z.shape[0] != ids.shape[0]:
+            raise ValueError(f"eps_fn was built for {ids.shape[0]} captions; got a batch of {z.shape[0]} latents")
+        if not gamma:
+            return model.unet(z, t, context=ctx, context_mask=mask)
+        e = model.unet(torch.cat([z, z]), torch.cat([t, t]), context=ctx, context_mask=mask)
+        eps_cond, eps_uncond = e.chunk(2)
+        return guided_eps(eps_uncond, eps_cond, gamma)
+
+    return fn
+
+
+# ------------------------------------------------------------------------------------ looking inside
+@torch.no_grad()
+def transformer_block_deltas(unet: UNet, *args, **kwargs) -> list[float]:
+    """Run ``unet(*args, **kwargs)`` and return, for every :class:`SpatialTransformer` in it, the largest
+    ``|block output - block input|``: all zeros when the blocks are the identity (at initialisation)."""
+    deltas = []
+
+    def hook(mod, inputs, output):
+        deltas.append(float((output - inputs[0]).abs().max()))
+
+    handles = [m.register_forward_hook(hook) for m in unet.modules() if isinstance(m, SpatialTransformer)]
+    if not handles:
+        raise ValueError("this UNet has no SpatialTransformer blocks (build it with attn_levels=...)")
+    try:
+        unet(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return deltas
+
+
+def _cross_attention_modules(model: nn.Module) -> list[CrossAttention]:
+    return [m for m in model.modules() if isinstance(m, CrossAttention) and m.context_dim is not None]
+
+
+@contextlib.contextmanager
+def store_cross_attention(model: nn.Module):
+    """Inside ``with store_cross_attention(model) as layers:`` every cross-attention layer keeps its weights
+    ``(B, heads, N, M)`` in ``layer.last_attention`` (``layers`` lists them, in forward order)."""
+    layers = _cross_attention_modules(model)
+    if not layers:
+        raise ValueError("the model has no cross-attention layers (build its UNet with context_dim=...)")
+    for m in layers:
+        m.store_attention, m.last_attention = True, None
+    try:
+        yield layers
+    finally:
+        for m in layers:
+            m.store_attention = False
+
+
+@torch.no_grad()
+def cross_attention_maps(model: CaptionUNet, z: torch.Tensor, t, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""Where each word is looked at: the cross-attention weights :math:`\mathrm{softmax}(QK^\top/\sqrt d)` of every
+    layer, averaged over heads and over the layers of the finest resolution that has them, reshaped to
+    ``(B, M, h, w)`` (``M`` tokens; padded tokens get 0)."""
+    model.eval()
+    with store_cross_attention(model) as layers:
+        model(z, t, ids, mask)
+        maps = [m.last_attention.mean(1) for m in layers]  # (B, N, M) each
+    n = max(a.shape[1] for a in maps)
+    maps = torch.stack([a for a in maps if a.shape[1] == n]).mean(0)
+    side = int(round(n**0.5))
+    h = side
+    w = n // h
+    return maps.transpose(1, 2).reshape(z.shape[0], -1, h, w) * mask[..., None, None].to(maps.dtype)
+
+
+# ------------------------------------------------------------------------------------ compute cost
+def activation_bytes(model: nn.Module, fn) -> int:
+    """Bytes of every tensor that a leaf module of ``model`` outputs while ``fn()`` runs: an estimate of the
+    activations a training step keeps for the backward pass (functional ops and autograd's extras are not
+    counted, so the true figure is somewhat larger)."""
+    total = 0
+
+    def hook(mod, inputs, output):
+        nonlocal total
+        outs = output if isinstance(output, (tuple, list)) else (output,)
+        total += sum(o.numel() * o.element_size() for o in outs if torch.is_tensor(o))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def cost(fn, *, repeats: int = 3, device=None) -> dict:
+    """Time and memory of ``fn()``: the median seconds over ``repeats`` calls (after one warm-up), measured
+    as process CPU time on a CPU (robust to other programs sharing the machine) and as synchronised wall
+    time on CUDA, where ``peak_bytes`` is ``torch.cuda.max_memory_allocated`` (None on a CPU)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = dev.type == "cuda"
+    fn()
+    if cuda:
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter() if cuda else time.process_time()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(dev)
+        times.append((time.perf_counter() if cuda else time.process_time()) - t0)
+    times.sort()
+    return {"seconds": times[len(times) // 2], "clock": "wall (CUDA)" if cuda else "CPU time",
+            "peak_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None}

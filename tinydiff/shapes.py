@@ -1,0 +1,300 @@
+r"""Shapes with captions (lesson 08): a procedural, offline data set with something to condition on.
+
+Each image is one filled shape of one colour in one quadrant, on a grey background, captioned in words:
+
+    "a red circle top left"      "a blue triangle bottom right"
+
+Everything is drawn in code from a seed (deterministic, any size, no download). The attributes come
+back as integer labels next to the captions, so a small classifier of shape / colour / position can
+*measure* whether a text-conditional model drew what the caption asked for.
+
+The :class:`Tokenizer` turns a caption into the token ids a text encoder :math:`\tau_\theta` reads: a fixed
+word-level vocabulary, a ``<bos>`` token first (so the empty caption is one real token, the "null" caption
+of classifier-free guidance), then ``<pad>`` up to ``max_len``, and a mask that is True on real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SHAPES",
+    "COLOURS",
+    "POSITIONS",
+    "NUM_ATTRIBUTES",
+    "ShapesData",
+    "combos",
+    "caption",
+    "parse_caption",
+    "render",
+    "make_shapes",
+    "Tokenizer",
+    "AttributeClassifier",
+    "attribute_classifier",
+    "classifier_loss",
+    "predict_attributes",
+    "attribute_accuracy",
+]
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = ("red", "green", "blue")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+NUM_ATTRIBUTES = (len(SHAPES), len(COLOURS), len(POSITIONS))
+_RGB = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])  # in [-1, 1], one row per colour
+_BACKGROUND = -0.5
+_ATTRS = {"shape": SHAPES, "colour": COLOURS, "position": POSITIONS}
+
+
+@dataclass
+class ShapesData:
+    """A drawn data set: ``images`` ``(N, 3, S, S)`` in ``[-1, 1]``, integer labels ``shape``, ``colour``,
+    ``position`` ``(N,)``, the continuous ``centre`` ``(N, 2)`` (x, y in pixels) and ``radius`` ``(N,)``,
+    and the ``captions`` (a list of N strings)."""
+
+    images: torch.Tensor
+    shape: torch.Tensor
+    colour: torch.Tensor
+    position: torch.Tensor
+    centre: torch.Tensor
+    radius: torch.Tensor
+    captions: list
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``(N, 3)`` LongTensor: columns shape, colour, position (the classifier's targets)."""
+        return torch.stack([self.shape, self.colour, self.position], dim=1)
+
+
+def _index(name: str, value) -> int:
+    table = _ATTRS[name]
+    if isinstance(value, str):
+        if value not in table:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(table)}")
+        return table.index(value)
+    value = int(value)
+    if not 0 <= value < len(table):
+        raise ValueError(f"{name} index must lie in 0..{len(table) - 1}; got {value}")
+    return value
+
+
+def _matches(rule: dict, s: int, c: int, p: int) -> bool:
+    unknown = set(rule) - set(_ATTRS)
+    if unknown:
+        raise ValueError(f"a combination rule may only name {', '.join(_ATTRS)}; got {sorted(unknown)}")
+    got = {"shape": s, "colour": c, "position": p}
+    return all(got[k] == _index(k, v) for k, v in rule.items())
+
+
+def combos(exclude=None, only=None) -> list[tuple[int, int, int]]:
+    """All (shape, colour, position) index triples, minus those matching a rule in ``exclude``, and (if
+    ``only`` is given) restricted to those matching a rule in ``only``.
+
+    A rule is a dict of attribute values, e.g. ``{"colour": "green", "shape": "triangle"}`` (any position).
+    """
+    out = []
+    for s in range(len(SHAPES)):
+        for c in range(len(COLOURS)):
+            for p in range(len(POSITIONS)):
+                if exclude and any(_matches(r, s, c, p) for r in exclude):
+                    continue
+                if only is not None and not any(_matches(r, s, c, p) for r in only):
+                    continue
+                out.append((s, c, p))
+    if not out:
+        raise ValueError("no (shape, colour, position) combination is left: loosen exclude= or only=")
+    return out
+
+
+def caption(shape, colour, position) -> str:
+    """The caption of one image, e.g. ``caption("circle", "red", "top left") == "a red circle top left"``
+    (names or indices)."""
+    s, c, p = _index("shape", shape), _index("colour", colour), _index("position", position)
+    return f"a {COLOURS[c]} {SHAPES[s]} {POSITIONS[p]}"
+
+
+def parse_caption(text: str) -> tuple[int, int, int]:
+    """Inverse of :func:`caption`: ``"a red circle top left" -> (shape, colour, position)`` indices."""
+    words = text.split()
+    if len(words) != 5 or words[0] != "a":
+        raise ValueError(f"a caption reads 'a <colour> <shape> <top|bottom> <left|right>'; got {text!r}")
+    return _index("shape", words[2]), _index("colour", words[1]), _index("position", " ".join(words[3:]))
+
+
+def _centres(size: int):
+    q = size / 4
+    return torch.tensor([[q, q], [3 * q, q], [q, 3 * q], [3 * q, 3 * q]])  # (x, y) of the quadrant centres
+
+
+def render(shape: torch.Tensor, colour: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor, size: int,
+           *, supersample: int = 4) -> torch.Tensor:
+    """Draw ``B`` shapes: ``shape``, ``colour`` ``(B,)`` indices, ``centre`` ``(B, 2)`` (x, y) and ``radius``
+    ``(B,)`` in pixels. Returns ``(B, 3, size, size)`` in ``[-1, 1]``, antialiased by ``supersample``² points
+    per pixel. A circle has radius r, a square half-side 0.85 r, a triangle (apex up, centred
+    on its bounding box) circumradius 1.2 r."""
+    k = supersample
+    u = (torch.arange(size * k, dtype=torch.float32) + 0.5) / k
+    y, x = torch.meshgrid(u, u, indexing="ij")
+    dx = x[None] - centre[:, 0, None, None]
+    dy = y[None] - centre[:, 1, None, None]
+    r = radius[:, None, None]
+    circle = dx**2 + dy**2 <= r**2
+    square = torch.maximum(dx.abs(), dy.abs()) <= 0.85 * r
+    rt = 1.2 * r  # triangle, centred on its bounding box: apex at dy = -3 rt / 4, base at dy = 3 rt / 4
+    triangle = (dy <= 0.75 * rt) & (dx.abs() * math.sqrt(3) <= dy + 0.75 * rt)
+    inside = torch.stack([circle, square, triangle], 0)[shape, torch.arange(shape.shape[0])].float()
+    cover = F.avg_pool2d(inside[:, None], k)  # (B, 1, size, size): fraction of each pixel covered
+    rgb = _RGB[colour][:, :, None, None]
+    return _BACKGROUND + cover * (rgb - _BACKGROUND)
+
+
+def make_shapes(n: int, size: int = 16, *, seed: int = 0, exclude=None, only=None, chunk: int = 512) -> ShapesData:
+    """Draw ``n`` captioned images of ``size``×``size`` deterministically from ``seed``.
+
+    Each image picks one allowed (shape, colour, position) combination uniformly (see :func:`combos` for
+    ``exclude`` / ``only``, e.g. hold out every green triangle), a centre jittered around the quadrant's
+    centre and a radius between 0.12 and 0.18 of the image size.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (the number of images) must be a positive int; got {n!r}")
+    if not isinstance(size, int) or size < 8 or size % 4:
+        raise ValueError(f"size must be an int >= 8 divisible by 4 (e.g. 16 or 32); got {size!r}")
+    g = torch.Generator().manual_seed(seed)
+    table = torch.tensor(combos(exclude, only))
+    pick = table[torch.randint(0, table.shape[0], (n,), generator=g)]
+    s, c, p = pick[:, 0], pick[:, 1], pick[:, 2]
+    jitter = (torch.rand(n, 2, generator=g) * 2 - 1) * size / 20
+    centre = _centres(size)[p] + jitter
+    radius = size * (0.12 + 0.06 * torch.rand(n, generator=g))
+    images = torch.cat([render(s[i:i + chunk], c[i:i + chunk], centre[i:i + chunk], radius[i:i + chunk], size)
+                        for i in range(0, n, chunk)])
+    caps = [caption(*t) for t in pick.tolist()]
+    return ShapesData(images, s, c, p, centre, radius, caps)
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+class Tokenizer:
+    """A word-level tokenizer with a fixed vocabulary: ``encode`` -> ``(ids, mask)``, ``decode`` -> captions.
+
+    Every sequence starts with ``<bos>`` (id 1) and is padded with ``<pad>`` (id 0) to ``max_len``;
+    ``mask`` is True on real tokens (``<bos>`` included), so the empty caption ``""`` is ``[<bos>]``, the
+    null condition of classifier-free guidance. An unknown word raises ``ValueError``.
+    """
+
+    PAD, BOS = "<pad>", "<bos>"
+
+    def __init__(self, words=None, max_len: int = 8):
+        if words is None:
+            words = ["a", *COLOURS, *SHAPES, "top", "bottom", "left", "right"]
+        words = list(words)
+        if len(set(words)) != len(words) or self.PAD in words or self.BOS in words:
+            raise ValueError("the vocabulary must list distinct words and must not contain <pad> or <bos>")
+        if max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (<bos> plus one word); got {max_len}")
+        self.vocab = [self.PAD, self.BOS, *words]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.max_len = max_len
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions (a string or a list of strings) -> ``ids`` LongTensor ``(B, max_len)`` and ``mask`` bool
+        ``(B, max_len)``."""
+        if isinstance(captions, str):
+            captions = [captions]
+        ids = torch.zeros(len(captions), self.max_len, dtype=torch.long)
+        for row, text in enumerate(captions):
+            words = text.split()
+            if len(words) + 1 > self.max_len:
+                raise ValueError(f"{text!r} has {len(words)} words; at most {self.max_len - 1} fit in max_len="
+                                 f"{self.max_len} (one slot is <bos>). Build Tokenizer(max_len=...) larger.")
+            unknown = [w for w in words if w not in self.index or w in (self.PAD, self.BOS)]
+            if unknown:
+                raise ValueError(f"unknown word(s) {unknown} in {text!r}; the vocabulary is {self.vocab[2:]}")
+            ids[row, : len(words) + 1] = torch.tensor([self.index[self.BOS]] + [self.index[w] for w in words])
+        return ids, ids != self.index[self.PAD]
+
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> list[str]:
+        """Token ids ``(B, L)`` -> captions, dropping ``<bos>`` and every position where ``mask`` is False
+        (or, without a mask, every ``<pad>``)."""
+        ids = torch.as_tensor(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"ids must have shape (B, L); got {tuple(ids.shape)}")
+        if mask is None:
+            mask = ids != self.index[self.PAD]
+        if int(ids.max()) >= self.vocab_size or int(ids.min()) < 0:
+            raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
+        return [" ".join(self.vocab[i] for i, m in zip(row.tolist(), keep.tolist()) if m and i > 1)
+                for row, keep in zip(ids, mask)]
+
+
+# ------------------------------------------------------------------------------------ attribute classifier
+class AttributeClassifier(nn.Module):
+    """A :class:`tinydiff.models.Classifier` with one logit per attribute value (3 + 3 + 4 = 10), read as
+    three heads (shape, colour, position) by :func:`predict_attributes`.
+
+    Two coordinate channels (x and y in [-1, 1]) are appended to the image: the classifier pools its
+    features over the whole image, which on its own would throw away *where* the shape is.
+    """
+
+    def __init__(self, base_channels: int = 16):
+        super().__init__()
+        from .models import Classifier
+
+        self.net = Classifier(in_channels=5, num_classes=sum(NUM_ATTRIBUTES), base_channels=base_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"images must have shape (B, 3, H, W); got {tuple(x.shape)}")
+        B, _, H, W = x.shape
+        u = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)
+        v = torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype)
+        yy, xx = torch.meshgrid(u, v, indexing="ij")
+        return self.net(torch.cat([x, torch.stack([xx, yy]).expand(B, 2, H, W)], dim=1))
+
+
+def attribute_classifier(base_channels: int = 16) -> AttributeClassifier:
+    """A fresh :class:`AttributeClassifier` (train it with :func:`classifier_loss`)."""
+    return AttributeClassifier(base_channels)
+
+
+def _heads(logits: torch.Tensor):
+    return torch.split(logits, list(NUM_ATTRIBUTES), dim=1)
+
+
+def classifier_loss(model, batch) -> torch.Tensor:
+    """Sum of the three cross-entropies (shape, colour, position) for ``batch = (images, labels (B, 3))``."""
+    images, labels = batch
+    return sum(F.cross_entropy(h, labels[:, i]) for i, h in enumerate(_heads(model(images))))
+
+
+@torch.no_grad()
+def predict_attributes(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The classifier's guess ``(B, 3)`` (shape, colour, position indices) for images ``(B, 3, S, S)``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        logits = model(images[i:i + batch_size].to(dev)).cpu()
+        out.append(torch.stack([h.argmax(1) for h in _heads(logits)], dim=1))
+    return torch.cat(out)
+
+
+def attribute_accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict:
+    """Fraction of rows where each attribute matches, and ``"all"``: the whole caption matches."""
+    if pred.shape != target.shape or pred.ndim != 2 or pred.shape[1] != 3:
+        raise ValueError(f"pred and target must both be (B, 3) label tensors; got {tuple(pred.shape)}, "
+                         f"{tuple(target.shape)}")
+    hit = pred == target
+    acc = {name: float(hit[:, i].float().mean()) for i, name in enumerate(("shape", "colour", "position"))}
+    acc["all"] = float(hit.all(1).float().mean())
+    return acc
