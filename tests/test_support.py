@@ -94,3 +94,34 @@ def test_exercise_checker_verdicts(capsys):
     assert "[wrong]" in out and "hint: halved instead of a root" in out
     assert check(lambda x: x.foo(), torch.sqrt, cases) is False
     assert "[error]" in capsys.readouterr().out
+
+
+def test_image_grid_layout_and_range():
+    from tinydiff.plotting import image_grid
+
+    x = torch.stack([torch.full((3, 4, 4), v) for v in (-1.0, 0.0, 1.0)])
+    grid = image_grid(x, nrow=2, pad=1)
+    assert grid.shape == (2 * 5 + 1, 2 * 5 + 1, 3)
+    assert grid[1, 1, 0] == 0.0 and grid[1, 6, 0] == 0.5 and grid[6, 1, 0] == 1.0  # [-1, 1] -> [0, 1], row-major
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        image_grid(torch.zeros(3, 4, 4))
+
+
+def test_plots_draw_without_a_display():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tinydiff import plotting
+
+    gm = td.data.GaussianMixture.ring(4)
+    pts = gm.sample(50)
+    plotting.scatter2d(pts)
+    plotting.density2d(gm.log_prob, n=20)
+    plotting.vector_field(lambda x: gm.score(x), n=5)
+    plotting.trajectories2d([pts, pts * 0.5], n_show=5)
+    plotting.show_images(torch.zeros(4, 1, 8, 8), nrow=2, title="zeros")
+    fig = plotting.animate_frames([pts, pts * 0.5, pts * 0.1], lambda f, ax: plotting.scatter2d(f, ax), animate=False)
+    assert len(fig.axes) == 3  # the static fallback: a strip of frames
+    plt.close("all")
