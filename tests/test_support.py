@@ -42,13 +42,15 @@ def test_timestep_and_shape_helpers():
 
 def test_sliced_wasserstein_of_a_shift():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(20000, 4, generator=g)
+    x = torch.randn(4000, 4, generator=g)
     m = torch.tensor([1.0, -1.0, 0.5, 0.0])
     # projecting a shift m on a random unit direction gives E[(theta.m)^2] = |m|^2 / D
-    sw = metrics.sliced_wasserstein(x, x + m, n_projections=2000, generator=g)
+    sw = metrics.sliced_wasserstein(x, x + m, n_projections=500, generator=g)
     assert abs(sw - m.norm().item() / 2) < 0.05
     assert metrics.sliced_wasserstein(x, x.clone(), generator=g) < 1e-9
-    assert metrics.sliced_wasserstein(x, torch.randn(9000, 4, generator=g), generator=g) < 0.05  # unequal sizes
+    y = torch.randn(2500, 4, generator=g)
+    assert metrics.sliced_wasserstein(x, y, generator=g) < 0.08  # unequal sizes, same law
+    assert abs(metrics.sliced_wasserstein(x, y + m, n_projections=500, generator=g) - m.norm().item() / 2) < 0.08
 
 
 def test_frechet_distance_against_scipy():

@@ -23,10 +23,20 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, n_projections: int =
     px, _ = (x.cpu() @ theta).sort(0)
     py, _ = (y.cpu() @ theta).sort(0)
     n = min(px.shape[0], py.shape[0])
-    q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    qx = torch.quantile(px, q, dim=0) if px.shape[0] != n else px
-    qy = torch.quantile(py, q, dim=0) if py.shape[0] != n else py
-    return float(((qx - qy) ** 2).mean().sqrt())
+    q = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # compare the two sets at n common quantile levels
+    return float(((_quantiles(px, q) - _quantiles(py, q)) ** 2).mean().sqrt())
+
+
+def _quantiles(sorted_x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Linearly interpolated quantiles at levels ``q`` of each column of an already sorted ``(m, P)`` tensor."""
+    m = sorted_x.shape[0]
+    if m == q.shape[0]:
+        return sorted_x
+    pos = (q * m - 0.5).clamp(0, m - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=m - 1)
+    w = (pos - lo)[:, None]
+    return sorted_x[lo] * (1 - w) + sorted_x[hi] * w
 
 
 def mmd_rbf(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None) -> float:
