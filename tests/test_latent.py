@@ -257,3 +257,22 @@ def test_cost_and_activation_bytes():
     assert a_small > first.numel() * 4
     c = td.latent.cost(lambda: unet(small, t), repeats=2)
     assert c["seconds"] >= 0 and c["peak_bytes"] is None and c["clock"] == "CPU time"
+
+
+def test_step_costs_and_text_to_image_sample():
+    torch.manual_seed(0)
+    ids, mask = TOK.encode(CAPS[:2])
+    null = TOK.encode("")
+    sched = td.NoiseSchedule.linear(20, 1e-3, 0.2)
+    ae = td.autoencoder.KLAutoencoder(3, 4, f=4, base_channels=8)
+    pix = td.latent.caption_unet(TOK.vocab_size, 3, base_channels=8, text_dim=16, text_layers=1)
+    lat = td.latent.caption_unet(TOK.vocab_size, 4, base_channels=8, text_dim=16, text_layers=1)
+    c_pix = td.latent.step_costs(pix, torch.randn(2, 3, 16, 16), ids, mask, sched, null=null, n_steps=3, repeats=1)
+    c_lat = td.latent.step_costs(lat, torch.randn(2, 4, 4, 4), ids, mask, sched, null=null, n_steps=3, repeats=1,
+                                 decoder=ae.decode)
+    assert abs(c_pix["params"] - c_lat["params"]) < 0.01 * c_pix["params"]  # same network, only in/out convs differ
+    assert c_lat["activation_bytes"] < c_pix["activation_bytes"] / 4
+    assert all(c[k] > 0 for c in (c_pix, c_lat) for k in ("train_step_s", "sample_s"))
+    x = td.latent.sample(lat, ae, ids, mask, sched, 0.5, latent_shape=(4, 4, 4), n_steps=3, gamma=2.0, null=null,
+                         generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 16, 16) and x.abs().max() <= 1

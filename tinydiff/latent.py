@@ -42,6 +42,8 @@ __all__ = [
     "cross_attention_maps",
     "activation_bytes",
     "cost",
+    "step_costs",
+    "sample",
 ]
 
 
@@ -146,8 +148,9 @@ def loss(model: CaptionUNet, batch, sched, *, p_uncond: float = 0.1, null=None) 
 
 
 def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, gamma: float) -> torch.Tensor:
-    r"""Classifier-free guidance :math:`\tilde\varepsilon = (1+\gamma)\,\varepsilon(z_t, y) - \gamma\,\varepsilon(z_t, \varnothing)`
-    (lesson 06's :func:`tinydiff.guidance.cfg`)."""
+    r"""Classifier-free guidance
+    :math:`\tilde\varepsilon = (1+\gamma)\,\varepsilon(z_t, y) - \gamma\,\varepsilon(z_t, \varnothing)` (lesson 06's
+    :func:`tinydiff.guidance.cfg`)."""
     return guidance.cfg(eps_uncond, eps_cond, gamma)
 
 
@@ -177,6 +180,19 @@ def eps_fn(model: CaptionUNet, ids: torch.Tensor, mask: torch.Tensor, *, gamma: 
         return guided_eps(eps_uncond, eps_cond, gamma)
 
     return fn
+
+
+@torch.no_grad()
+def sample(model: CaptionUNet, autoencoder, ids: torch.Tensor, mask: torch.Tensor, sched, scale: float, *,
+           latent_shape, n_steps: int = 50, gamma: float = 0.0, null=None, generator=None, device=None) -> torch.Tensor:
+    r"""Text-to-image: DDIM (lesson 03, ``eta = 0``) on latents of ``latent_shape`` ``(c, h, w)`` for the captions
+    ``ids``/``mask``, guided with ``gamma``, then :math:`x = \mathcal D(z_0/s)`. Returns images ``(B, C, H, W)``
+    on the CPU."""
+    from . import ddim
+
+    fn = eps_fn(model, ids, mask, gamma=gamma, null=null)
+    z = ddim.sample(fn, (ids.shape[0], *latent_shape), sched, n_steps, generator=generator, device=device)
+    return decode(autoencoder, z.cpu(), scale)
 
 
 # ------------------------------------------------------------------------------------ looking inside
@@ -278,3 +294,33 @@ def cost(fn, *, repeats: int = 3, device=None) -> dict:
     times.sort()
     return {"seconds": times[len(times) // 2], "clock": "wall (CUDA)" if cuda else "CPU time",
             "peak_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None}
+
+
+def step_costs(model: CaptionUNet, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, sched, *, null,
+               n_steps: int, gamma: float = 3.0, decoder=None, repeats: int = 3) -> dict:
+    r"""What one model costs on a batch ``x`` (pixels or latents) with captions ``ids``/``mask``: parameters,
+    seconds per training step (loss, backward, AdamW), :func:`activation_bytes` of a training forward pass,
+    ``peak_bytes`` on CUDA, and seconds per sample for ``n_steps`` guided steps (both CFG branches) plus one
+    ``decoder`` pass when one is given (latent diffusion decodes once per sample, not once per step)."""
+    dev = x.device
+    ids, mask = ids.to(dev), mask.to(dev)
+    opt = torch.optim.AdamW(model.parameters())
+    batch = (x, ids, mask)
+
+    def train_step():
+        value = loss(model, batch, sched, p_uncond=0.15, null=null)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+
+    model.train()
+    train = cost(train_step, repeats=repeats, device=dev)
+    act = activation_bytes(model, lambda: loss(model, batch, sched, p_uncond=0.0))
+    guided = eps_fn(model, ids, mask, gamma=gamma, null=null)
+    t = torch.full((x.shape[0],), sched.T // 2, device=dev)
+    with torch.no_grad():
+        per_step = cost(lambda: guided(x, t), repeats=repeats, device=dev)["seconds"]
+        dec = cost(lambda: decoder(x), repeats=repeats, device=dev)["seconds"] if decoder is not None else 0.0
+    return {"params": sum(p.numel() for p in model.parameters()), "train_step_s": train["seconds"],
+            "activation_bytes": act, "peak_bytes": train["peak_bytes"], "clock": train["clock"],
+            "sample_s": (n_steps * per_step + dec) / x.shape[0]}
