@@ -92,6 +92,20 @@ def test_beta_placement_same_value_different_gradients():
     torch.testing.assert_close(grads["swapped"][2], -2 * beta / n * onehot.t() @ diff)
 
 
+def test_swapped_placement_is_paper_loss_with_inverse_beta_rescaled():
+    """beta*||sg(z)-e||^2 + ||z-sg(e)||^2 = beta * (paper loss with commitment weight 1/beta): values and gradients."""
+    z, codebook = _z((12, 3)), _z((4, 3), seed=2)
+    k = vq.nearest_code(z, codebook)
+    out = []
+    for placement, beta, scale in (("swapped", 0.25, 1.0), ("paper", 4.0, 0.25)):
+        zz, cb = z.clone().requires_grad_(True), codebook.clone().requires_grad_(True)
+        loss = scale * vq.vq_loss(zz, cb[k], beta, placement=placement)
+        loss.backward()
+        out.append((loss.detach(), zz.grad, cb.grad))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_matches_diffusers_vector_quantizer(legacy):
     """diffusers' legacy=False puts beta on the commitment term (the paper); legacy=True on the codebook term."""
