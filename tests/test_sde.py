@@ -1,0 +1,302 @@
+"""Lesson 04: the VP-SDE, reverse SDE, Fokker–Planck, probability-flow ODE, likelihood, PC sampling, DSM."""
+
+import math
+
+import pytest
+import torch
+from scipy.integrate import quad
+
+import tinydiff as td
+from tinydiff import sde as S
+
+SDE = S.VPSDE()
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _gaussian():
+    """One 2-D Gaussian component: its reverse processes must give back exactly this mean and covariance."""
+    return td.data.GaussianMixture([1.0], [[1.0, -0.5]], [[0.3, 0.6]])
+
+
+def _ring():
+    return td.data.GaussianMixture.ring(8, radius=2.0, std=0.3)
+
+
+def _mixture_1d():
+    return td.data.GaussianMixture([0.3, 0.7], [[-1.5], [1.0]], [0.1, 0.3])
+
+
+def _fit_errors(x, gm):
+    return td.metrics.gaussian_fit_error(x, gm.mean(), gm.covariance())
+
+
+# ----------------------------------------------------------------------------------- the SDE itself
+def test_beta_integral_and_marginal_closed_form():
+    for t in (0.0, 0.13, 0.5, 1.0):
+        B, _ = quad(lambda u: float(SDE.beta(u)), 0.0, t)  # independent oracle: numerical quadrature
+        assert float(SDE.beta_integral(t)) == pytest.approx(B, rel=1e-10, abs=1e-12)
+        m, s = SDE.marginal(t)
+        assert float(m) == pytest.approx(math.exp(-B / 2), rel=1e-12)
+        assert float(m**2 + s**2) == pytest.approx(1.0, abs=1e-12)  # variance preserving
+    assert float(SDE.diffusion(0.3)) == pytest.approx(math.sqrt(0.1 + 0.3 * 19.9))
+    x = torch.randn(5, 2, dtype=torch.float64, generator=_gen())
+    torch.testing.assert_close(SDE.drift(x, 0.4), -0.5 * (0.1 + 0.4 * 19.9) * x)
+
+
+def test_marginal_matches_simulated_forward_sde():
+    x0 = torch.full((20000, 1), 1.5, dtype=torch.float64)
+    t = 0.2
+    xt = S.simulate_forward(x0, SDE, t_end=t, steps=400, generator=_gen(1))
+    m, s = SDE.marginal(t)
+    assert abs(xt.mean().item() - 1.5 * float(m)) < 0.015
+    assert abs(xt.std().item() - float(s)) < 0.012  # 1 - m^2 without the square root would be 0.07 off
+
+
+def test_discrete_schedule_mapping_both_ways():
+    errs = []
+    for T in (250, 500, 1000):
+        sched = SDE.discrete_schedule(T)
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        torch.testing.assert_close(sched.beta[1:], SDE.beta(t[1:]) / T)
+        errs.append((sched.alpha_bar - SDE.marginal(t)[0] ** 2).abs().max().item())
+    assert errs[-1] < 2.5e-3
+    assert 1.8 < errs[0] / errs[1] < 2.2 and 1.8 < errs[1] / errs[2] < 2.2  # first order in 1/T
+    back = S.VPSDE.from_discrete(SDE.discrete_schedule(400))
+    assert back.beta_min == pytest.approx(0.1, rel=1e-9) and back.beta_max == pytest.approx(20.0, rel=1e-12)
+    ddpm = td.NoiseSchedule.linear(1000)
+    vp = S.VPSDE.from_discrete(ddpm)
+    t = torch.arange(1001, dtype=torch.float64) / 1000
+    assert (ddpm.alpha_bar - vp.marginal(t)[0] ** 2).abs().max() < 2.5e-3
+    assert vp.beta_max == pytest.approx(20.0) and vp.beta_min == pytest.approx(0.1, abs=0.03)
+
+
+# ----------------------------------------------------------------------------------- samplers
+def test_reverse_sde_recovers_gaussian_and_mixture():
+    gm = _gaussian()
+    x = S.sample_reverse_sde(S.mixture_score_fn(gm, SDE), SDE, (10000, 2), steps=150, generator=_gen(2))
+    dm, dc = _fit_errors(x, gm)
+    assert dm < 0.03 and dc < 0.04
+    ring = _ring()
+    g = _gen(3)
+    xr = S.sample_reverse_sde(S.mixture_score_fn(ring, SDE), SDE, (2000, 2), steps=100, generator=g)
+    floor = td.metrics.noise_floor(td.metrics.mmd_rbf, lambda n: ring.sample(n, g), 2000, repeats=2)
+    assert td.metrics.mmd_rbf(xr, ring.sample(2000, g)) < abs(floor) + 5e-4
+
+
+def test_family_with_other_sigma_recovers_gaussian():
+    gm = _gaussian()
+    sf = S.mixture_score_fn(gm, SDE)
+    x = S.sample_reverse_family(sf, SDE, (10000, 2), steps=150, sigma=0.5, generator=_gen(4))
+    dm, dc = _fit_errors(x, gm)
+    assert dm < 0.03 and dc < 0.04
+    x = S.sample_reverse_family(sf, SDE, (10000, 2), steps=150, sigma=lambda t: 0.3 + 0 * t, generator=_gen(4))
+    dm, dc = _fit_errors(x, gm)
+    assert dm < 0.03 and dc < 0.04
+
+
+def test_ode_samplers_recover_gaussian():
+    gm = _gaussian()
+    sf = S.mixture_score_fn(gm, SDE)
+    xT = torch.randn(10000, 2, generator=_gen(5))
+    for x in (S.sample_ode_euler(sf, SDE, x_T=xT, steps=150), S.sample_ode_heun(sf, SDE, x_T=xT, steps=30)):
+        dm, dc = _fit_errors(x, gm)
+        assert dm < 0.03 and dc < 0.04
+    xs = S.sample_ode_scipy(sf, SDE, x_T=xT[:500].double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(xs.float(), S.sample_ode_heun(sf, SDE, x_T=xT[:500], steps=40), atol=5e-3, rtol=0)
+
+
+def test_heun_more_accurate_than_euler_at_equal_nfe():
+    ring = _ring()
+    sf = S.mixture_score_fn(ring, SDE)
+    xT = torch.randn(64, 2, generator=_gen(6), dtype=torch.float64)
+    ref, nfe = S.sample_ode_scipy(sf, SDE, x_T=xT, rtol=1e-10, atol=1e-10, return_nfe=True)
+    assert nfe > 50
+
+    def err(x):
+        return (x - ref).pow(2).sum(1).mean().sqrt().item()
+
+    e_euler = [err(S.sample_ode_euler(sf, SDE, x_T=xT, steps=n)) for n in (160, 320)]
+    e_heun = [err(S.sample_ode_heun(sf, SDE, x_T=xT, steps=n // 2)) for n in (160, 320)]  # same NFE
+    assert e_heun[0] < e_euler[0] / 3 and e_heun[1] < e_euler[1] / 3
+    assert 1.6 < e_euler[0] / e_euler[1] < 2.6  # first order
+    assert e_heun[0] / e_heun[1] > 3.0  # second order
+
+
+def test_ode_forward_then_backward_is_identity():
+    sf = S.mixture_score_fn(_ring(), SDE)
+    x0 = _ring().sample(16, _gen(7), dtype=torch.float64)
+    z = S.sample_ode_scipy(sf, SDE, x_T=x0, t_max=1e-3, t_min=1.0, rtol=1e-9, atol=1e-9)
+    back = S.sample_ode_scipy(sf, SDE, x_T=z, t_max=1.0, t_min=1e-3, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(back, x0, atol=1e-5, rtol=0)
+
+
+def test_predictor_corrector_and_langevin_invariance():
+    gm = _gaussian()
+    sf = S.mixture_score_fn(gm, SDE)
+    x = S.sample_pc(sf, SDE, (10000, 2), steps=100, snr=0.1, generator=_gen(8))
+    dm, dc = _fit_errors(x, gm)
+    assert dm < 0.03 and dc < 0.05
+    # Langevin at fixed t leaves p_t invariant: start from exact samples of p_t, stay there
+    t = 0.3
+    m, s = SDE.marginal(t)
+    xt = float(m) * gm.sample(20000, _gen(9)) + float(s) * torch.randn(20000, 2, generator=_gen(10))
+    y = S.langevin_correct(sf, SDE, xt, t, snr=0.1, n_steps=30, generator=_gen(11))
+    cov_t = float(m) ** 2 * gm.covariance() + float(s) ** 2 * torch.eye(2, dtype=torch.float64)
+    dm, dc = td.metrics.gaussian_fit_error(y, float(m) * gm.mean(), cov_t)
+    assert dm < 0.03 and dc < 0.04
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    sf = S.mixture_score_fn(_ring(), SDE)
+    a = S.sample_reverse_sde(sf, SDE, (64, 2), steps=20, generator=_gen(12))
+    b = S.sample_reverse_sde(sf, SDE, (64, 2), steps=20, generator=_gen(12))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------- likelihood
+def test_log_likelihood_matches_mixture_log_prob():
+    ring = _ring()
+    x = ring.sample(8, _gen(13), dtype=torch.float64)
+    ll = S.log_likelihood(x, S.mixture_score_fn(ring, SDE), SDE, exact_trace=True)
+    torch.testing.assert_close(ll, ring.log_prob(x), atol=2e-3, rtol=0)
+
+
+def test_hutchinson_is_unbiased():
+    A = torch.tensor([[1.0, 2.0, 0.5], [-1.0, 3.0, 0.0], [0.3, 0.2, -2.0]], dtype=torch.float64)
+    fn = lambda u: u @ A.T  # noqa: E731  divergence = tr A = 2
+    x = torch.randn(4000, 3, dtype=torch.float64, generator=_gen(14))
+    torch.testing.assert_close(S.divergence_exact(fn, x), torch.full((4000,), 2.0, dtype=torch.float64))
+    for z in (torch.randn(4000, 3, dtype=torch.float64, generator=_gen(15)),
+              (torch.randint(0, 2, (4000, 3), generator=_gen(16)) * 2 - 1).double()):
+        est = S.divergence_hutchinson(fn, x, z)
+        assert abs(est.mean().item() - 2.0) < 4 * est.std().item() / math.sqrt(4000)
+        assert est.std().item() > 0.5  # a real estimator, not the exact trace
+    # and through the whole likelihood ODE
+    ring = _ring()
+    xs = ring.sample(4, _gen(17), dtype=torch.float64)
+    sf = S.mixture_score_fn(ring, SDE)
+    exact = S.log_likelihood(xs, sf, SDE, exact_trace=True)
+    g = _gen(18)
+    runs = torch.stack([S.log_likelihood(xs, sf, SDE, generator=g) for _ in range(12)])
+    se = runs.std(0) / math.sqrt(12)
+    assert ((runs.mean(0) - exact).abs() < 4 * se + 1e-3).all()
+
+
+# ----------------------------------------------------------------------------------- Fokker–Planck
+def test_fokker_planck_pde_matches_exact_marginal():
+    gm = _mixture_1d()
+    grid = torch.linspace(-5, 5, 401, dtype=torch.float64)
+    p0 = gm.log_prob(grid[:, None]).exp()
+    p = S.fokker_planck_1d(p0, grid, SDE, t_end=0.3, steps=60)
+    m, s = SDE.marginal(0.3)
+    exact = gm.log_prob(grid[:, None], float(m), float(s)).exp()
+    dx = float(grid[1] - grid[0])
+    assert (p - exact).abs().sum().item() * dx < 1e-3
+    assert p.sum().item() * dx == pytest.approx(p0.sum().item() * dx, abs=1e-10)  # mass conserved
+
+
+def test_exact_marginal_satisfies_fokker_planck():
+    gm = _mixture_1d()
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
+
+    def lp(u, t):
+        m, s = SDE.marginal(t)
+        return gm.log_prob(u, float(m), float(s))
+
+    lhs, rhs = S.fokker_planck_residual(lp, SDE, x, 0.3)
+    assert lhs.abs().max() > 0.1
+    torch.testing.assert_close(lhs, rhs, atol=1e-6, rtol=1e-6)
+
+    def wrong(u, t):  # a density that drifts but does not spread: must violate the equation
+        m, _ = SDE.marginal(t)
+        return gm.log_prob(u, float(m), 0.5)
+
+    lhs, rhs = S.fokker_planck_residual(wrong, SDE, x, 0.3)
+    assert (lhs - rhs).abs().max() > 0.05
+
+
+def test_particle_systems_match_fokker_planck():
+    gm = _mixture_1d()
+    sf = S.mixture_score_fn(gm, SDE)
+    t, n = 0.3, 8000
+    m, s = SDE.marginal(t)
+    edges = torch.linspace(-4, 4, 41, dtype=torch.float64)
+    dens = lambda u: gm.log_prob(u[:, None], float(m), float(s)).exp()  # noqa: E731
+    g = _gen(19)
+    floor = sum(S.histogram_tv(float(m) * gm.sample(n, g) + float(s) * torch.randn(n, 1, generator=g), edges, dens)
+                for _ in range(3)) / 3
+    x0 = gm.sample(n, g, dtype=torch.float64)
+    for kw in (dict(sigma=1.0), dict(sigma=0.5, score_fn=sf), dict(sigma=0.0, score_fn=sf)):
+        xt = S.simulate_forward(x0, SDE, t_end=t, steps=150, generator=g, **kw)
+        assert S.histogram_tv(xt, edges, dens) < 1.6 * floor, kw
+    # the check can fail: particles from the data, not moved at all
+    assert S.histogram_tv(x0, edges, dens) > 3 * floor
+
+
+# ----------------------------------------------------------------------------------- score matching
+def test_dsm_loss_minimised_by_true_score():
+    ring = _ring()
+    sf = S.mixture_score_fn(ring, SDE)
+    g = _gen(20)
+    x0 = ring.sample(20000, g)
+    t = 0.02 + 0.98 * torch.rand(20000, generator=g, dtype=torch.float64)
+    eps = torch.randn(20000, 2, generator=g)
+    best = S.dsm_loss(sf, x0, SDE, t=t, eps=eps).item()
+    for bad in (lambda x, tt: 1.1 * sf(x, tt), lambda x, tt: sf(x, tt) + 0.1, lambda x, tt: 0.9 * sf(x, tt)):
+        assert S.dsm_loss(bad, x0, SDE, t=t, eps=eps).item() > best
+    # with s_theta = -eps_theta / s(t) the weighted DSM loss is DDPM's ||eps - eps_theta||^2
+    eps_net = lambda x, tt: 0.1 * x  # noqa: E731
+    m, s = SDE.marginal(t)
+    xt = m[:, None].float() * x0 + s[:, None].float() * eps
+    want = (eps - eps_net(xt, t)).pow(2).sum(1).mean()
+    got = S.dsm_loss(S.score_fn_from_eps_fn(eps_net, SDE), x0, SDE, t=t, eps=eps)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_score_fn_from_eps_fn_matches_mixture():
+    ring = _ring()
+    x = torch.randn(32, 2, generator=_gen(21), dtype=torch.float64)
+    t = torch.full((32,), 0.4, dtype=torch.float64)
+    m, s = SDE.marginal(t)
+    eps_fn = lambda u, tt: -s[:, None] * ring.score(u, m, s)  # noqa: E731
+    torch.testing.assert_close(S.score_fn_from_eps_fn(eps_fn, SDE)(x, t), S.mixture_score_fn(ring, SDE)(x, t))
+
+
+# ----------------------------------------------------------------------------------- bad input
+def test_bad_inputs_raise_value_errors():
+    with pytest.raises(ValueError, match=r"must not exceed beta_max"):
+        S.VPSDE(beta_min=5.0, beta_max=1.0)
+    with pytest.raises(ValueError, match=r"beta_min must be"):
+        S.VPSDE(beta_min=0.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        SDE.marginal(1.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        SDE.beta(torch.tensor([0.2, -0.1]))
+    sf = S.mixture_score_fn(_ring(), SDE)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sf(torch.zeros(2, 2), torch.tensor([0.5, 2.0]))
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        S.sample_reverse_sde(sf, SDE, (4, 2), steps=0)
+    with pytest.raises(ValueError, match="t_min"):
+        S.sample_ode_euler(sf, SDE, (4, 2), steps=5, t_min=1.0)
+    with pytest.raises(ValueError, match="not linear"):
+        S.VPSDE.from_discrete(td.NoiseSchedule.cosine(100))
+    with pytest.raises(ValueError, match="too small"):
+        SDE.discrete_schedule(10)
+    with pytest.raises(ValueError, match="needs the score"):
+        S.simulate_forward(torch.zeros(4, 1), SDE, t_end=0.5, steps=3, sigma=0.5)
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        S.sample_reverse_family(sf, SDE, (4, 2), steps=3, sigma=-1.0)
+    with pytest.raises(ValueError, match="t = 0 has no noise"):
+        S.dsm_loss(sf, torch.zeros(4, 2), SDE, t=torch.zeros(4))
+    with pytest.raises(ValueError, match="batch dimension"):
+        S.log_likelihood(torch.zeros(3), sf, SDE)
+    with pytest.raises(ValueError, match="probe must be"):
+        S.log_likelihood(torch.zeros(3, 2), sf, SDE, probe="sphere")
+    with pytest.raises(ValueError, match="uniform"):
+        S.fokker_planck_1d(torch.ones(4), torch.tensor([0.0, 1.0, 3.0, 4.0]), SDE, t_end=0.1)
+    with pytest.raises(ValueError, match="t_end"):
+        S.simulate_forward(torch.zeros(4, 1), SDE, t_start=0.5, t_end=0.2, steps=3)

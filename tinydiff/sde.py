@@ -1,0 +1,665 @@
+r"""Continuous time (lesson 04): the VP-SDE, the reverse SDE, Fokker–Planck, the probability-flow ODE,
+exact likelihoods, predictor–corrector sampling and denoising score matching.
+
+Notation (lecture "SDE" and "SDE and ODE 大一统"), with continuous time ``t`` in ``[0, 1]``:
+
+- forward SDE :math:`dx = f_t(x)\,dt + g_t\,dw`; for the VP-SDE :math:`f_t(x) = -\tfrac12\beta(t)x`,
+  :math:`g_t = \sqrt{\beta(t)}`, :math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`;
+- its marginal given :math:`x_0`: :math:`x_t = m(t)\,x_0 + s(t)\,\varepsilon`, with
+  :math:`m(t) = e^{-\frac12\int_0^t\beta}` (``mean_coef``) and :math:`s(t) = \sqrt{1 - m(t)^2}` (``std``);
+- the family with the same marginals, for any :math:`\sigma_t \ge 0`:
+  forward :math:`dx = (f_t - \tfrac12(g_t^2 - \sigma_t^2)\nabla\log p_t)\,dt + \sigma_t\,dw`,
+  reverse :math:`dx = (f_t - \tfrac12(g_t^2 + \sigma_t^2)\nabla\log p_t)\,dt + \sigma_t\,d\bar w`.
+  :math:`\sigma_t = g_t` gives the forward / reverse SDE, :math:`\sigma_t = 0` the probability-flow ODE.
+
+**Mapping to the discrete schedule** (lesson 02). A discrete step ``t = 1..T`` covers the interval
+:math:`((t-1)/T, t/T]`, so continuous time is ``t / T`` and
+
+.. math:: \beta^{\text{discrete}}_t \approx \beta(t/T)/T, \qquad \bar\alpha_t \approx m(t/T)^2,
+
+with errors of order :math:`1/T` (:meth:`VPSDE.discrete_schedule`, and its inverse :meth:`VPSDE.from_discrete`).
+DDPM's linear schedule (:math:`10^{-4}..0.02`, ``T = 1000``) is, up to :math:`O(1/T)`, the VP-SDE with
+:math:`\beta_{\min}=0.1`, :math:`\beta_{\max}=20`.
+
+Every sampler takes a continuous-time score callable ``score_fn(x, t) -> score`` with ``t`` a float
+tensor ``(B,)`` in ``[0, 1]`` (dtype and device of ``x``). :func:`mixture_score_fn` makes the exact one of
+a :class:`tinydiff.data.GaussianMixture`; :func:`score_fn_from_eps_fn` wraps an :math:`\varepsilon`-network.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+from scipy.linalg import solve_banded
+
+from . import convert
+from .schedules import NoiseSchedule
+from .utils import expand_to, progress
+
+__all__ = [
+    "VPSDE",
+    "check_time",
+    "mixture_score_fn",
+    "score_fn_from_eps_fn",
+    "family_drift",
+    "pf_ode_drift",
+    "reverse_sde_drift",
+    "simulate_forward",
+    "sample_reverse_family",
+    "sample_reverse_sde",
+    "sample_ode_euler",
+    "sample_ode_heun",
+    "sample_ode_scipy",
+    "langevin_correct",
+    "sample_pc",
+    "divergence_exact",
+    "divergence_hutchinson",
+    "log_likelihood",
+    "fokker_planck_1d",
+    "fokker_planck_residual",
+    "histogram_tv",
+    "dsm_loss",
+]
+
+
+# ---------------------------------------------------------------------------------- time and the SDE
+def check_time(t, *, batch: int | None = None, name: str = "t") -> torch.Tensor:
+    """Validate continuous times and return them as a float64 tensor (a scalar or ``(batch,)``).
+
+    Raises ``ValueError`` if a value is outside ``[0, 1]`` (or not finite), or the shape does not match.
+    """
+    t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)  # Python floats stay exact
+    if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name} must be a float (or a float tensor) of continuous times in [0, 1]; got dtype {t.dtype}")
+    t = t.detach().to(torch.float64)
+    if not bool(torch.isfinite(t).all()) or (t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0)):
+        lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
+        raise ValueError(
+            f"{name} must lie in [0, 1] (continuous time; a discrete step k of T is t = k / T); "
+            f"got values from {lo:.4g} to {hi:.4g}"
+        )
+    if batch is not None:
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"{name} must be a scalar or have shape ({batch},) to match the batch; got {tuple(t.shape)}")
+    return t
+
+
+class VPSDE:
+    r"""The variance-preserving SDE :math:`dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)}\,dw`, ``t`` in ``[0, 1]``,
+    with the linear rate :math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`.
+
+    Methods take ``t`` as a float or a tensor of floats in ``[0, 1]`` and return float64 tensors
+    (``drift`` returns the dtype of ``x``).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        beta_min, beta_max = float(beta_min), float(beta_max)
+        if not (math.isfinite(beta_min) and math.isfinite(beta_max)) or beta_min <= 0:
+            raise ValueError(f"beta_min must be a finite number > 0; got beta_min={beta_min}, beta_max={beta_max}")
+        if beta_min > beta_max:
+            raise ValueError(
+                f"beta_min ({beta_min}) must not exceed beta_max ({beta_max}): the noise rate grows with t. "
+                "Swap the two arguments."
+            )
+        self.beta_min, self.beta_max = beta_min, beta_max
+
+    def beta(self, t) -> torch.Tensor:
+        r""":math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`."""
+        t = check_time(t)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def beta_integral(self, t) -> torch.Tensor:
+        r""":math:`B(t) = \int_0^t \beta(u)\,du = \beta_{\min}t + \tfrac12 t^2(\beta_{\max} - \beta_{\min})`."""
+        t = check_time(t)
+        return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+        r"""The drift :math:`f_t(x) = -\tfrac12\beta(t)\,x` (``t`` a scalar or ``(B,)``)."""
+        t = check_time(t, batch=x.shape[0])
+        return -0.5 * expand_to(self.beta(t), x) * x
+
+    def diffusion(self, t) -> torch.Tensor:
+        r"""The diffusion coefficient :math:`g_t = \sqrt{\beta(t)}`."""
+        return self.beta(t).sqrt()
+
+    def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(mean_coef, std)`` of :math:`p(x_t\mid x_0) = \mathcal N(m(t)x_0, s(t)^2 I)`:
+        :math:`m(t) = e^{-B(t)/2}`, :math:`s(t) = \sqrt{1 - e^{-B(t)}}`."""
+        B = self.beta_integral(t)
+        return torch.exp(-0.5 * B), (-torch.expm1(-B)).sqrt()
+
+    # ------------------------------------------------------------------ the discrete schedule, both ways
+    def discrete_schedule(self, T: int = 1000) -> NoiseSchedule:
+        r"""The discrete schedule of this SDE: :math:`\beta^{\text{discrete}}_t = \beta(t/T)/T`, ``t = 1..T``.
+
+        One step of :math:`x_t = \sqrt{1-\beta_t}x_{t-1} + \sqrt{\beta_t}\varepsilon` is, to first order in
+        :math:`\Delta t = 1/T`, the Euler–Maruyama step :math:`x + f\Delta t + g\sqrt{\Delta t}\,\varepsilon`;
+        so :math:`\bar\alpha_t \approx m(t/T)^2` with an error of order :math:`1/T`.
+        """
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ValueError(f"T (the number of discrete steps) must be a positive int; got {T!r}")
+        if self.beta_max / T >= 1:
+            raise ValueError(f"T = {T} is too small: beta(1)/T = {self.beta_max / T:.3g} must be < 1; use T > {self.beta_max:g}")
+        t = torch.arange(1, T + 1, dtype=torch.float64) / T
+        return NoiseSchedule(torch.cat([torch.zeros(1, dtype=torch.float64), self.beta(t) / T]), name=f"VPSDE(T={T})")
+
+    @classmethod
+    def from_discrete(cls, sched: NoiseSchedule, *, rtol: float = 1e-6) -> "VPSDE":
+        r"""The VP-SDE of a *linear* discrete schedule, the exact inverse of :meth:`discrete_schedule`:
+        :math:`\beta(t/T) = T\beta_t` at ``t = 1`` and ``t = T`` fixes the line :math:`\beta(\cdot)`.
+
+        DDPM's :math:`10^{-4}..0.02` with ``T = 1000`` gives :math:`\beta_{\min}\approx 0.080`,
+        :math:`\beta_{\max} = 20`; the customary rounding to :math:`(0.1, 20)` (:math:`T\beta_1, T\beta_T`) differs
+        by :math:`O(1/T)`. Raises ``ValueError`` for a schedule that is not linear in ``t``.
+        """
+        b = sched.beta[1:]
+        T = sched.T
+        if T < 2:
+            raise ValueError("from_discrete needs a schedule with T >= 2 steps")
+        lin = torch.linspace(float(b[0]), float(b[-1]), T, dtype=torch.float64)
+        if not torch.allclose(b, lin, rtol=rtol, atol=0.0):
+            raise ValueError(
+                f"from_discrete maps only linear schedules to the linear VP-SDE; {sched.name} is not linear "
+                "(for the cosine schedule use its alpha_bar directly)"
+            )
+        beta_lo, beta_hi = T * float(b[0]), T * float(b[-1])  # beta(1/T) and beta(1)
+        slope = (beta_hi - beta_lo) / (1.0 - 1.0 / T)
+        beta_min = beta_lo - slope / T
+        if beta_min <= 0:
+            raise ValueError(f"this schedule extrapolates to beta(0) = {beta_min:.3g} <= 0: no VP-SDE matches it")
+        return cls(beta_min, beta_hi)
+
+    def __repr__(self) -> str:
+        return f"VPSDE(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
+
+
+# ---------------------------------------------------------------------------------- score callables
+def mixture_score_fn(mixture, sde: VPSDE):
+    r"""The exact score :math:`\nabla\log p_t(x)` of the VP-SDE marginal of a Gaussian mixture, as ``score_fn(x, t)``:
+    :math:`p_t` is the law of :math:`m(t)X + s(t)\varepsilon`, closed-form (:class:`tinydiff.data.GaussianMixture`)."""
+
+    def score_fn(x, t):
+        t = check_time(t, batch=x.shape[0])
+        if bool((t == t[0]).all()):  # one time for the batch (every sampler): scalars are much cheaper here
+            t = t[:1]
+        m, s = sde.marginal(t)
+        if m.numel() == 1:
+            return mixture.score(x, float(m), float(s))
+        return mixture.score(x, m.to(x.device), s.to(x.device))
+
+    return score_fn
+
+
+def score_fn_from_eps_fn(eps_fn, sde: VPSDE):
+    r"""Turn a continuous-time :math:`\varepsilon`-predictor ``eps_fn(x, t)`` into ``score_fn(x, t)``:
+    :math:`\nabla\log p_t(x) = -\varepsilon/s(t)` (the conversion of :func:`tinydiff.convert.score_from_eps`
+    with :math:`\bar\alpha = m(t)^2`)."""
+
+    def score_fn(x, t):
+        m, _ = sde.marginal(check_time(t, batch=x.shape[0]))
+        return convert.score_from_eps(eps_fn(x, t), m**2)
+
+    return score_fn
+
+
+# ---------------------------------------------------------------------------------- drifts
+def _sigma2_t(sigma, sde: VPSDE, t: torch.Tensor) -> torch.Tensor:
+    """:math:`\\sigma_t^2` as a float64 tensor like ``t``: ``sigma`` is a float c (then :math:`\\sigma_t = c\\,g_t`,
+    so :math:`\\sigma_t^2 = c^2\\beta(t)` exactly) or a callable ``sigma(t)``."""
+    if callable(sigma):
+        out = torch.as_tensor(sigma(t), dtype=torch.float64)
+        if (out < 0).any() or not torch.isfinite(out).all():
+            raise ValueError("sigma(t) must return finite values >= 0")
+        out = out**2
+    else:
+        c = float(sigma)
+        if not math.isfinite(c) or c < 0:
+            raise ValueError(f"sigma must be >= 0 (a multiple of g_t) or a callable sigma(t); got {sigma}")
+        out = c**2 * sde.beta(t)
+    return out.expand_as(t) if out.ndim == 0 else out
+
+
+def family_drift(score_fn, sde: VPSDE, x: torch.Tensor, t, sigma=1.0, *, reverse: bool = False) -> torch.Tensor:
+    r"""Drift of the lecture's family with the same marginals (``t`` a scalar or ``(B,)``):
+
+    forward :math:`f_t(x) - \tfrac12(g_t^2 - \sigma_t^2)\nabla\log p_t(x)`, reverse
+    :math:`f_t(x) - \tfrac12(g_t^2 + \sigma_t^2)\nabla\log p_t(x)`. ``sigma`` is a float c
+    (:math:`\sigma_t = c\,g_t`) or a callable ``sigma(t)``. The forward drift with :math:`\sigma = g` needs no
+    score (``score_fn`` may be ``None``).
+    """
+    t = check_time(t, batch=x.shape[0])
+    g2 = sde.beta(t)
+    s2 = _sigma2_t(sigma, sde, t)
+    coef = (g2 + s2) if reverse else (g2 - s2)
+    drift = sde.drift(x, t)
+    if not reverse and bool((coef == 0).all()):
+        return drift
+    if score_fn is None:
+        raise ValueError("this member of the family needs the score: pass score_fn(x, t)")
+    return drift - 0.5 * expand_to(coef, x) * score_fn(x, t.to(x.dtype).to(x.device))
+
+
+def pf_ode_drift(score_fn, sde: VPSDE, x: torch.Tensor, t) -> torch.Tensor:
+    r"""The probability-flow ODE's velocity :math:`v(x, t) = f_t(x) - \tfrac12 g_t^2\nabla\log p_t(x)` (:math:`\sigma=0`)."""
+    return family_drift(score_fn, sde, x, t, 0.0)
+
+
+def reverse_sde_drift(score_fn, sde: VPSDE, x: torch.Tensor, t) -> torch.Tensor:
+    r"""The reverse-time SDE's drift :math:`f_t(x) - g_t^2\nabla\log p_t(x)` (run with :math:`dt < 0`)."""
+    return family_drift(score_fn, sde, x, t, 1.0, reverse=True)
+
+
+# ---------------------------------------------------------------------------------- simulation helpers
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int (the number of time steps); got {steps!r}")
+    return steps
+
+
+def _check_t_min(t_min) -> float:
+    t_min = float(t_min)
+    if not 0.0 <= t_min < 1.0:
+        raise ValueError(f"t_min must lie in [0, 1): sampling runs from t = 1 down to t_min; got {t_min}")
+    return t_min
+
+
+def _start(shape, x_T, generator, device):
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if x_T is None:
+        if shape is None:
+            raise ValueError("pass shape=(B, ...) (x_T is then drawn from N(0, I)) or x_T itself")
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
+    if shape is not None and tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was requested")
+    return x_T.to(device)
+
+
+def _noise(x, generator):
+    """Standard normal noise like ``x``, drawn on the CPU from ``generator`` and moved to ``x``'s device."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
+def _tvec(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), float(t), dtype=torch.float64)
+
+
+@torch.no_grad()
+def simulate_forward(x0: torch.Tensor, sde: VPSDE, *, t_end: float = 1.0, steps: int = 100, sigma=1.0,
+                     score_fn=None, t_start: float = 0.0, generator=None, return_trajectory: bool = False,
+                     progress_bar: bool = False):
+    r"""Euler–Maruyama for the forward family :math:`dx = (f - \tfrac12(g^2-\sigma^2)\nabla\log p)\,dt + \sigma\,dw`
+    from ``t_start`` to ``t_end``: :math:`x \leftarrow x + \text{drift}\,\Delta t + \sigma_t\sqrt{\Delta t}\,z`.
+
+    ``sigma=1`` (:math:`\sigma_t = g_t`) is the plain forward SDE and needs no score; any other ``sigma``
+    (a float c for :math:`c\,g_t`, or a callable) needs ``score_fn``; ``sigma=0`` is the forward PF-ODE.
+    """
+    steps = _check_steps(steps)
+    t_start, t_end = float(check_time(t_start, name="t_start")), float(check_time(t_end, name="t_end"))
+    if t_end <= t_start:
+        raise ValueError(f"t_end ({t_end}) must be after t_start ({t_start}) for the forward process")
+    ts = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+    x = x0.clone()
+    traj = [x.cpu()] if return_trajectory else None
+    for i in progress(range(steps), desc="forward SDE", disable=not progress_bar):
+        t, dt = _tvec(ts[i], x), float(ts[i + 1] - ts[i])
+        sig = expand_to(_sigma2_t(sigma, sde, t).sqrt(), x)
+        x = x + family_drift(score_fn, sde, x, t, sigma) * dt + sig * math.sqrt(dt) * _noise(x, generator)
+        if return_trajectory:
+            traj.append(x.cpu())
+    return (x, traj) if return_trajectory else x
+
+
+@torch.no_grad()
+def sample_reverse_family(score_fn, sde: VPSDE, shape=None, *, steps: int = 500, sigma=1.0, t_min: float = 1e-3,
+                          generator=None, device=None, x_T=None, return_trajectory: bool = False,
+                          progress_bar: bool = False, desc: str = "reverse SDE"):
+    r"""Euler–Maruyama for the reverse family from ``t = 1`` to ``t_min`` on a uniform grid of ``steps`` steps:
+
+    .. math:: x \leftarrow x - \big(f_t(x) - \tfrac12(g_t^2+\sigma_t^2)\nabla\log p_t(x)\big)\Delta t + \sigma_t\sqrt{\Delta t}\,z.
+
+    ``sigma=1`` (:math:`\sigma_t = g_t`) is the reverse SDE, ``sigma=0`` the PF-ODE with Euler's method.
+    One score evaluation per step. Noise comes from ``generator`` on the CPU.
+    """
+    steps, t_min = _check_steps(steps), _check_t_min(t_min)
+    x = _start(shape, x_T, generator, device)
+    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    traj = [x.cpu()] if return_trajectory else None
+    for i in progress(range(steps), desc=desc, disable=not progress_bar):
+        t, dt = _tvec(ts[i], x), float(ts[i] - ts[i + 1])
+        sig = _sigma2_t(sigma, sde, t).sqrt()
+        x = x - family_drift(score_fn, sde, x, t, sigma, reverse=True) * dt
+        if bool((sig > 0).any()):
+            x = x + expand_to(sig, x) * math.sqrt(dt) * _noise(x, generator)
+        if return_trajectory:
+            traj.append(x.cpu())
+    return (x, traj) if return_trajectory else x
+
+
+def sample_reverse_sde(score_fn, sde: VPSDE, shape=None, *, steps: int = 500, t_min: float = 1e-3, **kwargs):
+    r"""The reverse-time SDE :math:`dx = [f_t(x) - g_t^2\nabla\log p_t(x)]\,dt + g_t\,d\bar w` by Euler–Maruyama
+    (``steps`` score evaluations). Keyword arguments as :func:`sample_reverse_family`."""
+    return sample_reverse_family(score_fn, sde, shape, steps=steps, sigma=1.0, t_min=t_min, **kwargs)
+
+
+def sample_ode_euler(score_fn, sde: VPSDE, shape=None, *, steps: int = 100, t_min: float = 1e-3, **kwargs):
+    r"""The probability-flow ODE :math:`dx/dt = f_t(x) - \tfrac12 g_t^2\nabla\log p_t(x)` by Euler's method from
+    ``t = 1`` to ``t_min`` (NFE = ``steps``). Keyword arguments as :func:`sample_reverse_family`."""
+    kwargs.setdefault("desc", "PF-ODE Euler")
+    return sample_reverse_family(score_fn, sde, shape, steps=steps, sigma=0.0, t_min=t_min, **kwargs)
+
+
+@torch.no_grad()
+def sample_ode_heun(score_fn, sde: VPSDE, shape=None, *, steps: int = 50, t_min: float = 1e-3, generator=None,
+                    device=None, x_T=None, return_trajectory: bool = False, progress_bar: bool = False):
+    r"""The probability-flow ODE by Heun's method (explicit trapezoid, second order), NFE = ``2 * steps``:
+    :math:`\tilde x = x + h\,v(x, t)`, :math:`x \leftarrow x + \tfrac h2\,(v(x, t) + v(\tilde x, t + h))`, :math:`h < 0`."""
+    steps, t_min = _check_steps(steps), _check_t_min(t_min)
+    x = _start(shape, x_T, generator, device)
+    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    traj = [x.cpu()] if return_trajectory else None
+    for i in progress(range(steps), desc="PF-ODE Heun", disable=not progress_bar):
+        h = float(ts[i + 1] - ts[i])
+        v0 = pf_ode_drift(score_fn, sde, x, _tvec(ts[i], x))
+        x_pred = x + h * v0
+        v1 = pf_ode_drift(score_fn, sde, x_pred, _tvec(ts[i + 1], x))
+        x = x + 0.5 * h * (v0 + v1)
+        if return_trajectory:
+            traj.append(x.cpu())
+    return (x, traj) if return_trajectory else x
+
+
+@torch.no_grad()
+def sample_ode_scipy(score_fn, sde: VPSDE, shape=None, *, t_min: float = 1e-3, t_max: float = 1.0,
+                     rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45", generator=None, device=None,
+                     x_T=None, return_nfe: bool = False):
+    r"""The probability-flow ODE from ``t_max`` to ``t_min`` with scipy's adaptive ``solve_ivp`` (RK45 by default),
+    in float64. With tight tolerances it is the reference solution for the fixed-step solvers.
+
+    Also integrates forward when ``t_max < t_min`` (the ODE is its own inverse: encode data into noise).
+    Returns ``x`` (dtype of ``x_T``), or ``(x, nfe)`` with ``return_nfe=True``.
+    """
+    t_min = float(check_time(t_min, name="t_min"))
+    t_max = float(check_time(t_max, name="t_max"))
+    x = _start(shape, x_T, generator, device)
+    dtype, dev, shp = x.dtype, x.device, x.shape
+
+    def fun(t, y):
+        xt = torch.from_numpy(y).reshape(shp).to(dev)
+        return pf_ode_drift(score_fn, sde, xt, _tvec(min(max(t, 0.0), 1.0), xt)).cpu().numpy().ravel()
+
+    y0 = x.detach().to(torch.float64).cpu().numpy().ravel()
+    sol = solve_ivp(fun, (t_max, t_min), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    out = torch.from_numpy(sol.y[:, -1]).reshape(shp).to(dtype).to(dev)
+    return (out, sol.nfev) if return_nfe else out
+
+
+# ---------------------------------------------------------------------------------- predictor–corrector
+@torch.no_grad()
+def langevin_correct(score_fn, sde: VPSDE, x: torch.Tensor, t, *, snr: float = 0.1, n_steps: int = 1,
+                     generator=None) -> torch.Tensor:
+    r"""Langevin MCMC at fixed ``t`` (the corrector): :math:`x \leftarrow x + \epsilon\nabla\log p_t(x) + \sqrt{2\epsilon}\,z`,
+    which leaves :math:`p_t` invariant as :math:`\epsilon\to0`. Step size :math:`\epsilon_t = 2\,(r\,s(t))^2` with
+    :math:`r` = ``snr``: the step is ``snr`` times the noise scale :math:`s(t)` of :math:`p_t`."""
+    if not snr > 0:
+        raise ValueError(f"snr must be > 0 (the Langevin step relative to the noise scale); got {snr}")
+    t = check_time(t, batch=x.shape[0])
+    eps = expand_to(2.0 * (snr * sde.marginal(t)[1]) ** 2, x)
+    for _ in range(int(n_steps)):
+        x = x + eps * score_fn(x, t.to(x.dtype).to(x.device)) + (2 * eps).sqrt() * _noise(x, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_pc(score_fn, sde: VPSDE, shape=None, *, steps: int = 100, corrector_steps: int = 1, snr: float = 0.1,
+              t_min: float = 1e-3, generator=None, device=None, x_T=None, progress_bar: bool = False):
+    r"""Predictor–corrector sampling: each of ``steps`` reverse-SDE Euler–Maruyama steps (the predictor) is followed
+    by ``corrector_steps`` Langevin steps at the new time (:func:`langevin_correct`).
+    NFE = ``steps * (1 + corrector_steps)``."""
+    steps, t_min = _check_steps(steps), _check_t_min(t_min)
+    x = _start(shape, x_T, generator, device)
+    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    for i in progress(range(steps), desc="predictor-corrector", disable=not progress_bar):
+        x = _em_step(score_fn, sde, x, float(ts[i]), float(ts[i + 1]), generator)
+        x = langevin_correct(score_fn, sde, x, _tvec(ts[i + 1], x), snr=snr, n_steps=corrector_steps,
+                             generator=generator)
+    return x
+
+
+def _em_step(score_fn, sde, x, t_from, t_to, generator):
+    """One reverse-SDE Euler–Maruyama step from ``t_from`` down to ``t_to``."""
+    t, dt = _tvec(t_from, x), t_from - t_to
+    return x - reverse_sde_drift(score_fn, sde, x, t) * dt + expand_to(sde.diffusion(t), x) * math.sqrt(dt) * _noise(
+        x, generator)
+
+
+# ---------------------------------------------------------------------------------- likelihood
+def divergence_exact(fn, x: torch.Tensor) -> torch.Tensor:
+    r""":math:`\nabla\cdot v(x) = \sum_i \partial v_i/\partial x_i` per sample, by one backward pass per dimension
+    (``fn`` maps ``(B, ...)`` to ``(B, ...)`` sample-wise). Returns ``(B,)``."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        v = fn(x).flatten(1)
+        div = torch.zeros(x.shape[0], dtype=v.dtype, device=x.device)
+        for i in range(v.shape[1]):
+            (gi,) = torch.autograd.grad(v[:, i].sum(), x, retain_graph=i + 1 < v.shape[1])
+            div = div + gi.flatten(1)[:, i]
+    return div.detach()
+
+
+def divergence_hutchinson(fn, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r"""Hutchinson's estimator :math:`z^\top (\partial v/\partial x)\,z` of the divergence, one vector–Jacobian
+    product; unbiased when :math:`\mathbb E[zz^\top] = I` (Rademacher or Gaussian ``z``, shaped like ``x``)."""
+    if z.shape != x.shape:
+        raise ValueError(f"the probe z must have the shape of x {tuple(x.shape)}; got {tuple(z.shape)}")
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        v = fn(x)
+        (vjp,) = torch.autograd.grad((v * z).sum(), x)
+    return (vjp * z).flatten(1).sum(1).detach()
+
+
+def _standard_normal_logp(x: torch.Tensor) -> torch.Tensor:
+    d = x[0].numel()
+    return -0.5 * (x.flatten(1) ** 2).sum(1) - 0.5 * d * math.log(2 * math.pi)
+
+
+def log_likelihood(x: torch.Tensor, score_fn, sde: VPSDE, *, exact_trace: bool = False, rtol: float = 1e-5,
+                   atol: float = 1e-5, t_min: float = 1e-5, method: str = "RK45", probe: str = "rademacher",
+                   generator=None, prior_logp=None, progress_bar: bool = False) -> torch.Tensor:
+    r""":math:`\log p(x)` in nats per sample ``(B,)`` through the probability-flow ODE and the instantaneous change
+    of variables :math:`\tfrac{d}{dt}\log p_t(x_t) = -\nabla\cdot v(x_t, t)`:
+
+    .. math:: \log p_{t_{\min}}(x) = \log p_1(x_1) + \int_{t_{\min}}^1 \nabla\cdot v(x_t, t)\,dt,
+
+    integrated forward from ``x`` at ``t_min`` to ``t = 1`` with scipy's ``solve_ivp`` (float64 state).
+    ``exact_trace`` computes the divergence with one backward pass per dimension; otherwise Hutchinson's
+    estimator with one fixed probe (``"rademacher"`` or ``"gaussian"``) for the whole solve, which is unbiased.
+    The prior :math:`p_1` is :math:`\mathcal N(0, I)` unless ``prior_logp(x1) -> (B,)`` is given.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (B, ...) with a batch dimension; got {tuple(x.shape)}")
+    if probe not in ("rademacher", "gaussian"):
+        raise ValueError(f"probe must be 'rademacher' or 'gaussian'; got {probe!r}")
+    t_min = _check_t_min(t_min)
+    dtype, dev, shp = x.dtype, x.device, x.shape
+    B, n = shp[0], x[0].numel()
+    if exact_trace:
+        z = None
+    elif probe == "gaussian":
+        z = torch.randn(shp, generator=generator, dtype=dtype).to(dev)
+    else:
+        z = (torch.randint(0, 2, shp, generator=generator) * 2 - 1).to(dtype).to(dev)
+    bar = progress(total=100, desc="log-likelihood ODE", disable=not progress_bar)
+
+    def fun(t, y):
+        xt = torch.from_numpy(y[: B * n]).reshape(shp).to(dtype).to(dev)
+        tt = _tvec(min(max(t, 0.0), 1.0), xt)
+        v_fn = lambda u: pf_ode_drift(score_fn, sde, u, tt)  # noqa: E731
+        div = divergence_exact(v_fn, xt) if z is None else divergence_hutchinson(v_fn, xt, z)
+        with torch.no_grad():
+            v = v_fn(xt)
+        bar.update(max(0, int(100 * (t - t_min) / (1 - t_min)) - bar.n))
+        return np.concatenate([v.double().cpu().numpy().ravel(), div.double().cpu().numpy()])
+
+    y0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(B)])
+    sol = solve_ivp(fun, (t_min, 1.0), y0, method=method, rtol=rtol, atol=atol)
+    bar.close()
+    if not sol.success:
+        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    x1 = torch.from_numpy(sol.y[: B * n, -1]).reshape(shp)
+    integral = torch.from_numpy(sol.y[B * n:, -1])
+    prior = _standard_normal_logp(x1) if prior_logp is None else torch.as_tensor(prior_logp(x1), dtype=torch.float64)
+    return prior.cpu() + integral
+
+
+# ---------------------------------------------------------------------------------- Fokker–Planck
+def _fp_matrix(grid: torch.Tensor, sde: VPSDE, t: float) -> np.ndarray:
+    """Banded (3, N) form of the finite-volume Fokker–Planck operator A(t): dp/dt = A p, zero flux at the ends.
+
+    Flux through the face between cells i and i+1: F = f(x_face) (p_i + p_{i+1})/2 - g^2/2 (p_{i+1} - p_i)/dx.
+    """
+    x = grid.double()
+    dx = float(x[1] - x[0])
+    faces = 0.5 * (x[1:] + x[:-1])
+    f = sde.drift(faces[:, None], t)[:, 0].numpy()
+    D = 0.5 * float(sde.beta(t))
+    # F_{i+1/2} = a_i p_i + b_i p_{i+1}
+    a = 0.5 * f + D / dx
+    b = 0.5 * f - D / dx
+    N = x.numel()
+    ab = np.zeros((3, N))
+    # dp_i/dt = -(F_{i+1/2} - F_{i-1/2}) / dx
+    diag = np.zeros(N)
+    diag[:-1] -= a / dx          # -F_{i+1/2}: coefficient of p_i
+    diag[1:] += b / dx           # +F_{i-1/2}: coefficient of p_i (it is p_{i} = p_{(i-1)+1})
+    ab[1] = diag
+    ab[0, 1:] = -b / dx          # upper diagonal: p_{i+1} in -F_{i+1/2}
+    ab[2, :-1] = a / dx          # lower diagonal: p_{i-1} in +F_{i-1/2}
+    return ab
+
+
+def fokker_planck_1d(p0, grid: torch.Tensor, sde: VPSDE, *, t_end: float, steps: int = 200, t_start: float = 0.0,
+                     progress_bar: bool = False) -> torch.Tensor:
+    r"""Solve the 1-D Fokker–Planck equation :math:`\partial_t p = -\partial_x(f_t p) + \tfrac12 g_t^2\,\partial_x^2 p`
+    on a uniform ``grid`` (cell centres) from ``t_start`` to ``t_end``.
+
+    Finite volumes (mass is conserved exactly, zero flux through the two ends) in space, Crank–Nicolson in
+    time (second order, unconditionally stable), one tridiagonal solve per step. ``p0`` is the density on the
+    grid at ``t_start``. Returns the density at ``t_end`` (float64, same shape as ``grid``).
+    """
+    steps = _check_steps(steps)
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    if grid.ndim != 1 or grid.numel() < 3 or not bool((grid.diff() > 0).all()):
+        raise ValueError("grid must be a 1-D increasing tensor of at least 3 cell centres")
+    if not torch.allclose(grid.diff(), grid.diff()[0].expand(grid.numel() - 1), rtol=1e-6):
+        raise ValueError("grid must be uniform (use torch.linspace)")
+    p = torch.as_tensor(p0, dtype=torch.float64).numpy().copy()
+    if p.shape != tuple(grid.shape):
+        raise ValueError(f"p0 must have the shape of grid {tuple(grid.shape)}; got {p.shape}")
+    t0 = float(check_time(t_start, name="t_start"))
+    t1 = float(check_time(t_end, name="t_end"))
+    ts = np.linspace(t0, t1, steps + 1)
+    for i in progress(range(steps), desc="Fokker-Planck", disable=not progress_bar):
+        dt = ts[i + 1] - ts[i]
+        A = _fp_matrix(grid, sde, 0.5 * (ts[i] + ts[i + 1]))
+        rhs = p + 0.5 * dt * _banded_matvec(A, p)
+        lhs = -0.5 * dt * A
+        lhs[1] += 1.0
+        p = solve_banded((1, 1), lhs, rhs)
+    return torch.from_numpy(p)
+
+
+def _banded_matvec(ab: np.ndarray, p: np.ndarray) -> np.ndarray:
+    out = ab[1] * p
+    out[:-1] += ab[0, 1:] * p[1:]
+    out[1:] += ab[2, :-1] * p[:-1]
+    return out
+
+
+def fokker_planck_residual(log_prob_fn, sde: VPSDE, x: torch.Tensor, t: float, *, dt: float = 1e-4):
+    r"""Both sides of the Fokker–Planck equation for a candidate density :math:`p_t(x) = e^{\text{log\_prob\_fn}(x, t)}`:
+
+    returns ``(lhs, rhs)`` with ``lhs`` :math:`=\partial_t p` (central difference in ``t``) and ``rhs``
+    :math:`=-\nabla\cdot(f_t p) + \tfrac12 g_t^2\,\Delta p` (autograd in float64), each ``(B,)``.
+    """
+    t = float(check_time(t))
+    if not dt < t < 1 - dt:
+        raise ValueError(f"t must lie in (dt, 1 - dt) for the central difference; got t={t}, dt={dt}")
+    x = x.detach().double()
+    with torch.no_grad():
+        lhs = (log_prob_fn(x, t + dt).exp() - log_prob_fn(x, t - dt).exp()) / (2 * dt)
+    p_fn = lambda u: log_prob_fn(u, t).exp()  # noqa: E731
+    flux_div = divergence_exact(lambda u: sde.drift(u, t) * p_fn(u)[:, None], x)
+    grad_fn = lambda u: _grad(p_fn, u, create_graph=True)  # noqa: E731
+    laplacian = divergence_exact(grad_fn, x)
+    rhs = -flux_div + 0.5 * float(sde.beta(t)) * laplacian
+    return lhs, rhs
+
+
+def _grad(fn, u, create_graph=False):
+    with torch.enable_grad():
+        if not u.requires_grad:
+            u = u.requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(u).sum(), u, create_graph=create_graph)
+    return g
+
+
+def histogram_tv(samples: torch.Tensor, edges: torch.Tensor, density) -> float:
+    r"""Total-variation distance :math:`\tfrac12\sum_j |\hat P_j - P_j|` between the histogram of 1-D ``samples``
+    over the bins ``edges`` and a density: ``density`` is a callable on points (integrated over each bin by the
+    midpoint rule on 8 sub-points) or the bin probabilities ``(len(edges) - 1,)``. Samples outside the
+    bins count as mass the density does not have there."""
+    edges = torch.as_tensor(edges, dtype=torch.float64)
+    s = torch.as_tensor(samples).detach().double().flatten().cpu()
+    counts = torch.histogram(s, bins=edges).hist
+    hat = counts / s.numel()
+    if callable(density):
+        w = edges.diff()
+        sub = (torch.arange(8, dtype=torch.float64) + 0.5) / 8
+        pts = (edges[:-1, None] + w[:, None] * sub[None]).flatten()
+        P = torch.as_tensor(density(pts), dtype=torch.float64).reshape(-1, 8).mean(1) * w
+    else:
+        P = torch.as_tensor(density, dtype=torch.float64)
+        if P.shape != hat.shape:
+            raise ValueError(f"bin probabilities must have shape {tuple(hat.shape)}; got {tuple(P.shape)}")
+    outside = 1.0 - float(hat.sum())
+    return 0.5 * (float((hat - P).abs().sum()) + outside + max(0.0, 1.0 - float(P.sum())))
+
+
+# ---------------------------------------------------------------------------------- training
+def dsm_loss(score_fn, x0: torch.Tensor, sde: VPSDE, *, t=None, eps=None, t_min: float = 1e-5,
+             generator=None) -> torch.Tensor:
+    r"""Denoising score matching for continuous time, weighted by :math:`\lambda(t) = s(t)^2`:
+
+    .. math:: \mathbb E_{t, x_0, \varepsilon}\, s(t)^2\,\big\|s_\theta(x_t, t) - \nabla_{x_t}\log p(x_t\mid x_0)\big\|^2,
+              \qquad \nabla_{x_t}\log p(x_t\mid x_0) = -\varepsilon/s(t),
+
+    with :math:`x_t = m(t)x_0 + s(t)\varepsilon` and :math:`t\sim\mathcal U(t_{\min}, 1)`. The sum runs over
+    dimensions, the mean over the batch. With :math:`s_\theta = -\varepsilon_\theta/s(t)` it is exactly DDPM's
+    :math:`\|\varepsilon - \varepsilon_\theta\|^2`. Its minimiser over all functions is the true score.
+    """
+    B = x0.shape[0]
+    t_min = _check_t_min(t_min)
+    if t is None:
+        t = t_min + (1 - t_min) * torch.rand(B, generator=generator, dtype=torch.float64)
+    t = check_time(t, batch=B)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}; got {tuple(eps.shape)}")
+    m, s = sde.marginal(t)
+    if bool((s == 0).any()):
+        raise ValueError("t = 0 has no noise (s(0) = 0): the DSM target -eps/s is undefined; use t >= t_min > 0")
+    xt = expand_to(m, x0) * x0 + expand_to(s, x0) * eps
+    score = score_fn(xt, t.to(x0.dtype).to(x0.device))
+    if score.shape != x0.shape:
+        raise ValueError(f"score_fn returned shape {tuple(score.shape)}, expected {tuple(x0.shape)} (same as x0)")
+    resid = expand_to(s, x0) * score + eps  # s(t) * (score - (-eps / s(t)))
+    return resid.pow(2).flatten(1).sum(1).mean()
