@@ -61,6 +61,21 @@ def test_straight_through_probe_separates_right_and_wrong_answers():
     assert torch.equal(grad, torch.zeros_like(w))
 
 
+def test_quantizer_ignores_autocast():
+    """Under bf16 autocast (td.train.fit's AMP) the distances would be rounded and the argmin pick wrong codes."""
+    q, z = _quantizer(K=64, dim=8), 3 * _z((8, 8, 16, 16))
+    ref = q(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = q(z)
+    assert torch.equal(amp.indices, ref.indices)
+    torch.testing.assert_close(amp.loss, ref.loss)
+    ema = [_quantizer(K=64, dim=8, cls=vq.EMAVectorQuantizer).train() for _ in range(2)]
+    ema[0](z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ema[1](z)
+    torch.testing.assert_close(ema[1].codebook, ema[0].codebook)  # the EMA sums are not rounded to bf16 either
+
+
 # ------------------------------------------------------------------------------------------ losses
 def test_quantizer_loss_is_codebook_plus_beta_commitment():
     q, z = _quantizer(beta=0.4), _z()

@@ -22,6 +22,7 @@ nothing else; to quantise a set of vectors ``(N, dim)`` use :func:`nearest_code`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -68,10 +69,18 @@ def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     r""":math:`k_i = \arg\min_j \lVert z_i - e_j\rVert_2` for vectors ``z`` ``(N, dim)`` -> LongTensor ``(N,)``.
 
-    Distances are computed in float32 (or the codebook's dtype, if wider) whatever the input dtype (bf16 under AMP)."""
+    Distances are computed in float32 (or wider) whatever the input dtype, with autocast switched off: in bf16 the
+    argmin picks wrong codes."""
     dtype = torch.promote_types(codebook.dtype, torch.float32)
-    with torch.no_grad():
+    with torch.no_grad(), _full_precision(z):
         return squared_distances(z.detach().to(dtype), codebook.detach().to(dtype)).argmin(1)
+
+
+def _full_precision(x: torch.Tensor):
+    """A context that disables autocast (AMP) on ``x``'s device, so codebook arithmetic stays in float32."""
+    if x.device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def straight_through(z_e: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
@@ -231,9 +240,11 @@ class VectorQuantizer(nn.Module):
         idx = nearest_code(flat, self.codebook)
         B, _, H, W = z_e.shape
         e = self.codebook[idx].reshape(B, H, W, self.dim).permute(0, 3, 1, 2)
-        loss = self._loss(z_e.float(), e.float())
-        if self.training:
-            self._update(flat.detach(), idx)
+        dtype = torch.promote_types(z_e.dtype, torch.float32)
+        with _full_precision(z_e):
+            loss = self._loss(z_e.to(dtype), e.to(dtype))
+            if self.training:
+                self._update(flat.detach(), idx)
         z_q = straight_through(z_e, e.to(z_e.dtype))
         usage = torch.bincount(idx, minlength=self.num_codes)  # code_usage without its (syncing) input checks
         return VQOutput(z_q, loss, idx.reshape(B, H, W), _perplexity(usage))
