@@ -389,8 +389,9 @@ td.check_less("training lowered -ELBO by more than 30 nats per image", last - fi
 # %% [markdown]
 # The ELBO is a log-*density* of continuous pixels, so it can be positive. In the standard profile the held-out ELBO
 # is clearly below the training one: 1,500 images are few for ~50,000 weights, and the VAE overfits (a wider network
-# trained longer overfits more: with `hidden=256` and 4,000 steps we measured a gap of about 30 nats). Reconstructions $\mathrm{dec}_\theta(\mu_\phi(x))$
-# of held-out digits, and new samples $\mathrm{dec}_\theta(z)$ with $z\sim\mathcal N(0, I)$:
+# trained longer overfits more: with `hidden=256` and 4,000 steps we measured a gap of about 30 nats).
+# Reconstructions $\mathrm{dec}_\theta(\mu_\phi(x))$ of held-out digits, and new samples $\mathrm{dec}_\theta(z)$
+# with $z\sim\mathcal N(0, I)$:
 
 # %%
 fig, axs = plt.subplots(1, 3, figsize=(10, 3.6))

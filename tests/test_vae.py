@@ -332,6 +332,17 @@ def test_vae_iwae_on_average_grows_with_K_and_K1_is_the_elbo(digits):
     assert ((L[0] - elbo).abs() < 5 * se).all()
 
 
+def test_vae_elbo_is_float32_under_bfloat16_autocast(digits):
+    """AMP (bfloat16 autocast, what td.train.fit uses on CUDA): the networks run in bfloat16, the ELBO in float32."""
+    torch.manual_seed(3)
+    vae = V.VAE(latent_dim=4, hidden=32)
+    x = digits[:16]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        elbo_amp = vae.elbo(x, generator=_gen(9))
+    assert elbo_amp.dtype == torch.float32
+    torch.testing.assert_close(elbo_amp, vae.elbo(x, generator=_gen(9)), atol=2.0, rtol=0.02)
+
+
 def test_short_vae_training_decreases_the_loss(digits):
     vae = V.VAE(latent_dim=4, hidden=64)
     res = td.train.fit(vae, lambda m, b: m.loss(b), digits[:512], steps=150, batch_size=64, lr=2e-3,

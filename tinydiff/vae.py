@@ -123,7 +123,8 @@ def diag_gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar) -> torch.T
     ``x``, ``mu`` and ``logvar`` broadcast together (so ``x`` may carry extra leading sample dimensions,
     e.g. ``(K, B, m)`` against ``(B, m)``); returns the broadcast shape without its last dimension.
     """
-    logvar = torch.as_tensor(logvar, dtype=mu.dtype, device=mu.device)
+    if not torch.is_tensor(logvar):
+        logvar = torch.as_tensor(logvar, dtype=mu.dtype, device=mu.device)
     return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
@@ -431,13 +432,18 @@ class VAE(nn.Module):
                              f"got {tuple(x.shape)}")
         return x.reshape(x.shape[0], self.n)
 
+    @staticmethod
+    def _at_least_float32(h: torch.Tensor) -> torch.Tensor:
+        # under bfloat16 autocast (AMP on CUDA) the networks output bfloat16; the ELBO arithmetic is done in float32
+        return h.to(torch.promote_types(h.dtype, torch.float32))
+
     def _randn(self, shape, generator, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
 
     # ------------------------------------------------------------------ the two networks
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""The encoder :math:`q_\phi(z\mid x)`: returns ``(mu, logvar)``, each ``(B, latent_dim)``."""
-        h = self.encoder(self._flat(x))
+        h = self._at_least_float32(self.encoder(self._flat(x)))
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar
 
@@ -445,14 +451,14 @@ class VAE(nn.Module):
         r"""The decoder mean :math:`\mathrm{dec}_\theta(z)`: ``z`` ``(..., latent_dim)`` -> ``(..., *data_shape)``."""
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have latent_dim = {self.latent_dim} in its last dimension; got {tuple(z.shape)}")
-        return self.decoder(z).reshape(*z.shape[:-1], *self.data_shape)
+        return self._at_least_float32(self.decoder(z)).reshape(*z.shape[:-1], *self.data_shape)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         r""":math:`\log p_\theta(x\mid z) = -\tfrac n2\log(2\pi s^2) - \|x - \mathrm{dec}_\theta(z)\|^2/(2s^2)`.
 
         ``z`` is ``(B, m)`` or ``(S, B, m)``; returns ``(B,)`` or ``(S, B)``."""
         x = self._flat(x)
-        mean = self.decoder(z)
+        mean = self._at_least_float32(self.decoder(z))
         return diag_gaussian_log_prob(x, mean, self.decoder_logvar.expand(self.n))
 
     # ------------------------------------------------------------------ the ELBO
