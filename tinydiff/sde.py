@@ -320,7 +320,8 @@ def sample_reverse_family(score_fn, sde: VPSDE, shape=None, *, steps: int = 500,
                           progress_bar: bool = False, desc: str = "reverse SDE"):
     r"""Euler–Maruyama for the reverse family from ``t = 1`` to ``t_min`` on a uniform grid of ``steps`` steps:
 
-    .. math:: x \leftarrow x - \big(f_t(x) - \tfrac12(g_t^2+\sigma_t^2)\nabla\log p_t(x)\big)\Delta t + \sigma_t\sqrt{\Delta t}\,z.
+    .. math:: x \leftarrow x - \big(f_t(x) - \tfrac12(g_t^2+\sigma_t^2)\nabla\log p_t(x)\big)\Delta t
+              + \sigma_t\sqrt{\Delta t}\,z.
 
     ``sigma=1`` (:math:`\sigma_t = g_t`) is the reverse SDE, ``sigma=0`` the PF-ODE with Euler's method.
     One score evaluation per step. Noise comes from ``generator`` on the CPU.

@@ -1,0 +1,606 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · SDEs, the reverse SDE, Fokker–Planck and the probability-flow ODE
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tinydiff/tinydiff/blob/main/notebooks/04_sde_ode.ipynb)
+#
+# DDPM takes 1000 small noisy steps. Let the steps become infinitely small and the forward process becomes a
+# **stochastic differential equation** (SDE); run time backwards and you get the **reverse SDE**, whose
+# only unknown is the score $\nabla_x\log p_t(x)$. The **Fokker–Planck equation** describes how the density
+# $p_t$ evolves, and rewriting it shows a whole *family* of processes with the same marginals — one of them
+# deterministic: the **probability-flow ODE**, which samples with an ODE solver and gives exact
+# log-likelihoods. This notebook follows the lecture sections "SDE" and "SDE and ODE 大一统" and checks every
+# step on a Gaussian mixture, whose noised densities and scores are known exactly.
+
+# %%
+# Setup: on Google Colab this installs tinydiff; on your machine it does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/tinydiff/tinydiff"], check=True)
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+import tinydiff as td
+
+cfg = td.profiles.choose(          # sizes for the active profile: quick (tests) / standard (CPU) / full (GPU)
+    quick=dict(n=1000, n_fwd=4000, sde_steps=100, fp_n=3000, fp_steps=100, grid=201, ll_points=4, ll_repeats=4,
+               pc_n=1000, train_steps=600, hidden=64, batch=256, n_proj=64),
+    standard=dict(n=4000, n_fwd=20000, sde_steps=300, fp_n=20000, fp_steps=300, grid=401, ll_points=16,
+                  ll_repeats=16, pc_n=4000, train_steps=4000, hidden=128, batch=512, n_proj=128),
+    full=dict(n=20000, n_fwd=100000, sde_steps=500, fp_n=100000, fp_steps=500, grid=801, ll_points=64,
+              ll_repeats=32, pc_n=20000, train_steps=20000, hidden=128, batch=1024, n_proj=256),
+)
+dev = td.device()
+g = td.seed_everything(0)
+print(cfg)
+
+# %% [markdown]
+# ## 1 · From the discrete forward step to the VP-SDE
+#
+# DDPM's step is $x_t = \sqrt{1-\beta_t}\,x_{t-1} + \sqrt{\beta_t}\,\varepsilon_t$. Give each of the $T$ steps the
+# length $\Delta t = 1/T$ of continuous time $t\in[0,1]$ and write $\beta_t = \beta(t/T)\,\Delta t$ for a smooth
+# rate $\beta(\cdot)$. Since $\sqrt{1-\beta\Delta t}\approx 1-\tfrac12\beta\Delta t$,
+#
+# $$x_{t+\Delta t} - x_t \approx -\tfrac12\beta(t)\,x_t\,\Delta t + \sqrt{\beta(t)}\,\sqrt{\Delta t}\,\varepsilon,$$
+#
+# which is the lecture's $x_{t+\Delta t}-x_t = f_t(x_t)\Delta t + g_t\sqrt{\Delta t}\,\varepsilon$. As
+# $\Delta t\to0$ it becomes the **variance-preserving SDE**
+#
+# $$dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)}\,dw,\qquad f_t(x) = -\tfrac12\beta(t)x,\quad g_t=\sqrt{\beta(t)},$$
+#
+# with $dw\sim\mathcal N(0, dt\,I)$ (Brownian motion). We use the linear rate
+# $\beta(t)=\beta_{\min}+t(\beta_{\max}-\beta_{\min})$, $\beta_{\min}=0.1$, $\beta_{\max}=20$. The SDE is linear, so
+# $x_t\mid x_0$ is Gaussian: $x_t = m(t)\,x_0 + s(t)\,\varepsilon$ with
+# $m(t)=e^{-\frac12\int_0^t\beta}$ and $s(t)=\sqrt{1-m(t)^2}$. The dictionary to lesson 02 is
+#
+# $$\beta^{\text{discrete}}_t \approx \beta(t/T)/T,\qquad \bar\alpha_t \approx m(t/T)^2 .$$
+
+# %%
+sde = td.sde.VPSDE(beta_min=0.1, beta_max=20.0)
+T = 1000
+sched = sde.discrete_schedule(T)                      # beta_t = beta(t/T) / T
+u = torch.arange(T + 1, dtype=torch.float64) / T      # continuous time of each discrete step
+m_u, s_u = sde.marginal(u)
+err_T = {TT: (sde.discrete_schedule(TT).alpha_bar - sde.marginal(torch.arange(TT + 1, dtype=torch.float64) / TT)[0] ** 2)
+         .abs().max().item() for TT in (250, 500, 1000)}
+print("max |alpha_bar_t - m(t/T)^2| for T = 250, 500, 1000:", {k: f"{v:.2e}" for k, v in err_T.items()})
+ddpm = td.NoiseSchedule.linear(1000)                  # DDPM's 1e-4 .. 0.02
+print("DDPM's linear schedule as a VP-SDE:", td.sde.VPSDE.from_discrete(ddpm))
+
+fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+ax[0].plot(u, sched.alpha_bar, label=r"discrete $\bar\alpha_t$ (T=1000)")
+ax[0].plot(u, m_u**2, "--", label=r"continuous $m(t)^2$")
+ax[0].set_xlabel("t")
+ax[0].legend()
+ax[1].plot(u, sde.beta(u), label=r"$\beta(t)$")
+ax[1].plot(u, T * sched.beta, "--", label=r"$T\,\beta^{discrete}_t$")
+ax[1].set_xlabel("t")
+ax[1].legend()
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check("beta_t of the discrete schedule = beta(t/T) / T", sched.beta[1:], sde.beta(u[1:]) / T, atol=1e-15)
+td.check_less("alpha_bar_t ≈ m(t/T)^2 within 2.5 / T", err_T[1000], 2.5 / 1000)
+td.check("the gap is first order: halving 1/T halves it", torch.tensor([err_T[250] / err_T[500], err_T[500] / err_T[1000]]),
+         torch.tensor([2.0, 2.0]), atol=0.2)
+td.check("from_discrete inverts discrete_schedule", torch.tensor([td.sde.VPSDE.from_discrete(sched).beta_min,
+         td.sde.VPSDE.from_discrete(sched).beta_max]), torch.tensor([0.1, 20.0]), atol=1e-9)
+
+# %% [markdown]
+# ### Simulating the forward SDE
+# Euler–Maruyama is the discretised equation itself: $x\leftarrow x + f_t(x)\Delta t + g_t\sqrt{\Delta t}\,z$.
+# Here it is by hand, from the point $x_0 = 1.5$, and then the same thing in tinydiff.
+
+# %%
+x0_point = torch.full((cfg.n_fwd, 1), 1.5, dtype=torch.float64)
+steps, t_end = 200, 0.5
+dt = t_end / steps
+x = x0_point.clone()
+g_hand = torch.Generator().manual_seed(1)
+for i in range(steps):
+    t = torch.full((cfg.n_fwd,), i * dt, dtype=torch.float64)
+    x = x + sde.drift(x, t) * dt + sde.diffusion(t)[:, None] * math.sqrt(dt) * torch.randn(x.shape, generator=g_hand,
+                                                                                           dtype=x.dtype)
+x_td, traj = td.sde.simulate_forward(x0_point, sde, t_end=t_end, steps=steps, generator=torch.Generator().manual_seed(1),
+                                     return_trajectory=True)
+m_end, s_end = sde.marginal(t_end)
+print(f"simulated mean {x.mean():.4f} vs m(t) x0 = {1.5 * m_end:.4f};  simulated std {x.std():.4f} vs s(t) = {s_end:.4f}")
+
+ts = torch.linspace(0, t_end, steps + 1, dtype=torch.float64)
+path = torch.stack(traj)[:, :, 0]
+m_ts, s_ts = sde.marginal(ts)
+plt.figure(figsize=(6, 3))
+plt.plot(ts, path[:, :30], lw=0.5, alpha=0.6)
+plt.plot(ts, 1.5 * m_ts, "k", lw=2, label=r"$m(t)\,x_0$")
+plt.plot(ts, 1.5 * m_ts + 2 * s_ts, "k--", lw=1, label=r"$\pm 2 s(t)$")
+plt.plot(ts, 1.5 * m_ts - 2 * s_ts, "k--", lw=1)
+plt.xlabel("t")
+plt.legend()
+plt.title("forward SDE paths from x0 = 1.5")
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check("hand-written Euler–Maruyama = td.sde.simulate_forward", x, x_td, atol=1e-12)
+se = s_end.item() / math.sqrt(cfg.n_fwd)
+td.check_less("simulated mean = m(t) x0 (within 5 standard errors + 0.01)", abs(x.mean() - 1.5 * m_end).item(), 5 * se + 0.01)
+td.check_less("simulated std = s(t) (within 5 standard errors + 0.01)", abs(x.std() - s_end).item(),
+              5 * s_end.item() / math.sqrt(2 * cfg.n_fwd) + 0.01)
+
+# %% [markdown]
+# ## 2 · The reverse-time SDE
+#
+# The lecture writes $p(x_t\mid x_{t+\Delta t})\propto p(x_{t+\Delta t}\mid x_t)\exp(\log p(x_t)-\log p(x_{t+\Delta t}))$,
+# expands $\log p(x_{t+\Delta t})$ to first order and completes the square. What remains is again a Gaussian step,
+# now backwards in time:
+#
+# $$dx = \big[f_t(x) - g_t^2\,\nabla_x\log p_t(x)\big]\,dt + g_t\,d\bar w \qquad (dt<0).$$
+#
+# Everything is known except the score $\nabla_x\log p_t$. For a Gaussian mixture it is exact
+# (`td.sde.mixture_score_fn`), so we can sample the reverse SDE with Euler–Maruyama and *measure* whether it
+# returns the mixture: a distance between samples is compared with its noise floor, the value it takes between
+# two independent draws of the data itself.
+
+# %%
+ring = td.data.GaussianMixture.ring(8, radius=2.0, std=0.3)
+score = td.sde.mixture_score_fn(ring, sde)
+x_rev, traj_rev = td.sde.sample_reverse_sde(score, sde, (cfg.n, 2), steps=cfg.sde_steps, generator=g, device=dev,
+                                            return_trajectory=True, progress_bar=True)
+x_rev = x_rev.cpu()
+ref = ring.sample(cfg.n, g)
+mmd = td.metrics.mmd_rbf(x_rev, ref)
+floor_mmd = td.metrics.noise_floor(td.metrics.mmd_rbf, lambda n: ring.sample(n, g), cfg.n)
+mmd_noise = td.metrics.mmd_rbf(torch.randn(cfg.n, 2, generator=g), ref)
+sw = td.metrics.sliced_wasserstein(x_rev, ref, n_projections=cfg.n_proj, generator=g)
+floor_sw = td.metrics.noise_floor(td.metrics.sliced_wasserstein, lambda n: ring.sample(n, g), cfg.n,
+                                  n_projections=cfg.n_proj)
+print(f"MMD^2 reverse SDE vs data {mmd:.5f}   noise floor {floor_mmd:.5f}   pure noise vs data {mmd_noise:.5f}")
+print(f"sliced W2 reverse SDE vs data {sw:.4f}   noise floor {floor_sw:.4f}")
+
+fig, ax = plt.subplots(1, 4, figsize=(12, 3))
+for a, k in zip(ax, [0, cfg.sde_steps // 2, 3 * cfg.sde_steps // 4, cfg.sde_steps]):
+    td.plotting.scatter2d(traj_rev[k], ax=a, title=f"t = {1 - k / cfg.sde_steps * (1 - 1e-3):.2f}")
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("reverse SDE with the exact score: MMD^2 to the data within 1e-3 of the noise floor",
+              mmd - abs(floor_mmd), 1e-3)
+td.check_less("... while pure noise is far from the data (MMD^2 > 0.01)", -mmd_noise, -0.01)
+td.check("its mean and covariance are the mixture's", torch.tensor(td.metrics.gaussian_fit_error(
+    x_rev, ring.mean(), ring.covariance())), torch.zeros(2), atol=0.25)
+
+# %% [markdown]
+# ## 3 · Fokker–Planck: one density, many processes
+#
+# The density of $dx = f_t(x)dt + g_t dw$ obeys the **Fokker–Planck equation**
+#
+# $$\partial_t p_t = -\nabla\cdot(f_t\,p_t) + \tfrac12 g_t^2\,\Delta p_t .$$
+#
+# Add and subtract $\tfrac12\sigma_t^2\Delta p_t$ and use $\nabla p = p\,\nabla\log p$:
+#
+# $$\partial_t p_t = -\nabla\cdot\Big[\big(f_t - \tfrac12(g_t^2-\sigma_t^2)\nabla\log p_t\big)p_t\Big]
+#   + \tfrac12\sigma_t^2\Delta p_t,$$
+#
+# which is the Fokker–Planck equation of
+#
+# $$dx = \big(f_t - \tfrac12(g_t^2-\sigma_t^2)\nabla\log p_t\big)dt + \sigma_t\,dw \qquad\text{for any }\sigma_t\ge0 .$$
+#
+# So all these processes have **the same marginals** $p_t$. $\sigma_t=g_t$ is the forward SDE; $\sigma_t=0$ is the
+# deterministic **probability-flow ODE**. We check this in 1-D three ways: (i) solve the PDE on a grid
+# (finite volumes + Crank–Nicolson, `td.sde.fokker_planck_1d`) and compare with the exact marginal of the mixture;
+# (ii) check that the exact marginal satisfies the PDE pointwise; (iii) push particles through three members of the
+# family and compare their histograms with the PDE solution.
+
+# %%
+mix1 = td.data.GaussianMixture([0.3, 0.7], [[-1.5], [1.0]], [0.1, 0.3])
+grid = torch.linspace(-5, 5, cfg.grid, dtype=torch.float64)
+dx = (grid[1] - grid[0]).item()
+t_fp = 0.3
+p0 = mix1.log_prob(grid[:, None]).exp()
+p_pde = td.sde.fokker_planck_1d(p0, grid, sde, t_end=t_fp, steps=cfg.fp_steps)
+m_fp, s_fp = (v.item() for v in sde.marginal(t_fp))
+p_exact = mix1.log_prob(grid[:, None], m_fp, s_fp).exp()
+l1_pde = (p_pde - p_exact).abs().sum().item() * dx
+print(f"PDE solution vs exact marginal at t = {t_fp}: L1 = {l1_pde:.2e};  mass {p_pde.sum().item() * dx:.8f}")
+
+
+def log_p(xx, t):   # the exact marginal log-density of the mixture at time t
+    m, s = sde.marginal(t)
+    return mix1.log_prob(xx, m.item(), s.item())
+
+
+x_pts = torch.linspace(-3, 3, 25, dtype=torch.float64)[:, None]
+lhs, rhs = td.sde.fokker_planck_residual(log_p, sde, x_pts, t_fp)
+print(f"largest |dp/dt| {lhs.abs().max():.3f}; largest residual |dp/dt - FP right side| {(lhs - rhs).abs().max():.2e}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("Fokker–Planck PDE solved on a grid = exact mixture marginal (L1 < 2e-3)", l1_pde, 2e-3)
+td.check("the PDE solver conserves mass", p_pde.sum() * dx, p0.sum() * dx, atol=1e-10)
+td.check("exact marginal satisfies Fokker–Planck: dp/dt = -d(f p)/dx + g^2/2 d2p/dx2", lhs, rhs, atol=1e-6, rtol=1e-6)
+
+# %%
+score1 = td.sde.mixture_score_fn(mix1, sde)
+x0_1d = mix1.sample(cfg.fp_n, g, dtype=torch.float64)
+systems = {
+    "forward SDE (σ = g)": dict(sigma=1.0),
+    "same marginals, σ = g/2": dict(sigma=0.5, score_fn=score1),
+    "probability-flow ODE (σ = 0)": dict(sigma=0.0, score_fn=score1),
+}
+edges = torch.linspace(-4, 4, 41, dtype=torch.float64)
+density_t = lambda xx: mix1.log_prob(xx[:, None], m_fp, s_fp).exp()  # noqa: E731
+floor_tv = sum(td.sde.histogram_tv(m_fp * mix1.sample(cfg.fp_n, g) + s_fp * torch.randn(cfg.fp_n, 1, generator=g),
+                                   edges, density_t) for _ in range(3)) / 3
+tv, paths = {}, {}
+for name, kw in systems.items():
+    xt, tr = td.sde.simulate_forward(x0_1d, sde, t_end=t_fp, steps=cfg.sde_steps, generator=g, return_trajectory=True,
+                                     **kw)
+    tv[name] = td.sde.histogram_tv(xt, edges, density_t)
+    paths[name] = (xt, torch.stack(tr)[:, :25, 0])
+    print(f"{name:30s} TV(histogram, PDE density) = {tv[name]:.4f}   (sampling-noise floor {floor_tv:.4f})")
+tv_data = td.sde.histogram_tv(x0_1d, edges, density_t)
+print(f"{'the data itself, not moved':30s} TV = {tv_data:.4f}")
+
+fig, ax = plt.subplots(2, 3, figsize=(12, 5.5))
+tt = torch.linspace(0, t_fp, cfg.sde_steps + 1)
+for j, (name, (xt, pth)) in enumerate(paths.items()):
+    ax[0, j].plot(tt, pth, lw=0.6)
+    ax[0, j].set_title(name, fontsize=9)
+    ax[0, j].set_xlabel("t")
+    ax[1, j].hist(xt[:, 0].numpy(), bins=edges.numpy(), density=True, alpha=0.5, label="particles")
+    ax[1, j].plot(grid, p_pde, "k", label="Fokker–Planck PDE")
+    ax[1, j].plot(grid, p0, "g:", label="data p_0")
+    ax[1, j].set_xlim(-4, 4)
+    ax[1, j].legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name in systems:
+    td.check_less(f"{name}: histogram matches the PDE (TV < 1.6 x noise floor)", tv[name], 1.6 * floor_tv)
+td.check_less("... and the check can fail: the unmoved data is far off (TV > 3 x floor)", -tv_data, -3 * floor_tv)
+
+# %% [markdown]
+# The paths look completely different — jagged for the SDEs, smooth for the ODE — yet the histograms at time
+# $t$ are the same. The reverse of each member runs with drift $f_t - \tfrac12(g_t^2+\sigma_t^2)\nabla\log p_t$
+# and noise $\sigma_t$ (`td.sde.sample_reverse_family`).
+#
+# ## 4 · The probability-flow ODE
+#
+# With $\sigma_t = 0$ the reverse and the forward process are the same equation,
+#
+# $$\frac{dx}{dt} = v(x,t) = f_t(x) - \tfrac12 g_t^2\,\nabla_x\log p_t(x),$$
+#
+# a deterministic map between noise and data: any ODE solver can sample it. Euler uses one score evaluation
+# (NFE) per step; Heun's method (a predictor plus a trapezoid correction) uses two and is second order. The
+# reference is scipy's adaptive RK45 with tight tolerances — a solver we did not write.
+
+# %%
+xT_ode = torch.randn(256, 2, generator=g, dtype=torch.float64)
+x_ref, nfe_ref = td.sde.sample_ode_scipy(score, sde, x_T=xT_ode, rtol=1e-10, atol=1e-10, return_nfe=True)
+x_rk, nfe_rk = td.sde.sample_ode_scipy(score, sde, x_T=xT_ode, rtol=1e-5, atol=1e-5, return_nfe=True)
+rmse = lambda a: (a - x_ref).pow(2).sum(1).mean().sqrt().item()  # noqa: E731
+nfes = [10, 20, 40, 80, 160, 320, 640]
+err_euler = [rmse(td.sde.sample_ode_euler(score, sde, x_T=xT_ode, steps=n)) for n in nfes]
+err_heun = [rmse(td.sde.sample_ode_heun(score, sde, x_T=xT_ode, steps=n // 2)) for n in nfes]
+print(f"reference RK45 (tol 1e-10) used {nfe_ref} NFE; RK45 at tol 1e-5: {nfe_rk} NFE, error {rmse(x_rk):.2e}")
+for n, a, b in zip(nfes, err_euler, err_heun):
+    print(f"NFE {n:4d}   Euler {a:.2e}   Heun {b:.2e}")
+
+plt.figure(figsize=(5, 3.5))
+plt.loglog(nfes, err_euler, "o-", label="Euler")
+plt.loglog(nfes, err_heun, "s-", label="Heun")
+plt.loglog([nfe_rk], [rmse(x_rk)], "k*", ms=12, label="RK45, tol 1e-5")
+plt.xlabel("score evaluations (NFE)")
+plt.ylabel("RMS error vs RK45 reference")
+plt.legend()
+plt.title("PF-ODE: error vs NFE")
+plt.show()
+
+# %%
+x_ode = td.sde.sample_ode_heun(score, sde, (cfg.n, 2), steps=50, generator=g).cpu()
+mmd_ode = td.metrics.mmd_rbf(x_ode, ring.sample(cfg.n, g))
+z_enc = td.sde.sample_ode_scipy(score, sde, x_T=ref[:64].double(), t_max=1e-3, t_min=1.0, rtol=1e-9, atol=1e-9)
+x_dec = td.sde.sample_ode_scipy(score, sde, x_T=z_enc, rtol=1e-9, atol=1e-9)
+print(f"PF-ODE (Heun, 100 NFE) samples: MMD^2 to data {mmd_ode:.5f}  (noise floor {floor_mmd:.5f})")
+print(f"encode data -> noise -> decode: largest error {(x_dec - ref[:64].double()).abs().max():.2e}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("Heun beats Euler at equal NFE = 160 (by 3x)", err_heun[4], err_euler[4] / 3)
+td.check("Euler is first order: doubling the NFE halves the error", err_euler[5] / err_euler[6], 2.0, atol=0.3)
+td.check_less("Heun is second order: doubling the NFE divides the error by > 3", -err_heun[5] / err_heun[6], -3.0)
+td.check_less("PF-ODE samples with the exact score: MMD^2 within 1e-3 of the noise floor", mmd_ode - abs(floor_mmd), 1e-3)
+td.check("the PF-ODE is invertible: decode(encode(x)) = x", x_dec, ref[:64].double(), atol=1e-5)
+
+# %% [markdown]
+# At very low NFE Heun is *not* better on this uniform time grid: near $t=1$ the rate $\beta(t)$ is 20 and a
+# step of $\Delta t = 0.1$ is too large for the predictor to be a good guess. Once the steps resolve the dynamics
+# (here from about 80 NFE) its second order wins by a growing factor. Smarter time grids (lesson 12) move
+# that crossover down.
+#
+# ## 5 · Exact log-likelihood through the ODE
+#
+# Along an ODE $\dot x = v(x,t)$ the density changes by the **instantaneous change of variables**
+# $\tfrac{d}{dt}\log p_t(x_t) = -\nabla\cdot v(x_t,t)$. Integrating from the data at $t\approx0$ to $t=1$:
+#
+# $$\log p_0(x) = \log p_1(x_1) + \int_0^1 \nabla\cdot v(x_t,t)\,dt,$$
+#
+# with $p_1\approx\mathcal N(0,I)$. The divergence (trace of the Jacobian) costs one backward pass per dimension;
+# **Hutchinson's estimator** $z^\top\frac{\partial v}{\partial x}z$ with $\mathbb E[zz^\top]=I$ costs one, and is
+# unbiased. `td.sde.log_likelihood` integrates both with scipy's `solve_ivp`; the mixture's `log_prob` is the
+# truth.
+
+# %%
+x_ll = ring.sample(cfg.ll_points, g, dtype=torch.float64)
+t0 = time.process_time()
+ll_exact = td.sde.log_likelihood(x_ll, score, sde, exact_trace=True, progress_bar=True)
+cpu_exact = time.process_time() - t0
+ll_true = ring.log_prob(x_ll)
+t0 = time.process_time()
+ll_hutch = torch.stack([td.sde.log_likelihood(x_ll, score, sde, generator=g) for _ in range(cfg.ll_repeats)])
+cpu_hutch = (time.process_time() - t0) / cfg.ll_repeats
+se_hutch = ll_hutch.std(0) / math.sqrt(cfg.ll_repeats)
+print(f"exact trace:  max |log p_ODE - log p_true| = {(ll_exact - ll_true).abs().max():.2e} nats   ({cpu_exact:.2f} s CPU)")
+print(f"Hutchinson: one probe per solve, {cfg.ll_repeats} solves: "
+      f"mean bias {(ll_hutch.mean(0) - ll_exact).mean():+.3f} nats, "
+      f"per-solve std {ll_hutch.std(0).mean():.3f} nats (variance {ll_hutch.var(0).mean():.3f}), {cpu_hutch:.2f} s CPU/solve")
+
+plt.figure(figsize=(5, 3.5))
+plt.scatter(ll_true.repeat(cfg.ll_repeats), ll_hutch.flatten(), s=6, alpha=0.4, label="Hutchinson, single solves")
+plt.scatter(ll_true, ll_exact, c="k", s=15, label="exact trace")
+lo, hi = ll_true.min().item() - 1, ll_true.max().item() + 1
+plt.plot([lo, hi], [lo, hi], "k:", lw=1)
+plt.xlabel("true log p(x)")
+plt.ylabel("log p(x) through the ODE")
+plt.legend(fontsize=8)
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check("log-likelihood through the PF-ODE (exact trace) = mixture log p(x)", ll_exact, ll_true, atol=2e-3)
+td.check_less("Hutchinson is unbiased: |mean - exact| < 4 standard errors",
+              ((ll_hutch.mean(0) - ll_exact).abs() - 4 * se_hutch).max().item(), 1e-3)
+
+# %% [markdown]
+# ## 6 · Predictor–corrector sampling
+#
+# A reverse-SDE step (the *predictor*) makes a discretisation error. At the new time $t$ we know the target
+# $p_t$ through its score, so we can *correct* with a few steps of Langevin dynamics,
+# $x\leftarrow x+\epsilon\nabla\log p_t(x)+\sqrt{2\epsilon}\,z$, which leaves $p_t$ invariant. We take
+# $\epsilon_t = 2(r\,s(t))^2$ with a "signal-to-noise" $r=0.1$. First the invariance, then the effect on few-step
+# sampling, measured with the sliced Wasserstein distance on the same noise for every sampler.
+
+# %%
+t_l = 0.3
+m_l, s_l = (v.item() for v in sde.marginal(t_l))
+x_pt = m_l * ring.sample(cfg.pc_n, g) + s_l * torch.randn(cfg.pc_n, 2, generator=g)   # exact samples of p_t
+x_lv = td.sde.langevin_correct(score, sde, x_pt, t_l, snr=0.1, n_steps=50, generator=g)
+mmd_lv = td.metrics.mmd_rbf(x_lv, m_l * ring.sample(cfg.pc_n, g) + s_l * torch.randn(cfg.pc_n, 2, generator=g))
+print(f"after 50 Langevin steps at t = {t_l}: MMD^2 to p_t {mmd_lv:.5f}")
+
+ref_pc = ring.sample(cfg.pc_n, g)
+rows = []
+for n_steps in (10, 20, 40):
+    xT = torch.randn(cfg.pc_n, 2, generator=g)
+    sw_of = lambda xx: td.metrics.sliced_wasserstein(xx, ref_pc, n_projections=cfg.n_proj,  # noqa: E731
+                                                     generator=torch.Generator().manual_seed(5))
+    em = sw_of(td.sde.sample_reverse_sde(score, sde, x_T=xT, steps=n_steps, generator=torch.Generator().manual_seed(6)))
+    em2 = sw_of(td.sde.sample_reverse_sde(score, sde, x_T=xT, steps=2 * n_steps, generator=torch.Generator().manual_seed(6)))
+    pc = sw_of(td.sde.sample_pc(score, sde, x_T=xT, steps=n_steps, snr=0.1, generator=torch.Generator().manual_seed(6)))
+    rows.append((n_steps, em, pc, em2))
+floor_pc = td.metrics.noise_floor(td.metrics.sliced_wasserstein, lambda n: ring.sample(n, g), cfg.pc_n,
+                                  n_projections=cfg.n_proj, generator=torch.Generator().manual_seed(5))
+print(f"sliced W2 to the data (noise floor {floor_pc:.4f}):")
+print("predictor steps | EM (NFE = steps) | PC, 1 corrector (NFE = 2 steps) | EM with 2x steps (same NFE as PC)")
+for n_steps, em, pc, em2 in rows:
+    print(f"{n_steps:15d} | {em:16.4f} | {pc:31.4f} | {em2:.4f}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("Langevin at fixed t keeps exact samples of p_t on p_t (MMD^2 < 2e-3)", mmd_lv, 2e-3)
+
+# %% [markdown]
+# Read the table honestly. With the exact score, the corrector changes little at a *fixed number of predictor
+# steps*, and spending the same score evaluations on more predictor steps is better: on this VP-SDE the error at
+# low step counts is the predictor's discretisation bias, which Langevin at the new time cannot remove. The
+# corrector pays off in other regimes (the variance-exploding SDE, image models whose score is imperfect);
+# exercise 4 asks you to vary `snr` and the number of corrector steps.
+#
+# ## 7 · Denoising score matching in continuous time
+#
+# The lecture's loss $\mathbb E\big[\|s_\theta(x_t,t)-\nabla_{x_t}\log p(x_t\mid x_0)\big\|^2\big]$ has the target
+# $\nabla\log p(x_t\mid x_0) = -\varepsilon/s(t)$. Weighted by $\lambda(t)=s(t)^2$ and with
+# $s_\theta = -\varepsilon_\theta/s(t)$ it is exactly DDPM's $\|\varepsilon-\varepsilon_\theta\|^2$ at a continuous
+# time $t\sim\mathcal U(0,1]$. Its minimiser is the true score: check that the exact score scores lower than
+# slightly wrong ones, then train an MLP (`time_scale=1000` turns $t\in[0,1]$ into the embedding's range).
+
+# %%
+x0_dsm = ring.sample(20000, g)
+t_dsm = 1e-3 + (1 - 1e-3) * torch.rand(20000, generator=g, dtype=torch.float64)
+eps_dsm = torch.randn(20000, 2, generator=g)
+loss_true = td.sde.dsm_loss(score, x0_dsm, sde, t=t_dsm, eps=eps_dsm).item()
+loss_scaled = td.sde.dsm_loss(lambda xx, tt: 1.1 * score(xx, tt), x0_dsm, sde, t=t_dsm, eps=eps_dsm).item()
+loss_shift = td.sde.dsm_loss(lambda xx, tt: score(xx, tt) + 0.1, x0_dsm, sde, t=t_dsm, eps=eps_dsm).item()
+print(f"DSM loss: true score {loss_true:.4f}, 1.1 x score {loss_scaled:.4f}, score + 0.1 {loss_shift:.4f}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("DSM loss is lower for the true score than for 1.1 x the score", loss_true, loss_scaled)
+td.check_less("... and lower than for the score shifted by 0.1", loss_true, loss_shift)
+
+# %%
+net = td.models.MLPDenoiser(dim=2, hidden=cfg.hidden, depth=3, time_scale=1000.0)
+train_data = ring.sample(50000, g)
+result = td.train.fit(net, lambda model, x0: td.sde.dsm_loss(td.sde.score_fn_from_eps_fn(model, sde), x0, sde),
+                      train_data, steps=cfg.train_steps, batch_size=cfg.batch, lr=2e-3, device=dev)
+learned = td.sde.score_fn_from_eps_fn(result.sampler_model, sde)
+
+
+@torch.no_grad()
+def rel_score_error(t, n=4000):   # E||s_theta - s*||^2 / E||s*||^2 over x ~ p_t
+    m, s = (v.item() for v in sde.marginal(t))
+    xx = (m * ring.sample(n, g) + s * torch.randn(n, 2, generator=g)).to(dev)
+    tt = torch.full((n,), t, device=dev)
+    true = score(xx, tt)
+    return ((learned(xx, tt) - true).pow(2).sum(1).mean() / true.pow(2).sum(1).mean()).item()
+
+
+t_list = [0.02, 0.1, 0.25, 0.5, 1.0]
+rel = {t: rel_score_error(t) for t in t_list}
+print("relative squared error of the learned score, per t:", {t: f"{v:.3f}" for t, v in rel.items()})
+
+fig, ax = plt.subplots(1, 3, figsize=(12, 4))
+t_show = 0.1
+tq = lambda p: torch.full((p.shape[0],), t_show)  # noqa: E731
+td.plotting.vector_field(lambda p: score(p, tq(p)), ax=ax[0], title=f"true score, t = {t_show}", lim=3.5)
+td.plotting.vector_field(lambda p: learned(p.to(dev), tq(p).to(dev)).cpu(), ax=ax[1],
+                         title=f"learned score, t = {t_show}", lim=3.5, color="C1")
+ax[2].semilogy(t_list, [rel[t] for t in t_list], "o-")
+ax[2].set_xlabel("t")
+ax[2].set_title("relative squared score error")
+plt.tight_layout()
+plt.show()
+
+x_learned = td.sde.sample_ode_heun(learned, sde, (cfg.n, 2), steps=50, generator=g, device=dev).cpu()
+print(f"PF-ODE samples with the learned score: MMD^2 to data {td.metrics.mmd_rbf(x_learned, ref):.5f} "
+      f"(noise floor {floor_mmd:.5f}, exact score {mmd_ode:.5f})")
+td.plotting.scatter2d(x_learned, title="PF-ODE with the learned score")
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("the learned score beats the zero field at t = 0.5 (relative error < 0.8)", rel[0.5], 0.8)
+td.check_less("... and at t = 1 (relative error < 0.8)", rel[1.0], 0.8)
+
+# %% [markdown]
+# The learned field matches the true one best at large $t$, where $p_t$ is smooth; at small $t$ the score is
+# sharp (of size $1/\text{std}$ near each component) and a small network trained briefly is least accurate there.
+#
+# ## 8 · The same thing in tinydiff
+# The reverse-SDE loop, written by hand from the equation, against `td.sde.sample_reverse_sde` on the same noise:
+
+# %%
+steps_h, t_min = 50, 1e-3
+g1 = torch.Generator().manual_seed(7)
+xh = torch.randn(256, 2, generator=g1)
+grid_t = torch.linspace(1.0, t_min, steps_h + 1, dtype=torch.float64)
+for i in range(steps_h):
+    t = torch.full((256,), grid_t[i].item(), dtype=torch.float64)
+    h = (grid_t[i] - grid_t[i + 1]).item()
+    drift = sde.drift(xh, t) - sde.beta(t)[:, None].float() * score(xh, t.float())   # f - g^2 score
+    xh = xh - drift * h + sde.diffusion(t)[:, None].float() * math.sqrt(h) * torch.randn(xh.shape, generator=g1)
+g2 = torch.Generator().manual_seed(7)
+x_pkg = td.sde.sample_reverse_sde(score, sde, x_T=torch.randn(256, 2, generator=g2), steps=steps_h, generator=g2)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check("hand-written reverse-SDE Euler–Maruyama = td.sde.sample_reverse_sde", xh, x_pkg, atol=1e-5)
+
+# %% [markdown]
+# ## Exercises
+#
+# **1.** The VP-SDE marginal. Return `(m, s)` for $\beta(t)=\beta_{\min}+t(\beta_{\max}-\beta_{\min})$:
+# $m(t)=\exp(-\frac12\int_0^t\beta)$, $s(t)=\sqrt{1-m^2}$.
+
+# %%
+def my_vp_marginal(t, beta_min, beta_max):
+    # Your code here: return (mean_coef, std) as tensors, t a float64 tensor.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+cases = [(torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(i)), 0.1 + i * 0.2, 5.0 + 5 * i)
+         for i in range(5)]
+ref_marginal = lambda t, a, b: td.sde.VPSDE(a, b).marginal(t)  # noqa: E731
+
+
+def _no_half(t, a, b):
+    B = a * t + 0.5 * t**2 * (b - a)
+    return torch.exp(-B), (1 - torch.exp(-2 * B)).sqrt()
+
+
+def _no_sqrt(t, a, b):
+    m, s = td.sde.VPSDE(a, b).marginal(t)
+    return m, s**2
+
+
+td.exercises.check(my_vp_marginal, ref_marginal, cases,
+                   mistakes={"the mean coefficient is exp(-B/2), not exp(-B)": _no_half,
+                             "s(t) is the square root of 1 - m(t)^2": _no_sqrt})
+
+# %% [markdown]
+# **2.** The reverse drift of the family with $\sigma_t = \tfrac12 g_t$:
+# $f_t(x)-\tfrac12(g_t^2+\sigma_t^2)\,\text{score}$. Use `sde.drift` and `sde.beta`.
+
+# %%
+def my_reverse_family_drift(x, t, score_value):
+    # Your code here: x (B, D), t a float64 tensor (B,), score_value (B, D); sigma_t = g_t / 2.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def _drift_cases(i):
+    gi = torch.Generator().manual_seed(10 + i)
+    return torch.randn(8, 2, generator=gi), torch.rand(8, generator=gi, dtype=torch.float64), torch.randn(8, 2, generator=gi)
+
+
+ref_drift = lambda x, t, sc: td.sde.family_drift(lambda *_: sc, sde, x, t, 0.5, reverse=True)  # noqa: E731
+td.exercises.check(my_reverse_family_drift, ref_drift, _drift_cases,
+                   mistakes={"that is the forward member: the reverse one has g^2 + sigma^2": lambda x, t, sc:
+                             td.sde.family_drift(lambda *_: sc, sde, x, t, 0.5),
+                             "sigma_t = g_t / 2 means sigma_t^2 = beta(t) / 4": lambda x, t, sc:
+                             td.sde.family_drift(lambda *_: sc, sde, x, t, 0.5 ** 0.5, reverse=True)})
+
+# %% [markdown]
+# **3.** Hutchinson's estimator. Given `fn` (a map $(B,D)\to(B,D)$), points `x` and probes `z`, return
+# $z^\top\frac{\partial\,\text{fn}}{\partial x}z$ per sample `(B,)` with one `torch.autograd.grad` call.
+
+# %%
+def my_hutchinson(fn, x, z):
+    # Your code here.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+A_ex = torch.tensor([[1.0, 2.0], [-0.5, 3.0]], dtype=torch.float64)
+
+
+def _hutch_cases(i):
+    gi = torch.Generator().manual_seed(20 + i)
+    fn = lambda u: torch.tanh(u @ A_ex.T) * (1 + i)  # noqa: E731
+    return fn, torch.randn(5, 2, generator=gi, dtype=torch.float64), torch.randn(5, 2, generator=gi, dtype=torch.float64)
+
+
+td.exercises.check(my_hutchinson, td.sde.divergence_hutchinson, _hutch_cases,
+                   mistakes={"that is z^T fn(x), not z^T J z": lambda fn, x, z: (fn(x) * z).sum(1)})
+
+# %% [markdown]
+# **4.** (open) Re-run section 6 with `snr` in {0.05, 0.2, 0.4} and 1–3 corrector steps, and with 5 predictor
+# steps. When, if ever, does the corrector beat spending the same NFE on predictor steps? And what happens to
+# PF-ODE sampling with the *learned* score when you shrink `train_steps`?
