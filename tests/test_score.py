@@ -91,6 +91,19 @@ def test_tweedie_and_eps_identity_match_monte_carlo():
     torch.testing.assert_close(td.convert.eps_from_score(score, ab), mc_eps, atol=0.03, rtol=0)
 
 
+def test_marginal_is_the_average_of_gaussian_likelihoods():
+    """Step 1 of the derivation: p(x_t) = E_{x0 ~ p}[N(x_t; sqrt(abar) x0, (1 - abar) I)], by Monte Carlo."""
+    gm = random_mixture(K=3, D=2, seed=15)
+    g = torch.Generator().manual_seed(16)
+    ab = SCHED.alpha_bar[300]
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    x0 = gm.sample(100_000, g, dtype=torch.float64)
+    xt = torch.tensor([[0.3, -0.5], [1.0, 1.0], [-1.5, 0.2]], dtype=torch.float64)
+    log_lik = torch.stack([td.ddpm.gaussian_log_prob(p.expand_as(x0), a * x0, s**2) for p in xt])
+    mc = torch.logsumexp(log_lik, 1) - math.log(x0.shape[0])
+    torch.testing.assert_close(mc, gm.log_prob(xt, a, s), atol=0.02, rtol=0)
+
+
 @pytest.mark.parametrize("t", TS)
 def test_eps_score_identity_against_autograd(t):
     """eps* = -sqrt(1 - alpha_bar_t) * grad log p(x_t): the oracle's eps_fn vs autograd of the exact log-density."""
@@ -138,6 +151,22 @@ def test_score_error_per_t_weighting():
     torch.testing.assert_close(err["score_mse"], 0.25 / (1 - ab), rtol=1e-4, atol=0)
     torch.testing.assert_close(err["x0_mse"], 0.25 * (1 - ab) / ab, rtol=1e-4, atol=0)
     assert err["t"].tolist() == ts
+
+
+def test_eps_loss_excess_is_the_weighted_score_error():
+    """Denoising score matching: DDPM's loss of a denoiser minus the loss of the exact eps* is
+    (1 - abar_t) E|s_theta - s*|^2 (the cross term averages to zero)."""
+    gm = random_mixture(K=3, D=2, seed=17)
+    exact = gm.eps_fn(SCHED)
+    bad = lambda x, t: exact(x, t) + 0.3 * torch.tanh(x.flip(1))  # an error that depends on x
+    t, n = 200, 200_000
+    g = torch.Generator().manual_seed(18)
+    x0 = gm.sample(n, g, dtype=torch.float64)
+    eps = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    tt = torch.full((n,), t, dtype=torch.long)
+    excess = td.ddpm.loss(bad, x0, SCHED, t=tt, eps=eps) - td.ddpm.loss(exact, x0, SCHED, t=tt, eps=eps)
+    err = S.score_error_per_t(bad, gm, SCHED, [t], n, torch.Generator().manual_seed(19))
+    assert abs(excess.item() / err["eps_mse"].item() - 1) < 0.05, (excess.item(), err["eps_mse"].item())
 
 
 def test_trained_eps_network_score_error_decreases_with_training():
