@@ -186,6 +186,20 @@ def test_step_matches_diffusers(var, variance_type, t):
         torch.testing.assert_close(ours, ddpm.p_mean(xt, eps, t, LIN))
 
 
+@pytest.mark.parametrize("t", [1000, 10, 1])
+def test_clipped_step_matches_diffusers_clip_sample(t):
+    """clip_x0=1 clamps x0_hat before the posterior mean: diffusers' clip_sample=True (its default)."""
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+    xt, eps = 2 * torch.randn(4, 1, 8, 8, generator=_gen(13)), torch.randn(4, 1, 8, 8, generator=_gen(14))
+    theirs = ref.step(eps, t - 1, xt, generator=_gen(15)).prev_sample
+    ours = ddpm.step(xt, eps, t, LIN, noise=torch.randn(xt.shape, generator=_gen(15)), clip_x0=1.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(ours, ddpm.step(xt, eps, t, LIN, noise=torch.randn(xt.shape, generator=_gen(15))))
+    big = 1e6  # a bound that never bites gives plain Algorithm 2
+    z = torch.randn(xt.shape, generator=_gen(16))
+    torch.testing.assert_close(ddpm.step(xt, eps, t, LIN, noise=z, clip_x0=big), ddpm.step(xt, eps, t, LIN, noise=z))
+
+
 @pytest.mark.parametrize("var, variance_type", [("posterior", "fixed_small"), ("beta", "fixed_large")])
 def test_sample_matches_a_diffusers_loop(var, variance_type):
     """The whole chain: our sample() and a diffusers loop draw x_T and the step noises from one generator in
@@ -256,6 +270,7 @@ def test_var_choice_matters_and_t1_step_is_deterministic():
         (lambda: ddpm.sample(lambda x, t: x, (2, 3), LIN, x_T=torch.zeros(2, 4)), "x_T has shape"),
         (lambda: ddpm.sample(lambda x, t: x[:, :2], (2, 3), LIN), "shape mismatch"),
         (lambda: ddpm.step(torch.zeros(2, 3), torch.zeros(2, 3), 0, LIN), r"1\.\.1000"),
+        (lambda: ddpm.step(torch.zeros(2, 3), torch.zeros(2, 3), 5, LIN, clip_x0=0.0), "clip_x0"),
         (lambda: ddpm.loss(lambda x, t: x, torch.zeros(2, 3), LIN, target="score"), "target must be"),
         (lambda: ddpm.loss(lambda x, t: x[:, :1], torch.zeros(2, 3), LIN), "the model returned shape"),
         (lambda: ddpm.loss(lambda x, t: x, torch.zeros(2, 3), LIN, reduction="sum"), "reduction"),

@@ -143,10 +143,25 @@ def p_mean(xt: torch.Tensor, eps: torch.Tensor, t, sched) -> torch.Tensor:
     return (xt - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
 
 
-def step(xt: torch.Tensor, eps: torch.Tensor, t, sched, *, var: str = "posterior", noise=None) -> torch.Tensor:
-    r"""One step of Algorithm 2: :math:`x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z`, with ``z = 0`` at ``t = 1``."""
+def step(xt: torch.Tensor, eps: torch.Tensor, t, sched, *, var: str = "posterior", noise=None,
+         clip_x0: float | None = None) -> torch.Tensor:
+    r"""One step of Algorithm 2: :math:`x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z`, with ``z = 0`` at ``t = 1``.
+
+    ``clip_x0=c`` (off by default) first clamps the predicted :math:`\hat x_0` to ``[-c, c]`` and uses the
+    posterior mean :math:`\tilde\mu_t(x_t, \hat x_0)`, like diffusers' ``clip_sample=True``: for images in
+    ``[-1, 1]`` it stops an imperfect :math:`\hat\varepsilon` from being amplified by the
+    :math:`1/\sqrt{\alpha_t}` factors (their product over all steps is :math:`1/\sqrt{\bar\alpha_T}`).
+    Without clipping, :math:`\tilde\mu_t(x_t, \hat x_0) = \mu_\theta` exactly.
+    """
     t = sched.check_t(t, xt.shape[0], low=1)
-    mean = p_mean(xt, eps, t, sched)
+    if clip_x0 is None:
+        mean = p_mean(xt, eps, t, sched)
+    else:
+        if not clip_x0 > 0:
+            raise ValueError(f"clip_x0 must be a positive bound (1.0 for images in [-1, 1]) or None; got {clip_x0}")
+        check_same_shape(xt=xt, eps=eps)
+        x0_hat = convert.x0_from_eps(xt, eps, sched.alpha_bar[t.cpu()]).clamp(-clip_x0, clip_x0)
+        mean = q_posterior(x0_hat, xt, t, sched)[0]
     if noise is None:
         noise = torch.randn_like(xt)
     check_same_shape(xt=xt, noise=noise)
@@ -167,11 +182,13 @@ def sample(
     x_T: torch.Tensor | None = None,
     return_trajectory: bool = False,
     progress_bar: bool = False,
+    clip_x0: float | None = None,
 ):
     r"""Algorithm 2 (ancestral sampling): start from :math:`x_T\sim\mathcal N(0,I)` and apply :func:`step` for t = T..1.
 
     Noise is drawn on the CPU from ``generator`` and then moved to ``device``, so a seed gives the
     same samples on every machine. With ``return_trajectory=True`` returns ``(x0, [x_T, ..., x_0])``.
+    ``clip_x0`` is passed to :func:`step` (off by default: plain Algorithm 2).
     """
     _check_var(var)
     device = torch.device("cpu") if device is None else torch.device(device)
@@ -188,7 +205,7 @@ def sample(
     for t_int in progress(range(sched.T, 0, -1), desc="DDPM sampling", disable=not progress_bar):
         t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
         z = torch.randn(shape, generator=generator, dtype=x.dtype).to(device) if t_int > 1 else torch.zeros_like(x)
-        x = step(x, eps_fn(x, t), t, sched, var=var, noise=z)
+        x = step(x, eps_fn(x, t), t, sched, var=var, noise=z, clip_x0=clip_x0)
         if return_trajectory:
             traj.append(x.cpu())
     return (x, traj) if return_trajectory else x
