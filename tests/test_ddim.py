@@ -92,7 +92,6 @@ def test_step_with_per_sample_timesteps(sched):
 
 
 def test_inversion_matches_diffusers_ddim_inverse(sched):
-    from diffusers import DDIMInverseScheduler
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(4, 3, generator=g, dtype=torch.float64)
@@ -107,6 +106,21 @@ def test_inversion_matches_diffusers_ddim_inverse(sched):
 
 
 # ------------------------------------------------------------------------------------- the family
+def test_ddpm_mean_is_the_posterior_mean_at_x0_hat(sched, ring):
+    """Stochasticity slide: DDPM's model mean is the mean of q(x_{t-1} | x_t, x_0) with x_0 := x0_hat(x_t, eps)."""
+    g = torch.Generator().manual_seed(14)
+    x0 = ring.sample(64, g, dtype=torch.float64)
+    t = torch.randint(2, T + 1, (64,), generator=g)
+    xt = td.ddpm.q_sample(x0, t, torch.randn(64, 2, generator=g, dtype=torch.float64), sched)
+    eps = torch.randn(64, 2, generator=g, dtype=torch.float64)  # any eps: the identity is algebraic
+    x0_hat = td.convert.x0_from_eps(xt, eps, sched.alpha_bar[t])
+    mean, _ = td.ddpm.q_posterior(x0_hat, xt, t, sched)
+    torch.testing.assert_close(td.ddpm.p_mean(xt, eps, t, sched), mean, atol=1e-10, rtol=1e-10)
+    # and the DDIM step with eta = 1 and zero noise is that mean
+    torch.testing.assert_close(ddim.step(xt, eps, t, t - 1, sched, eta=1.0, noise=torch.zeros_like(xt)), mean,
+                               atol=1e-10, rtol=1e-10)
+
+
 def test_posterior_sigma_gives_ddpm_posterior_coefficients(sched):
     """sigma_t^2 = tilde beta_t (eta = 1, t_prev = t - 1) turns kappa_t, lambda_t into q(x_{t-1}|x_t,x_0)'s."""
     t = torch.arange(1, T + 1)
