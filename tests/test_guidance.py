@@ -230,6 +230,10 @@ def test_within_class_spread_and_recall():
     wide = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
     collapsed = 0.1 * torch.randn(500, 2, generator=torch.Generator().manual_seed(2))
     assert G.knn_recall(real, wide) > 0.9 > 0.3 > G.knn_recall(real, collapsed)
+    # by hand, k = 1: generated 0, 1, 3, 6 have nearest-neighbour radii 1, 1, 2, 3 (a point is not its own neighbour)
+    fake = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [6.0, 0.0]])
+    real4 = torch.tensor([[0.5, 0.0], [4.5, 0.0], [9.5, 0.0], [-1.5, 0.0]])
+    assert G.knn_recall(real4, fake, k=1) == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------------ bad input
