@@ -133,7 +133,8 @@ L.backward()
 
 z_q_leaf = z_q.clone().requires_grad_(True)            # the gradient the decoder sends back to z_q
 ((z_q_leaf @ A.T - b) ** 2).sum().backward()
-print("gradient without the trick reaches z_e?", codebook[k].requires_grad)  # indexing a constant: no graph to z_e
+z_q_plain = codebook[td.vq.nearest_code(z_e, codebook)]   # quantising without the trick: argmin, then a lookup
+print("is z_q without the trick connected to z_e in the autograd graph?", z_q_plain.requires_grad)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -381,7 +382,8 @@ with torch.no_grad():
 # NBVAL_CHECK_OUTPUT
 td.check("index map (1797, 4, 4) for 8x8 digits with f = 2", torch.tensor(vq_out.indices.shape),
          torch.tensor([1797, *model.latent_shape((8, 8))]), atol=0)
-td.check("decode(quantize(indices)) = the forward reconstruction", from_indices, from_forward, atol=1e-5)
+# (the two inputs differ by float rounding, z_e + (e - z_e) vs e; TF32 convolutions on a GPU can magnify that)
+td.check("decode(quantize(indices)) = the forward reconstruction", from_indices, from_forward, atol=1e-3)
 td.check("reported perplexity = exp H(code usage)", vq_out.perplexity,
          td.vq.perplexity(td.vq.code_usage(vq_out.indices, K)), atol=1e-3, rtol=1e-4)
 td.check_less("every VQ-VAE reconstructs better than the mean image", max(s["mse"] for s in stats.values()),
