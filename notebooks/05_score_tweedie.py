@@ -472,10 +472,12 @@ ax2 = axes[2].twinx()
 ax2.semilogx(t_np, r2, "s-", color="C2", label="R^2 of the exact E[x0|x_t]")
 ax2.set_ylim(-0.05, 1.05)
 axes[2].set_title("the network's Tweedie denoiser")
+for ax in axes[:2]:
+    ax.legend(fontsize=7, loc="upper left")
 for ax in axes:
     ax.set_xlabel("t")
-    ax.legend(fontsize=7, loc="upper left")
-ax2.legend(fontsize=7, loc="center right")
+axes[2].legend(fontsize=7, loc=(0.02, 0.45))
+ax2.legend(fontsize=7, loc=(0.02, 0.3))
 fig.tight_layout()
 
 # %% [markdown]
@@ -484,8 +486,10 @@ fig.tight_layout()
 # * **Small $t$: the score is huge and sharp.** Near the data, $q_t$ is eight bumps of width $\approx 0.15$, so
 #   $\|s^*\|^2 \approx d/\sigma^2 \approx 90$, and it flips direction over a distance of one bump. The loss sees
 #   the error only through the factor $1-\bar\alpha_t$ (about $10^{-4}$ at $t=1$): an $\varepsilon$-error that
-#   looks small is a score error *larger than the score itself* (the relative error column). This is the region
-#   where DDPM samplers take their last, small steps, and where a learned score is least trustworthy.
+#   looks small (0.05 at $t = 1$ in our standard run) is, at the first few steps, a score error *larger than the
+#   score itself* (the relative error column). Note also the bump of the $\varepsilon$-error around
+#   $t\approx 50$–$100$: that is where the modes merge and the field is hardest to represent. Small $t$ is where
+#   DDPM samplers take their last, small steps, and where a learned score is least trustworthy.
 # * **Small $t$: little data in low-density regions.** Training points $x_t$ sit on the bumps; between them the
 #   network has almost never seen an example, and the loss never asks it to be right there. The cell below
 #   measures the error on points drawn from $q_t$ versus points spread uniformly over the square (most of which
@@ -663,10 +667,13 @@ for ax, i in zip(axes, show):
 fig.tight_layout()
 
 # %% [markdown]
-# Annealing is not exact either: the printed TV of the annealed run is close to, but usually somewhat above, the
-# noise floor, because the weights are settled at the intermediate levels where the modes start to separate, and a
-# finite number of steps per level equilibrates them only approximately. More levels or more steps per level
-# bring it down (try it).
+# The strip above shows how it works: at $\sigma = 4$ the chains fill one wide blob, around $\sigma\approx 0.4$ a
+# ring forms and mass flows along it, and by $\sigma \approx 0.14$ the modes are separated with their weights
+# already fixed. Annealing is not exact either: the weights are settled at the intermediate levels where the
+# modes start to separate, and a finite number of steps per level equilibrates them only approximately. In our
+# standard-profile run the annealed TV sat at its noise floor; in trials with a smaller step
+# ($\epsilon = 0.1\,\sigma_L^2$ instead of $0.3\,\sigma_L^2$) it was about twice the floor. Try fewer steps per
+# level and watch it rise.
 #
 # ## 8 · The VE view and the VP schedule are the same thing
 #
@@ -730,8 +737,9 @@ fig.tight_layout()
 # The same network that DDPM's Algorithm 2 uses drives a score-based sampler without retraining: only the
 # bookkeeping between $\varepsilon$, the score and $\sigma$ changes. Read the printed numbers honestly, though.
 # In our standard-profile run, annealed Langevin with the *network's* score was clearly worse than with the exact
-# score (mode weights off by a TV of about 0.08 against 0.015, and wider modes), while DDPM's own sampler with the
-# very same network was close to the noise floor. Langevin runs many steps at each level, so it converges to the
+# score: the two lightest modes (weights $1/36$ and $2/36$, on the right) were starved, a TV of about 0.08 against
+# 0.014. DDPM's own sampler with the very same network got the weights right (TV at the noise floor), though it
+# leaves a visible haze of samples between the modes. Langevin runs many steps at each level, so it converges to the
 # stationary law of *whatever field it is given*: the network's errors at intermediate $t$ (a relative error of
 # about 10 % around $t\approx 20$–$100$ in the table of §5), which DDPM's sampler passes through once, are
 # applied a hundred times per level and accumulate. We also stopped the ladder at $\sigma = 0.05$ rather than
