@@ -418,7 +418,7 @@ def knn_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> float:
     return float((torch.cdist(real, fake) <= radius[None]).any(1).double().mean())
 
 
-def gamma_browser(samples_by_gamma: dict, *, nrow: int = 10, figsize_per_row=(6.0, 0.9)):
+def gamma_browser(samples_by_gamma: dict, *, nrow: int = 10, panel_size: float = 2.6):
     r"""Show precomputed image samples for several guidance strengths :math:`\gamma`.
 
     Always draws a static figure (one grid per :math:`\gamma`, which renders everywhere, nbval included) and, when
@@ -432,10 +432,10 @@ def gamma_browser(samples_by_gamma: dict, *, nrow: int = 10, figsize_per_row=(6.
     if not samples_by_gamma:
         raise ValueError("samples_by_gamma is empty: pass {gamma: images (B, C, H, W)}")
     gammas = list(samples_by_gamma)
-    fig, axes = plt.subplots(len(gammas), 1, figsize=(figsize_per_row[0], figsize_per_row[1] * len(gammas) * 2))
+    fig, axes = plt.subplots(1, len(gammas), figsize=(panel_size * len(gammas), panel_size * 1.1))
     for ax, g in zip(list(getattr(axes, "flat", [axes])), gammas):
         show_images(samples_by_gamma[g], nrow=nrow, ax=ax)
-        ax.set_title(f"γ = {g:g}  (guidance_scale w = {1 + g:g})", fontsize=9)
+        ax.set_title(f"γ = {g:g}  (w = {1 + g:g})", fontsize=9)
     fig.tight_layout()
     try:
         import ipywidgets as widgets
