@@ -108,5 +108,8 @@ def test_attribute_accuracy_and_classifier_helpers():
     assert torch.isfinite(loss) and loss.item() > 0
     with torch.no_grad():  # at init the head is near-uniform: the loss is close to sum of log(K)
         assert abs(loss.item() - sum(math.log(k) for k in td.shapes.NUM_ATTRIBUTES)) < 1.0
+    assert clf.features(d.images).shape == (8, 16 + 5)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        clf(d.images[:, :1])
     pred = td.shapes.predict_attributes(clf, d.images, batch_size=3)
     assert pred.shape == (8, 3) and (pred < torch.tensor(td.shapes.NUM_ATTRIBUTES)).all()
