@@ -162,7 +162,7 @@ acc_cg, spread_cg = [], []
 for i, gam in enumerate(gammas_cg):
     xs = x_cg[i * n:(i + 1) * n]
     acc_cg.append((gm.class_posterior(xs).argmax(1) == 0).double().mean().item())
-    spread_cg.append(G.within_class_spread(xs, torch.zeros(n, dtype=torch.long)).item())
+    spread_cg.append(td.metrics.within_class_spread(xs, torch.zeros(n, dtype=torch.long)).item())
     print(f"gamma = {gam:3.1f}: class accuracy {acc_cg[-1]:.3f}, spread {spread_cg[-1]:.3f}")
 exact_acc = (gm.class_posterior(gm.sample_class(0, 20000, g)).argmax(1) == 0).double().mean().item()
 print(f"for reference, exact samples of p(x | y=0): accuracy {exact_acc:.3f}")
@@ -310,13 +310,13 @@ plt.show()
 # %%
 x_lab, comp = gm.sample(20000, g, return_components=True)
 y_lab = gm.labels[comp]
-clf2d = G.MLPClassifier(dim=2, num_classes=2)
+clf2d = td.models.MLPClassifier(dim=2, num_classes=2)
 res = td.train.fit(clf2d, lambda m, b: G.classifier_loss(m, b[0], b[1], sched), (x_lab, y_lab), steps=cfg.clf2d_steps,
                    batch_size=256, lr=2e-3, ema_decay=None, device="cpu", desc="2-D classifier")
 print(f"final cross-entropy (mean of the last 100 steps): {sum(res.losses[-100:]) / len(res.losses[-100:]):.3f}")
 
 # %%
-clf64 = G.MLPClassifier(dim=2, num_classes=2).double()
+clf64 = td.models.MLPClassifier(dim=2, num_classes=2).double()
 clf64.load_state_dict(clf2d.state_dict())
 x_fd, t_fd, h = x_probe[:16], torch.full((16,), 200), 1e-5
 
@@ -461,7 +461,7 @@ for r in rows_cfg:
     print(f"CFG γ={r['gamma']:4.1f}: accuracy {r['accuracy']:.3f}   spread {r['spread']:.3f}   recall {r['recall']:.3f}")
 with torch.no_grad():
     feat_real = judge.features(x_test.to(dev)).cpu()
-print(f"real test digits: spread {G.within_class_spread(feat_real, y_test).mean().item():.3f}")
+print(f"real test digits: spread {td.metrics.within_class_spread(feat_real, y_test).mean().item():.3f}")
 
 # %% [markdown]
 # Classifier guidance on the same digits, in the guided-$\varepsilon$ form: the unconditional prediction

@@ -114,7 +114,7 @@ def test_guided_mean_formula():
 # ------------------------------------------------------------------------------------------ learned pieces
 def test_classifier_grad_matches_finite_differences():
     torch.manual_seed(0)
-    clf = G.MLPClassifier(dim=2, num_classes=3).double()
+    clf = td.models.MLPClassifier(dim=2, num_classes=3).double()
     x, t, h = _probe(8), torch.full((8,), 123), 1e-6
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 
@@ -171,7 +171,7 @@ def test_cfg_loss_and_classifier_loss_are_finite_and_train():
     model = td.models.MLPDenoiser(dim=2, hidden=16, depth=1, num_classes=2)
     x0, y = torch.randn(16, 2), torch.randint(0, 2, (16,))
     assert torch.isfinite(G.cfg_loss(model, x0, y, sched, p_uncond=0.5))
-    clf = G.MLPClassifier(dim=2, num_classes=2)
+    clf = td.models.MLPClassifier(dim=2, num_classes=2)
     loss = G.classifier_loss(clf, x0, y, sched)
     assert torch.isfinite(loss) and loss.requires_grad
 
@@ -224,16 +224,16 @@ def test_grid_moments_of_a_gaussian():
 
 def test_within_class_spread_and_recall():
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [5.0, 7.0]])
-    spread = G.within_class_spread(x, torch.tensor([0, 0, 1, 1]))
+    spread = td.metrics.within_class_spread(x, torch.tensor([0, 0, 1, 1]))
     torch.testing.assert_close(spread, torch.tensor([1.0, 1.0], dtype=torch.float64))
     real = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
     wide = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
     collapsed = 0.1 * torch.randn(500, 2, generator=torch.Generator().manual_seed(2))
-    assert G.knn_recall(real, wide) > 0.9 > 0.3 > G.knn_recall(real, collapsed)
+    assert td.metrics.knn_recall(real, wide) > 0.9 > 0.3 > td.metrics.knn_recall(real, collapsed)
     # by hand, k = 1: generated 0, 1, 3, 6 have nearest-neighbour radii 1, 1, 2, 3 (a point is not its own neighbour)
     fake = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [6.0, 0.0]])
     real4 = torch.tensor([[0.5, 0.0], [4.5, 0.0], [9.5, 0.0], [-1.5, 0.0]])
-    assert G.knn_recall(real4, fake, k=1) == pytest.approx(0.5)
+    assert td.metrics.knn_recall(real4, fake, k=1) == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -30,10 +30,8 @@ import numbers
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import ddpm
-from .models import timestep_embedding
+from . import ddpm, metrics
 from .utils import check_same_shape, expand_to, progress
 
 __all__ = [
@@ -56,11 +54,8 @@ __all__ = [
     "guided_ddpm_sample",
     "classifier_loss",
     "cfg_loss",
-    "MLPClassifier",
     "tilted_log_density",
     "grid_moments",
-    "within_class_spread",
-    "knn_recall",
     "gamma_browser",
     "tradeoff",
 ]
@@ -332,33 +327,6 @@ def guided_ddpm_sample(eps_fn, grad_fn, y, gamma, shape, sched, *, var: str = "p
 
 
 # ------------------------------------------------------------------------------------------ a 2-D classifier
-class MLPClassifier(nn.Module):
-    r"""A small noise-conditional classifier :math:`p_\phi(y\mid x_t, t)` for low-dimensional data ``(B, dim)``:
-    a residual MLP with a sinusoidal time embedding, returning logits ``(B, num_classes)``.
-    (The image counterpart is :class:`tinydiff.models.Classifier` with ``time_conditional=True``.)"""
-
-    def __init__(self, dim: int = 2, num_classes: int = 2, hidden: int = 128, depth: int = 2, time_dim: int = 32):
-        super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a classifier needs num_classes >= 2; got {num_classes}")
-        self.dim, self.time_dim = dim, time_dim
-        self.time = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.inp = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth))
-        self.head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, num_classes))
-
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (B, {self.dim}); got {tuple(x.shape)}")
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        emb = self.time(timestep_embedding(t.float(), self.time_dim).to(x.dtype))
-        h = self.inp(x)
-        for block in self.blocks:
-            h = h + block(h + emb)
-        return self.head(h)
-
-
 # ------------------------------------------------------------------------------------------ what CFG is not
 def tilted_log_density(gm, y: int, gamma):
     r"""The unnormalised log-density :math:`(1+\gamma)\log p(x\mid y) - \gamma\log p(x)` of the clean data,
@@ -390,32 +358,6 @@ def grid_moments(log_density_fn, *, lim: float = 5.0, n: int = 400, center=(0.0,
     mean = w @ pts
     d = pts - mean
     return mean, (w[:, None] * d).T @ d
-
-
-def within_class_spread(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    r"""Diversity per class: the root-mean-square distance of each class's samples to their class mean,
-    :math:`\sqrt{\mathrm{tr}\,\mathrm{Cov}(x\mid y)}`; returns ``(num_classes,)`` (NaN for a class with < 2 samples)."""
-    x = x.flatten(1).double()
-    labels = torch.as_tensor(labels).long()
-    if labels.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape ({x.shape[0]},); got {tuple(labels.shape)}")
-    out = torch.full((int(labels.max()) + 1,), float("nan"), dtype=torch.float64)
-    for k in range(out.numel()):
-        xk = x[labels == k]
-        if xk.shape[0] >= 2:
-            out[k] = (xk - xk.mean(0)).pow(2).sum(1).mean().sqrt()
-    return out
-
-
-def knn_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> float:
-    r"""Recall of Kynkäänniemi et al. (2019): the fraction of real samples lying inside the generated manifold,
-    i.e. within the distance from some generated sample to its ``k``-th nearest generated neighbour.
-    A guided sampler that collapses onto a few typical samples loses recall (diversity)."""
-    real, fake = real.flatten(1).double(), fake.flatten(1).double()
-    if fake.shape[0] <= k or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"knn_recall needs more than k={k} generated samples of the real samples' dimension")
-    radius = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values  # +1: the distance to itself is 0
-    return float((torch.cdist(real, fake) <= radius[None]).any(1).double().mean())
 
 
 def gamma_browser(samples_by_gamma: dict, *, nrow: int = 10, panel_size: float = 2.6):
@@ -458,7 +400,8 @@ def tradeoff(judge, images: torch.Tensor, labels: torch.Tensor, gammas, real_ima
     ``images``/``labels`` hold ``len(gammas)`` consecutive equal blocks of samples (block ``i`` sampled with
     ``gammas[i]``). An independent ``judge`` classifier (with a ``features`` method, e.g.
     :class:`tinydiff.models.Classifier`) gives the **accuracy**; on its features we measure the mean
-    :func:`within_class_spread` and the per-class :func:`knn_recall` against ``real_images`` of each class.
+    :func:`tinydiff.metrics.within_class_spread` and the per-class :func:`tinydiff.metrics.knn_recall`
+    against ``real_images`` of each class.
     """
     gammas = list(gammas)
     if len(images) % len(gammas) or len(labels) != len(images):
@@ -472,7 +415,7 @@ def tradeoff(judge, images: torch.Tensor, labels: torch.Tensor, gammas, real_ima
     for i, gam in enumerate(gammas):
         f, y = feats[i * m:(i + 1) * m], labels[i * m:(i + 1) * m]
         classes = [c for c in y.unique().tolist() if (y == c).sum() > k and (real_labels == c).any()]
-        recall = sum(knn_recall(feat_real[real_labels == c], f[y == c], k) for c in classes) / max(1, len(classes))
+        recall = sum(metrics.knn_recall(feat_real[real_labels == c], f[y == c], k) for c in classes) / max(1, len(classes))
         rows.append(dict(gamma=float(gam), accuracy=(logits[i * m:(i + 1) * m].argmax(1) == y).double().mean().item(),
-                         spread=within_class_spread(f, y).nanmean().item(), recall=recall))
+                         spread=metrics.within_class_spread(f, y).nanmean().item(), recall=recall))
     return rows

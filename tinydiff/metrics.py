@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sliced_wasserstein", "mmd_rbf", "frechet_distance", "noise_floor", "gaussian_fit_error"]
+__all__ = [
+    "sliced_wasserstein", "mmd_rbf", "frechet_distance", "noise_floor", "gaussian_fit_error", "within_class_spread",
+    "knn_recall",
+]
 
 
 def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, n_projections: int = 256, generator=None) -> float:
@@ -80,3 +83,29 @@ def gaussian_fit_error(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -
     """(‖sample mean − mean‖, ‖sample covariance − cov‖_F): a first, crude check of a sampler."""
     x = x.flatten(1).double().cpu()
     return float((x.mean(0) - mean.double()).norm()), float((torch.cov(x.T) - cov.double()).norm())
+
+
+def within_class_spread(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Diversity per class: the root-mean-square distance of each class's samples to their class mean,
+    :math:`\sqrt{\mathrm{tr}\,\mathrm{Cov}(x\mid y)}`; returns ``(num_classes,)`` (NaN for a class with < 2 samples)."""
+    x = x.flatten(1).double()
+    labels = torch.as_tensor(labels).long()
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},); got {tuple(labels.shape)}")
+    out = torch.full((int(labels.max()) + 1,), float("nan"), dtype=torch.float64)
+    for k in range(out.numel()):
+        xk = x[labels == k]
+        if xk.shape[0] >= 2:
+            out[k] = (xk - xk.mean(0)).pow(2).sum(1).mean().sqrt()
+    return out
+
+
+def knn_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> float:
+    r"""Recall of Kynkäänniemi et al. (2019): the fraction of real samples lying inside the generated manifold,
+    i.e. within the distance from some generated sample to its ``k``-th nearest generated neighbour.
+    A guided sampler that collapses onto a few typical samples loses recall (diversity)."""
+    real, fake = real.flatten(1).double(), fake.flatten(1).double()
+    if fake.shape[0] <= k or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"knn_recall needs more than k={k} generated samples of the real samples' dimension")
+    radius = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values  # +1: the distance to itself is 0
+    return float((torch.cdist(real, fake) <= radius[None]).any(1).double().mean())

@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import SpatialTransformer, group_norm
 
-__all__ = ["timestep_embedding", "MLPDenoiser", "UNet", "ResBlock", "Classifier"]
+__all__ = ["timestep_embedding", "MLPDenoiser", "MLPClassifier", "UNet", "ResBlock", "Classifier"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -46,7 +46,8 @@ class _TimeLabelEmbedding(nn.Module):
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must have shape ({batch},) to match the batch; got {tuple(t.shape)}")
-        emb = self.mlp(timestep_embedding(t.float() * self.time_scale, self.freq_dim))
+        freqs = timestep_embedding(t.float() * self.time_scale, self.freq_dim)
+        emb = self.mlp(freqs.to(self.mlp[0].weight.dtype))  # follow the model's dtype (e.g. after .double())
         if self.label is not None:
             if y is None:
                 y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)  # the null label
@@ -88,6 +89,23 @@ class MLPDenoiser(nn.Module):
         for block in self.blocks:
             h = h + block(h + emb)
         return self.out(h)
+
+
+class MLPClassifier(nn.Module):
+    r"""A small noise-conditional classifier :math:`p_\phi(y\mid x_t, t)` for low-dimensional data ``(B, dim)``:
+    the residual MLP of :class:`MLPDenoiser` with a classification head, returning logits ``(B, num_classes)``.
+    (The image counterpart is :class:`Classifier` with ``time_conditional=True``.)"""
+
+    def __init__(self, dim: int = 2, num_classes: int = 2, hidden: int = 128, depth: int = 2, time_dim: int = 32,
+                 time_scale: float = 1.0):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs num_classes >= 2; got {num_classes}")
+        self.body = MLPDenoiser(dim, hidden, depth, time_dim, time_scale=time_scale)
+        self.body.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.body(x, t)
 
 
 class ResBlock(nn.Module):
