@@ -122,8 +122,8 @@ def test_attribute_classifier_finds_the_shape():
     assert crop.shape == (60, 1, 16, 16)
     w = crop[:, 0] / crop[:, 0].sum((1, 2), keepdim=True)
     u = torch.arange(16.0)
-    torch.testing.assert_close((w.sum(1) * u).sum(1), torch.full((60,), 7.5), atol=0.3, rtol=0)  # centred in x
-    torch.testing.assert_close((w.sum(2) * u).sum(1), torch.full((60,), 7.5), atol=0.3, rtol=0)  # and in y
+    torch.testing.assert_close((w.sum(1) * u).sum(1), torch.full((60,), 7.5), atol=0.5, rtol=0)  # centred in x
+    torch.testing.assert_close((w.sum(2) * u).sum(1), torch.full((60,), 7.5), atol=0.5, rtol=0)  # and in y
     assert clf.features(d.images).shape == (8, 16 + 5)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         clf(d.images[:, :1])
