@@ -108,6 +108,11 @@ def test_attribute_accuracy_and_classifier_helpers():
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert all(p.grad is not None for p in clf.parameters())  # all three heads are trained by the loss
+    assert clf.features(d.images).shape == (8, 16 + 5)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        clf(d.images[:, :1])
+    pred = td.shapes.predict_attributes(clf, d.images, batch_size=3)
+    assert pred.shape == (8, 3) and (pred < torch.tensor(td.shapes.NUM_ATTRIBUTES)).all()
 
 
 def test_attribute_classifier_finds_the_shape():
@@ -124,8 +129,3 @@ def test_attribute_classifier_finds_the_shape():
     u = torch.arange(16.0)
     torch.testing.assert_close((w.sum(1) * u).sum(1), torch.full((60,), 7.5), atol=0.5, rtol=0)  # centred in x
     torch.testing.assert_close((w.sum(2) * u).sum(1), torch.full((60,), 7.5), atol=0.5, rtol=0)  # and in y
-    assert clf.features(d.images).shape == (8, 16 + 5)
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        clf(d.images[:, :1])
-    pred = td.shapes.predict_attributes(clf, d.images, batch_size=3)
-    assert pred.shape == (8, 3) and (pred < torch.tensor(td.shapes.NUM_ATTRIBUTES)).all()
