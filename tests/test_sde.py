@@ -236,6 +236,16 @@ def test_particle_systems_match_fokker_planck():
     assert S.histogram_tv(x0, edges, dens) > 3 * floor
 
 
+def test_histogram_tv_exact_values():
+    edges = torch.linspace(0, 1, 5, dtype=torch.float64)
+    uniform = lambda u: torch.ones_like(u)  # noqa: E731
+    assert S.histogram_tv(torch.full((10,), 0.1), edges, uniform) == pytest.approx(0.75)  # all mass in one of 4 bins
+    assert S.histogram_tv(torch.tensor([0.1, 0.4, 0.6, 0.9]), edges, uniform) == pytest.approx(0.0, abs=1e-12)
+    assert S.histogram_tv(torch.tensor([0.1, 0.4, 0.6, 5.0]), edges, uniform) == pytest.approx(0.25)  # one outside
+    with pytest.raises(ValueError, match="bin probabilities"):
+        S.histogram_tv(torch.zeros(3), edges, torch.ones(3))
+
+
 # ----------------------------------------------------------------------------------- score matching
 def test_dsm_loss_minimised_by_true_score():
     ring = _ring()

@@ -615,8 +615,8 @@ def _grad(fn, u, create_graph=False):
 def histogram_tv(samples: torch.Tensor, edges: torch.Tensor, density) -> float:
     r"""Total-variation distance :math:`\tfrac12\sum_j |\hat P_j - P_j|` between the histogram of 1-D ``samples``
     over the bins ``edges`` and a density: ``density`` is a callable on points (integrated over each bin by the
-    midpoint rule on 8 sub-points) or the bin probabilities ``(len(edges) - 1,)``. Samples outside the
-    bins count as mass the density does not have there."""
+    midpoint rule on 8 sub-points) or the bin probabilities ``(len(edges) - 1,)``. Everything outside the
+    bins is one more cell of the partition."""
     edges = torch.as_tensor(edges, dtype=torch.float64)
     s = torch.as_tensor(samples).detach().double().flatten().cpu()
     counts = torch.histogram(s, bins=edges).hist
@@ -630,8 +630,8 @@ def histogram_tv(samples: torch.Tensor, edges: torch.Tensor, density) -> float:
         P = torch.as_tensor(density, dtype=torch.float64)
         if P.shape != hat.shape:
             raise ValueError(f"bin probabilities must have shape {tuple(hat.shape)}; got {tuple(P.shape)}")
-    outside = 1.0 - float(hat.sum())
-    return 0.5 * (float((hat - P).abs().sum()) + outside + max(0.0, 1.0 - float(P.sum())))
+    outside = abs((1.0 - float(hat.sum())) - (1.0 - float(P.sum())))  # the cell "outside the bins"
+    return 0.5 * (float((hat - P).abs().sum()) + outside)
 
 
 # ---------------------------------------------------------------------------------- training
