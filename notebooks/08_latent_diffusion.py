@@ -508,16 +508,23 @@ print("captions of the held-out row:", " | ".join(held.captions[:4]), "| ...")
 
 # %% [markdown]
 # **What the numbers say.** (Read the table above; in the `quick` profile the models are barely trained and
-# the numbers mean nothing.) In the standard run, colour and position are followed almost always, and
-# guidance raises the whole-caption accuracy. The held-out green triangles are the interesting row: the
-# model has never seen that pair, yet it has to put the colour it learned from green circles and squares
-# onto the shape it learned from red and blue triangles. Whatever it gets right there is composition, not
-# memory; where it fails, it typically draws a green circle or square, i.e. it keeps the colour and
-# drifts towards a shape it has seen in green.
+# the numbers mean nothing.) In the committed `standard` run (700 training steps of a 0.9M-parameter UNet,
+# about a minute of CPU), the model follows **colour and position** (about 0.75 each without guidance, about
+# 0.95 with $\gamma=3$) but only partly **shape** (about 0.35–0.45, where 0.33 is chance): the shapes are a few
+# latent pixels wide and the model draws rounded blobs. Guidance roughly doubles the whole-caption accuracy
+# on seen captions; it also moves the samples away from the data distribution (the feature distance grows),
+# the usual trade of fidelity for adherence (lesson 06).
 #
-# **The scale factor, measured.** Same model, same number of steps, same sampler; the only difference is
-# that the latents are multiplied by 5.5 (the spread of Stable Diffusion's VAE) instead of being scaled to
-# unit variance. The decoder is given $z_0/(5.5\,s)$.
+# The held-out green triangles are the interesting rows: the model has never seen that pair, so to get it
+# right it must put the colour it learned from green circles and squares onto the shape it learned from red
+# and blue triangles. Here it does *not* compose: it keeps "green" and the position and draws a green blob
+# of a shape it has seen in green, and guidance makes that more decided, not more correct (the
+# whole-caption accuracy on held-out captions stays near 0). Composition of attributes that never co-occur
+# is a known weakness of small text-conditional models; do not expect this toy to show it.
+#
+# **The scale factor, measured.** Same model, same number of steps, same seed and sampler; the only
+# difference is that the latents are multiplied by 5.5 (the spread of Stable Diffusion's VAE) instead of
+# being scaled to unit variance. The decoder is given $z_0/(5.5\,s)$.
 
 # %%
 m_sd = td.latent.caption_unet(tok.vocab_size, 4, base_channels=cfg.ldm_ch, attn_levels=(1,), text_dim=32, text_layers=1,
@@ -538,32 +545,36 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# In the committed `standard` run the caption accuracy is the same for both (within the ±0.05 noise of 96
+# samples) but the samples from the Var = 30 latents are further from real images in feature distance: the
+# harm of skipping the scale factor shows up in image quality first. It is a modest effect at this size,
+# and it is measured on one seed; the SNR plot of §3 is the reason to expect it to grow with longer training
+# and with schedules (like SD's) that spend more steps at high noise.
+
+# %% [markdown]
 # ## 8. Where does each word look?
 #
 # With `store_attention` switched on (`td.latent.cross_attention_maps` does it for every cross-attention
 # layer), the softmax weights are kept: for each image position, a distribution over the caption's tokens.
-# Reading it the other way round, each word gets a map over the image. We noise a few generated latents to
-# $t=300$, run the model once, and show, per word, the attention averaged over heads and over the layers of
-# the finest resolution that has cross-attention (a coarse $H/8\times W/8$ grid), over the decoded image.
+# Reading it the other way round, each word gets a map over the image. We take generated images, encode
+# them, noise the latents to $t=300$, run the model once with their captions, and show, per token, the
+# attention averaged over heads and over the layers of the finest resolution that has cross-attention
+# (a coarse $H/8\times W/8$ grid: $4\times4$ for a $32\times32$ image).
 
 # %%
 cap4 = ["a red circle top left", "a blue square bottom right", "a green triangle top right", "a green circle bottom left"]
 ids_m, mask_m = tok.encode(cap4)
 x_m = sample_captions(ldm, cap4, 3.0, s, seed=5)
-z_m = td.latent.encode(ae, x_m, s)
 t_m = torch.full((4,), 300)
-z_t = td.ddpm.q_sample(z_m, t_m, torch.randn(z_m.shape, generator=g), sched)
+z_t = td.ddpm.q_sample(td.latent.encode(ae, x_m, s), t_m, torch.randn(4, 4, cfg.size // 4, cfg.size // 4, generator=g), sched)
 maps = td.latent.cross_attention_maps(ldm, z_t.to(dev), t_m.to(dev), ids_m.to(dev), mask_m.to(dev)).cpu()
-words = ["<bos>", "a", "colour", "shape", "top/bottom", "left/right"]
-fig, axes = plt.subplots(4, 7, figsize=(12, 7.2))
+fig, axes = plt.subplots(4, 7, figsize=(11, 6.6))
 for r in range(4):
     td.plotting.show_images(x_m[r:r + 1], ax=axes[r, 0], title=cap4[r][2:])
     for j in range(6):
-        ax = axes[r, j + 1]
-        ax.imshow(((x_m[r].permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy(), alpha=0.35)
-        ax.imshow(maps[r, j].numpy(), cmap="magma", alpha=0.65, extent=(-0.5, cfg.size - 0.5, cfg.size - 0.5, -0.5))
-        ax.set_title(tok.decode(ids_m[r:r + 1, j:j + 1])[0] or words[j], fontsize=8)
-        ax.set_axis_off()
+        axes[r, j + 1].imshow(maps[r, j].numpy(), cmap="magma", vmin=0, interpolation="nearest")
+        axes[r, j + 1].set_title(tok.vocab[int(ids_m[r, j])], fontsize=8)
+        axes[r, j + 1].set_axis_off()
 plt.tight_layout()
 plt.show()
 
@@ -573,11 +584,40 @@ td.check("each position's attention is a distribution over the real tokens", map
          torch.ones(4, *maps.shape[2:]), atol=1e-5)
 
 # %% [markdown]
-# The maps are coarse (a $4\times 4$ grid for a $32\times32$ image) and the network is tiny, so read them
-# with care. With the standard run you should see the content words (colour, shape) carrying weight in the
-# quadrant where the shape sits, while `<bos>` and "a" soak up attention elsewhere, acting as a "nothing
-# here" default. This is the mechanism behind prompt-to-prompt editing and attention-based layout control
-# in Stable Diffusion: the map of a word *is* where that word is drawn.
+# Single maps are noisy. To see whether a word's attention sits where its object is, average over many
+# samples: for the generated images of §7 (seen captions, $\gamma=3$), the share of each token's attention
+# mass that falls in the quadrant the caption names (0.25 if attention ignored position).
+
+# %%
+x_all = samples["seen", 3.0]
+ids_s, mask_s = tok.encode(seen.captions)
+t_s = torch.full((len(seen),), 300)
+z_s = td.ddpm.q_sample(td.latent.encode(ae, x_all, s), t_s, torch.randn(len(seen), 4, cfg.size // 4, cfg.size // 4,
+                                                                         generator=g), sched)
+maps_s = td.latent.cross_attention_maps(ldm, z_s.to(dev), t_s.to(dev), ids_s.to(dev), mask_s.to(dev)).cpu()
+h = maps_s.shape[-1] // 2
+quadrant = torch.zeros(len(seen), *maps_s.shape[-2:])
+for i, p in enumerate(seen.position.tolist()):  # 0 top left, 1 top right, 2 bottom left, 3 bottom right
+    quadrant[i, (p // 2) * h:(p // 2 + 1) * h, (p % 2) * h:(p % 2 + 1) * h] = 1
+share = (maps_s * quadrant[:, None]).sum((2, 3)) / maps_s.sum((2, 3)).clamp_min(1e-12)  # (B, M)
+for j, name in enumerate(["<bos>", "a", "colour word", "shape word", "top/bottom", "left/right"]):
+    print(f"{name:>12}: {share[:, j].mean():.2f} of its attention in the captioned quadrant")
+fig, axes = plt.subplots(2, 4, figsize=(9, 4.6))
+for p in range(4):
+    for row, (j, name) in enumerate([(2, "colour word"), (3, "shape word")]):
+        axes[row, p].imshow(maps_s[seen.position == p, j].mean(0).numpy(), cmap="magma", vmin=0,
+                            interpolation="nearest")
+        axes[row, p].set_title(f"{name}, '{td.shapes.POSITIONS[p]}'", fontsize=8)
+        axes[row, p].set_axis_off()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Read the printed shares before the pictures: a share well above 0.25 for the colour and shape words means
+# their attention follows the object. At the sizes of the `standard` run, with 700 training steps and a
+# $4\times4$ attention grid, the localisation is weak (see the numbers); a longer run (`full`) sharpens it.
+# This is the mechanism behind prompt-to-prompt editing and attention-based layout control in Stable
+# Diffusion: where a word's attention goes is where that word gets drawn.
 #
 # ## Summary
 #
