@@ -413,8 +413,13 @@ plt.show()
 # Start from $x_T\sim\mathcal N(0,I)$ and for $t=T,\dots,1$ set
 # $x_{t-1} = \mu_\theta(x_t,t) + \sigma_t z$ with $z\sim\mathcal N(0,I)$, except $z = 0$ at $t=1$. DDPM
 # tried two variances: $\sigma_t^2 = \tilde\beta_t$ (right if the data were a single point) and
-# $\sigma_t^2 = \beta_t$ (right if the data were $\mathcal N(0,I)$); they gave similar samples. First we
-# write the loop by hand, then compare with `td.ddpm.sample` using the same seed:
+# $\sigma_t^2 = \beta_t$ (right if the data were $\mathcal N(0,I)$); they gave similar samples. diffusers'
+# `DDPMScheduler` calls them `variance_type="fixed_small"` and `"fixed_large"`; at its last step ($k=0$,
+# our $t=1$) it adds no noise for either, exactly like Algorithm 2, so the two samplers agree step for step
+# (the unit tests check this with shared noise). The one place the conventions differ is the likelihood:
+# the original DDPM code replaces $\beta_1$ by $\tilde\beta_2$ as the $t=1$ variance of `fixed_large`, which
+# changes the decoder term of §8 but never a sample. First we write the loop by hand, then compare with
+# `td.ddpm.sample` using the same seed:
 
 # %%
 n_show = cfg.n_2d
