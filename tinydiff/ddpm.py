@@ -12,6 +12,7 @@ Every sampler takes a denoiser callable ``eps_fn(x, t) -> eps`` with ``t`` a Lon
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -192,9 +193,13 @@ def sample(
     """
     _check_var(var)
     device = torch.device("cpu") if device is None else torch.device(device)
-    shape = tuple(shape)
-    if not shape or not all(isinstance(n, int) and n > 0 for n in shape):
-        raise ValueError(f"shape must be a tuple of positive ints like (B, D) or (B, C, H, W); got {shape}")
+    requested = shape
+    try:
+        shape = tuple(operator.index(n) for n in shape)
+    except TypeError:
+        shape = None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"shape must be a tuple of positive ints like (B, D) or (B, C, H, W); got {requested!r}")
     if x_T is None:
         x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
     else:
