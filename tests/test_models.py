@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import tinydiff as td
 from tinydiff.attention import CrossAttention, SpatialTransformer
 from tinydiff.models import Classifier, MLPDenoiser, UNet, timestep_embedding
 
@@ -44,6 +45,18 @@ def test_unet_shapes_and_zero_output_at_init():
         net(torch.randn(2, 3, 15, 15), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         net(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]))
+
+
+def test_unet_moves_between_devices_and_dtypes_and_trains_with_fit():
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), attn_levels=(1,))
+    assert net.to("cpu") is net and next(net.double().parameters()).dtype == torch.float64  # nn.Module._apply intact
+    out = net(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([1, 2]))
+    assert out.dtype == torch.float64
+    net.float()
+    sched = td.NoiseSchedule.linear(T=20)
+    res = td.train.fit(net, lambda m, x: td.ddpm.loss(m, x, sched), torch.randn(16, 1, 8, 8), steps=2, batch_size=4,
+                       progress_bar=False, device="cpu")
+    assert len(res.losses) == 2
 
 
 def test_unet_learns_to_use_its_inputs():

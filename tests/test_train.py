@@ -101,15 +101,24 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # and no temporary file is left behind
 
 
-def test_ema_update_is_the_exponential_average():
+def test_ema_update_is_the_exponential_average_with_warmup():
     model = torch.nn.Linear(3, 2)
     ema = EMA(model, decay=0.9)
+    ema.updates = 1000  # past the warm-up, d_k = d
     old = params(ema.model).clone()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     ema.update(model)
     torch.testing.assert_close(params(ema.model), 0.9 * old + 0.1 * params(model))
+    fresh = EMA(model, decay=0.999)  # the first update uses d_0 = 1/10
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = params(fresh.model).clone()
+    fresh.update(model)
+    torch.testing.assert_close(params(fresh.model), 0.1 * before + 0.9 * params(model))
+    assert fresh.updates == 1 and fresh.current_decay() == 2 / 11
     with pytest.raises(ValueError, match="decay"):
         EMA(model, decay=1.0)
 

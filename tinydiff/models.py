@@ -186,7 +186,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def _apply(self, layer, h, emb, context, mask):
+    def _run_layer(self, layer, h, emb, context, mask):
         for mod in layer:
             if isinstance(mod, ResBlock):
                 h = mod(h, emb)
@@ -209,13 +209,13 @@ class UNet(nn.Module):
         h = self.inp(x)
         skips = [h]
         for layer in self.down:
-            h = self._apply(layer, h, emb, context, context_mask)
+            h = self._run_layer(layer, h, emb, context, context_mask)
             skips.append(h)
-        h = self._apply(self.mid, h, emb, context, context_mask)
+        h = self._run_layer(self.mid, h, emb, context, context_mask)
         for layer in self.up:
             if isinstance(layer[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._apply(layer, h, emb, context, context_mask)
+            h = self._run_layer(layer, h, emb, context, context_mask)
         return self.out(h)
 
 
