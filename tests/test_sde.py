@@ -308,5 +308,7 @@ def test_bad_inputs_raise_value_errors():
         S.log_likelihood(torch.zeros(3, 2), sf, SDE, probe="sphere")
     with pytest.raises(ValueError, match="uniform"):
         S.fokker_planck_1d(torch.ones(4), torch.tensor([0.0, 1.0, 3.0, 4.0]), SDE, t_end=0.1)
+    with pytest.raises(ValueError, match="runs forward in time"):
+        S.fokker_planck_1d(torch.ones(4), torch.linspace(0, 1, 4), SDE, t_start=0.5, t_end=0.2)
     with pytest.raises(ValueError, match="t_end"):
         S.simulate_forward(torch.zeros(4, 1), SDE, t_start=0.5, t_end=0.2, steps=3)

@@ -531,18 +531,16 @@ def _fp_matrix(grid: torch.Tensor, sde: VPSDE, t: float) -> np.ndarray:
     faces = 0.5 * (x[1:] + x[:-1])
     f = sde.drift(faces[:, None], t)[:, 0].numpy()
     D = 0.5 * float(sde.beta(t))
-    # F_{i+1/2} = a_i p_i + b_i p_{i+1}
+    # face j (between cells j and j+1) carries F_j = a_j p_j + b_j p_{j+1}
     a = 0.5 * f + D / dx
     b = 0.5 * f - D / dx
     N = x.numel()
+    # dp_i/dt = -(F_i - F_{i-1}) / dx, with F_{-1} = F_{N-1} = 0 (closed ends)
     ab = np.zeros((3, N))
-    # dp_i/dt = -(F_{i+1/2} - F_{i-1/2}) / dx
-    diag = np.zeros(N)
-    diag[:-1] -= a / dx          # -F_{i+1/2}: coefficient of p_i
-    diag[1:] += b / dx           # +F_{i-1/2}: coefficient of p_i (it is p_{i} = p_{(i-1)+1})
-    ab[1] = diag
-    ab[0, 1:] = -b / dx          # upper diagonal: p_{i+1} in -F_{i+1/2}
-    ab[2, :-1] = a / dx          # lower diagonal: p_{i-1} in +F_{i-1/2}
+    ab[1, :-1] -= a / dx         # p_i through -F_i
+    ab[1, 1:] += b / dx          # p_i through +F_{i-1} (p_i is the right cell of face i-1)
+    ab[0, 1:] = -b / dx          # upper diagonal: p_{i+1} through -F_i
+    ab[2, :-1] = a / dx          # lower diagonal: p_{i-1} through +F_{i-1}
     return ab
 
 
@@ -566,6 +564,8 @@ def fokker_planck_1d(p0, grid: torch.Tensor, sde: VPSDE, *, t_end: float, steps:
         raise ValueError(f"p0 must have the shape of grid {tuple(grid.shape)}; got {p.shape}")
     t0 = float(check_time(t_start, name="t_start"))
     t1 = float(check_time(t_end, name="t_end"))
+    if t1 <= t0:
+        raise ValueError(f"t_end ({t1}) must be after t_start ({t0}): the Fokker–Planck equation runs forward in time")
     ts = np.linspace(t0, t1, steps + 1)
     for i in progress(range(steps), desc="Fokker-Planck", disable=not progress_bar):
         dt = ts[i + 1] - ts[i]
