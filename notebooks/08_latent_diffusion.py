@@ -159,8 +159,9 @@ td.check("E(x) has shape (c, H/f, W/f) = (4, H/4, W/4)", torch.tensor(z_test.sha
 td.check("D(E(x)) has the image's shape", torch.tensor(rec_kl.shape), torch.tensor(test.images.shape), atol=0)
 
 # %% [markdown]
-# A small reconstruction error does not mean the caption survives: look at the squares above. To *measure*
-# what survives, we train a small attribute classifier on real images (`td.shapes.attribute_classifier`:
+# A small reconstruction error does not guarantee that the caption survives: look at the squares of the VQ
+# row above (and at the KL row, if you cut `ae_steps` in half: corners are the last thing an autoencoder
+# learns). To *measure* what survives, we train a small attribute classifier on real images (`td.shapes.attribute_classifier`:
 # it locates the shape, then reads colour from its pixels, position from its centroid and shape from a
 # centred, colour-blind crop) and read its verdict on the reconstructions. We use the same classifier in
 # §7 to judge generated images, so the autoencoder's row is the ceiling for everything latent diffusion
@@ -179,6 +180,11 @@ for name, x, labels in [("real images, seen combinations", seen.images, seen.lab
     print(f"classifier on {name:32s}: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
 
 # %% [markdown]
+# In the committed `standard` run the classifier is perfect on real images (held-out green triangles
+# included), the KL autoencoder's reconstructions keep 99% of the captions, and the VQ autoencoder, trained
+# for only 150 steps with 64 codes, keeps colour and position but loses the shape about half the time. With
+# this budget the KL autoencoder is the better first stage, and everything below uses it.
+#
 # ## 3. The scale factor
 #
 # The noise schedule was designed for data of unit variance: $q(z_t\mid z_0)=\mathcal N(\sqrt{\bar\alpha_t}z_0,
