@@ -98,14 +98,6 @@ class CaptionUNet(nn.Module):
                              f"({text_encoder.dim})")
         self.unet, self.text = unet, text_encoder
 
-    def _apply(self, fn, recurse: bool = True):
-        # tinydiff.models.UNet names a forward helper `_apply(layer, h, ...)`, which hides nn.Module._apply
-        # and breaks .to(device) (and so td.train.fit). Call the base-class method on the UNet directly.
-        if recurse:
-            nn.Module._apply(self.unet, fn)
-            self.text._apply(fn)
-        return nn.Module._apply(self, fn, recurse=False)
-
     def forward(self, z: torch.Tensor, t, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if ids.shape[0] != z.shape[0]:
             raise ValueError(f"one caption per latent: z has batch {z.shape[0]}, ids has {ids.shape[0]}")
