@@ -258,7 +258,7 @@ plt.show()
 # %% [markdown]
 # Every curve is the schedule's curve shifted up by $\log_{10}\mathrm{Var}(z_0)$. With $\mathrm{Var}=30$ the
 # signal still dominates the noise until much later: the step where $\mathrm{SNR}=1$ (where, roughly, the
-# coarse layout of an image is decided) moves from about $t\approx 250$ to beyond $t\approx 500$, so the
+# coarse layout of an image is decided) moves from about $t\approx 270$ to about $t\approx 590$, so the
 # sampler spends most of its steps on a nearly decided picture, and $z_T$ is further from the
 # $\mathcal N(0, I)$ that sampling starts from. We measure what that does to samples in §7.
 #
@@ -329,8 +329,8 @@ td.check_less("activations of a latent step / of a pixel step < 1/4 (16x fewer p
 #
 # ## 5. $\tau_\theta$ and cross-attention
 #
-# The text encoder $\tau_\theta$ (`td.text.TextEncoder`: token and position embeddings, two transformer
-# encoder layers) maps the $M$ token ids to $\tau_\theta(y)\in\mathbb R^{M\times d_\tau}$. Inside the UNet, a
+# The text encoder $\tau_\theta$ (`td.text.TextEncoder`: token and position embeddings, then transformer
+# encoder layers, one in this notebook) maps the $M$ token ids to $\tau_\theta(y)\in\mathbb R^{M\times d_\tau}$. Inside the UNet, a
 # cross-attention layer at feature map $\varphi_i(z_t)\in\mathbb R^{N\times d_\epsilon}$ ($N$ = number of
 # positions) computes
 #
@@ -636,8 +636,8 @@ plt.show()
 # background positions attend to. The position words ("top", "left", ...) are not localised at all: the
 # model reads them, but not through where it looks. The localisation is real but weak (700 training steps,
 # a $4\times4$ attention grid); single maps like the ones above are too noisy to read on their own.
-# This is the mechanism behind prompt-to-prompt editing and attention-based layout control in Stable
-# Diffusion: where a word's attention goes is where that word gets drawn.
+# For content words this is the mechanism behind prompt-to-prompt editing and attention-based layout
+# control in Stable Diffusion: where the word's attention goes is where its object gets drawn.
 #
 # ## Summary
 #
