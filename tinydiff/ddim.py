@@ -34,7 +34,7 @@ import math
 import torch
 
 from . import convert
-from .utils import check_same_shape, expand_to, progress
+from .utils import check_same_shape, expand_to, noise_like, progress, start_noise
 
 __all__ = [
     "SPACINGS",
@@ -259,20 +259,12 @@ def sample(
     shape = tuple(shape)
     # fail early, before any network call, if eta is too large for some step of this sequence
     kappa(ts, prevs, sigma(ts, prevs, sched, eta), sched)
-    if x_T is None:
-        x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-    else:
-        if tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={shape} was requested")
-        x = x_T.to(device)
+    x = start_noise(shape, generator=generator, device=device, x_T=x_T)
     traj = [x.cpu()] if return_trajectory else None
     pairs = list(zip(ts.tolist(), prevs.tolist()))
     for t_int, p_int in progress(pairs, desc=f"DDIM sampling (eta={eta:g})", disable=not progress_bar):
         t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
-        if eta > 0 and p_int > 0:
-            z = torch.randn(shape, generator=generator, dtype=x.dtype).to(device)
-        else:
-            z = torch.zeros_like(x)
+        z = noise_like(x, generator) if eta > 0 and p_int > 0 else torch.zeros_like(x)
         x = step(x, eps_fn(x, t), t_int, p_int, sched, eta=eta, noise=z)
         if return_trajectory:
             traj.append(x.cpu())

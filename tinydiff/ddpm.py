@@ -17,7 +17,7 @@ import operator
 import torch
 
 from . import convert
-from .utils import check_same_shape, expand_to, progress
+from .utils import check_same_shape, expand_to, noise_like, progress, start_noise
 
 __all__ = [
     "q_sample",
@@ -200,16 +200,11 @@ def sample(
         shape = None
     if not shape or min(shape) < 1:
         raise ValueError(f"shape must be a tuple of positive ints like (B, D) or (B, C, H, W); got {requested!r}")
-    if x_T is None:
-        x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-    else:
-        if tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={shape} was requested")
-        x = x_T.to(device)
+    x = start_noise(shape, generator=generator, device=device, x_T=x_T)
     traj = [x.cpu()] if return_trajectory else None
     for t_int in progress(range(sched.T, 0, -1), desc="DDPM sampling", disable=not progress_bar):
         t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
-        z = torch.randn(shape, generator=generator, dtype=x.dtype).to(device) if t_int > 1 else torch.zeros_like(x)
+        z = noise_like(x, generator) if t_int > 1 else torch.zeros_like(x)
         x = step(x, eps_fn(x, t), t, sched, var=var, noise=z, clip_x0=clip_x0)
         if return_trajectory:
             traj.append(x.cpu())

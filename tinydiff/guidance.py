@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ddpm, metrics
-from .utils import check_same_shape, expand_to, progress
+from .utils import check_same_shape, expand_to, noise_like, progress, start_noise
 
 __all__ = [
     "cfg",
@@ -314,11 +314,11 @@ def guided_ddpm_sample(eps_fn, grad_fn, y, gamma, shape, sched, *, var: str = "p
     _check_gamma(gamma)
     device = torch.device("cpu") if device is None else torch.device(device)
     shape = tuple(shape)
-    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    x = start_noise(shape, generator=generator, device=device)
     var_table = ddpm.reverse_variance(sched, var)
     for t_int in progress(range(sched.T, 0, -1), desc="guided DDPM", disable=not progress_bar):
         t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
-        z = torch.randn(shape, generator=generator, dtype=x.dtype).to(device) if t_int > 1 else torch.zeros_like(x)
+        z = noise_like(x, generator) if t_int > 1 else torch.zeros_like(x)
         mean = ddpm.p_mean(x, eps_fn(x, t), t, sched)
         s2 = float(var_table[t_int]) if t_int > 1 else 0.0
         mean = guided_mean(mean, s2, grad_fn(x, t, y), gamma.to(device) if isinstance(gamma, torch.Tensor) else gamma)

@@ -37,7 +37,7 @@ from scipy.linalg import solve_banded
 
 from . import convert
 from .schedules import NoiseSchedule
-from .utils import expand_to, progress
+from .utils import expand_to, noise_like, progress, start_noise
 
 __all__ = [
     "VPSDE",
@@ -269,19 +269,9 @@ def _check_t_min(t_min) -> float:
 
 
 def _start(shape, x_T, generator, device):
-    device = torch.device("cpu") if device is None else torch.device(device)
-    if x_T is None:
-        if shape is None:
-            raise ValueError("pass shape=(B, ...) (x_T is then drawn from N(0, I)) or x_T itself")
-        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
-    if shape is not None and tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was requested")
-    return x_T.to(device)
-
-
-def _noise(x, generator):
-    """Standard normal noise like ``x``, drawn on the CPU from ``generator`` and moved to ``x``'s device."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    if x_T is None and shape is None:
+        raise ValueError("pass shape=(B, ...) (x_T is then drawn from N(0, I)) or x_T itself")
+    return start_noise(x_T.shape if shape is None else shape, generator=generator, device=device, x_T=x_T)
 
 
 def _tvec(t: float, x: torch.Tensor) -> torch.Tensor:
@@ -308,7 +298,7 @@ def simulate_forward(x0: torch.Tensor, sde: VPSDE, *, t_end: float = 1.0, steps:
     for i in progress(range(steps), desc="forward SDE", disable=not progress_bar):
         t, dt = _tvec(ts[i], x), float(ts[i + 1] - ts[i])
         sig = expand_to(_sigma2_t(sigma, sde, t).sqrt(), x)
-        x = x + family_drift(score_fn, sde, x, t, sigma) * dt + sig * math.sqrt(dt) * _noise(x, generator)
+        x = x + family_drift(score_fn, sde, x, t, sigma) * dt + sig * math.sqrt(dt) * noise_like(x, generator)
         if return_trajectory:
             traj.append(x.cpu())
     return (x, traj) if return_trajectory else x
@@ -335,7 +325,7 @@ def sample_reverse_family(score_fn, sde: VPSDE, shape=None, *, steps: int = 500,
         sig = _sigma2_t(sigma, sde, t).sqrt()
         x = x - family_drift(score_fn, sde, x, t, sigma, reverse=True) * dt
         if bool((sig > 0).any()):
-            x = x + expand_to(sig, x) * math.sqrt(dt) * _noise(x, generator)
+            x = x + expand_to(sig, x) * math.sqrt(dt) * noise_like(x, generator)
         if return_trajectory:
             traj.append(x.cpu())
     return (x, traj) if return_trajectory else x
@@ -413,7 +403,7 @@ def langevin_correct(score_fn, sde: VPSDE, x: torch.Tensor, t, *, snr: float = 0
     t = check_time(t, batch=x.shape[0])
     eps = expand_to(2.0 * (snr * sde.marginal(t)[1]) ** 2, x)
     for _ in range(int(n_steps)):
-        x = x + eps * score_fn(x, t.to(x.dtype).to(x.device)) + (2 * eps).sqrt() * _noise(x, generator)
+        x = x + eps * score_fn(x, t.to(x.dtype).to(x.device)) + (2 * eps).sqrt() * noise_like(x, generator)
     return x
 
 
@@ -436,7 +426,7 @@ def sample_pc(score_fn, sde: VPSDE, shape=None, *, steps: int = 100, corrector_s
 def _em_step(score_fn, sde, x, t_from, t_to, generator):
     """One reverse-SDE Euler–Maruyama step from ``t_from`` down to ``t_to``."""
     t, dt = _tvec(t_from, x), t_from - t_to
-    return x - reverse_sde_drift(score_fn, sde, x, t) * dt + expand_to(sde.diffusion(t), x) * math.sqrt(dt) * _noise(
+    return x - reverse_sde_drift(score_fn, sde, x, t) * dt + expand_to(sde.diffusion(t), x) * math.sqrt(dt) * noise_like(
         x, generator)
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "as_timesteps",
     "check_same_shape",
     "progress",
+    "start_noise",
+    "noise_like",
 ]
 
 
@@ -102,3 +104,20 @@ def progress(iterable=None, *, total=None, desc=None, disable=False, **kwargs):
     if os.environ.get("TINYDIFF_PROGRESS", "1") == "0":
         disable = True
     return tqdm(iterable, total=total, desc=desc, disable=disable, mininterval=1.0, ncols=90, **kwargs)
+
+
+def start_noise(shape, *, generator: torch.Generator | None = None, device=None, x_T: torch.Tensor | None = None):
+    r"""The starting point of a sampler, :math:`x_T\sim\mathcal N(0, I)` of ``shape``, drawn on the CPU from
+    ``generator`` and moved to ``device`` (so a seed gives the same samples on every machine); or ``x_T`` itself,
+    checked against ``shape`` and moved to ``device``."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if x_T is None:
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
+    if tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was requested")
+    return x_T.to(device)
+
+
+def noise_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise of ``x``'s shape and dtype, drawn on the CPU from ``generator``, moved to ``x``'s device."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
