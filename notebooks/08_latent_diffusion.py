@@ -330,8 +330,8 @@ td.check_less("activations of a latent step / of a pixel step < 1/4 (16x fewer p
 # ## 5. $\tau_\theta$ and cross-attention
 #
 # The text encoder $\tau_\theta$ (`td.text.TextEncoder`: token and position embeddings, then transformer
-# encoder layers, one in this notebook) maps the $M$ token ids to $\tau_\theta(y)\in\mathbb R^{M\times d_\tau}$. Inside the UNet, a
-# cross-attention layer at feature map $\varphi_i(z_t)\in\mathbb R^{N\times d_\epsilon}$ ($N$ = number of
+# encoder layers, one in this notebook) maps the $M$ token ids to $\tau_\theta(y)\in\mathbb R^{M\times d_\tau}$.
+# Inside the UNet, a cross-attention layer at feature map $\varphi_i(z_t)\in\mathbb R^{N\times d_\epsilon}$ ($N$ = number of
 # positions) computes
 #
 # $$Q = W_Q\,\varphi_i(z_t),\quad K = W_K\,\tau_\theta(y),\quad V = W_V\,\tau_\theta(y),\qquad
