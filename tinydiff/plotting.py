@@ -48,6 +48,11 @@ def scatter2d(x: torch.Tensor, ax=None, title: str | None = None, lim: float | N
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, **kwargs)
+    return _square(ax, lim, title)
+
+
+def _square(ax, lim, title):
+    """Equal axes on ``[-lim, lim]^2`` (unless ``lim`` is None) and an optional title."""
     if lim is not None:
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
@@ -103,13 +108,7 @@ def trajectories2d(traj, ax=None, n_show: int = 20, lim: float | None = 3.5, tit
         ax.plot(path[:, i, 0], path[:, i, 1], lw=0.7, alpha=0.7)
     ax.scatter(path[0, :n_show, 0], path[0, :n_show, 1], s=12, facecolors="none", edgecolors="k")
     ax.scatter(path[-1, :n_show, 0], path[-1, :n_show, 1], s=12, c="k")
-    if lim is not None:
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _square(ax, lim, title)
 
 
 def animate_frames(frames, draw, *, n_static: int = 6, animate: bool | None = None, interval: int = 120,
