@@ -17,7 +17,8 @@ def test_environment_yml_installs_the_same_packages_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pip_deps = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
     conda = []
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    deps = (ROOT / "environment.yml").read_text().split("\ndependencies:\n", 1)[1]
+    for line in deps.splitlines():
         m = re.match(r"^  - ([A-Za-z][\w.\-]*.*)$", line)  # top-level conda dependencies (2-space indent)
         if m and not m.group(1).startswith(("python", "pip")):
             conda.append(m.group(1))
