@@ -38,15 +38,19 @@ def _run(cmd, **kw) -> None:
 def ensure_env() -> str:
     """Return the interpreter to use, creating and filling .venv first when needed."""
     if os.environ.get("TINYDIFF_NO_VENV") == "1" or sys.prefix != sys.base_prefix:
-        py = sys.executable
+        py, prefix = sys.executable, Path(sys.prefix)
     else:
-        py = str(_venv_python())
+        py, prefix = str(_venv_python()), VENV
         if not Path(py).exists():
             print(f"creating the virtual environment {VENV} ...", flush=True)
             _run([sys.executable, "-m", "venv", VENV])
-    stamp = Path(py).resolve().parent.parent / ".tinydiff-installed"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
-    if not stamp.exists() or stamp.read_text().strip() != want:
+    stamp = prefix / ".tinydiff-installed"  # records which pyproject.toml was installed into this environment
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode() + str(ROOT).encode()).hexdigest()
+    ready = stamp.exists() and stamp.read_text().strip() == want
+    if ready:  # a stamp is not proof: the packages must import from this checkout
+        probe = "import pytest, nbval, tinydiff, sys; sys.exit(not tinydiff.__file__.startswith(sys.argv[1]))"
+        ready = subprocess.run([py, "-c", probe, str(ROOT)], capture_output=True).returncode == 0
+    if not ready:
         t0 = time.time()
         has_torch = subprocess.run([py, "-c", "import torch"], capture_output=True).returncode == 0
         if not has_torch:
