@@ -250,16 +250,16 @@ systems = {
 }
 edges = torch.linspace(-4, 4, 41, dtype=torch.float64)
 density_t = lambda xx: mix1.log_prob(xx[:, None], m_fp, s_fp).exp()  # noqa: E731
-floor_tv = sum(td.sde.histogram_tv(m_fp * mix1.sample(cfg.fp_n, g) + s_fp * torch.randn(cfg.fp_n, 1, generator=g),
+floor_tv = sum(td.metrics.histogram_tv(m_fp * mix1.sample(cfg.fp_n, g) + s_fp * torch.randn(cfg.fp_n, 1, generator=g),
                                    edges, density_t) for _ in range(3)) / 3
 tv, paths = {}, {}
 for name, kw in systems.items():
     xt, tr = td.sde.simulate_forward(x0_1d, sde, t_end=t_fp, steps=cfg.sde_steps, generator=g, return_trajectory=True,
                                      **kw)
-    tv[name] = td.sde.histogram_tv(xt, edges, density_t)
+    tv[name] = td.metrics.histogram_tv(xt, edges, density_t)
     paths[name] = (xt, torch.stack(tr)[:, :25, 0])
     print(f"{name:30s} TV(histogram, PDE density) = {tv[name]:.4f}   (sampling-noise floor {floor_tv:.4f})")
-tv_data = td.sde.histogram_tv(x0_1d, edges, density_t)
+tv_data = td.metrics.histogram_tv(x0_1d, edges, density_t)
 print(f"{'the data itself, not moved':30s} TV = {tv_data:.4f}")
 
 fig, ax = plt.subplots(2, 3, figsize=(12, 5.5))

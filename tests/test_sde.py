@@ -226,24 +226,24 @@ def test_particle_systems_match_fokker_planck():
     edges = torch.linspace(-4, 4, 41, dtype=torch.float64)
     dens = lambda u: gm.log_prob(u[:, None], float(m), float(s)).exp()  # noqa: E731
     g = _gen(19)
-    floor = sum(S.histogram_tv(float(m) * gm.sample(n, g) + float(s) * torch.randn(n, 1, generator=g), edges, dens)
+    floor = sum(td.metrics.histogram_tv(float(m) * gm.sample(n, g) + float(s) * torch.randn(n, 1, generator=g), edges, dens)
                 for _ in range(3)) / 3
     x0 = gm.sample(n, g, dtype=torch.float64)
     for kw in (dict(sigma=1.0), dict(sigma=0.5, score_fn=sf), dict(sigma=0.0, score_fn=sf)):
         xt = S.simulate_forward(x0, SDE, t_end=t, steps=150, generator=g, **kw)
-        assert S.histogram_tv(xt, edges, dens) < 1.6 * floor, kw
+        assert td.metrics.histogram_tv(xt, edges, dens) < 1.6 * floor, kw
     # the check can fail: particles from the data, not moved at all
-    assert S.histogram_tv(x0, edges, dens) > 3 * floor
+    assert td.metrics.histogram_tv(x0, edges, dens) > 3 * floor
 
 
 def test_histogram_tv_exact_values():
     edges = torch.linspace(0, 1, 5, dtype=torch.float64)
     uniform = lambda u: torch.ones_like(u)  # noqa: E731
-    assert S.histogram_tv(torch.full((10,), 0.1), edges, uniform) == pytest.approx(0.75)  # all mass in one of 4 bins
-    assert S.histogram_tv(torch.tensor([0.1, 0.4, 0.6, 0.9]), edges, uniform) == pytest.approx(0.0, abs=1e-12)
-    assert S.histogram_tv(torch.tensor([0.1, 0.4, 0.6, 5.0]), edges, uniform) == pytest.approx(0.25)  # one outside
+    assert td.metrics.histogram_tv(torch.full((10,), 0.1), edges, uniform) == pytest.approx(0.75)  # all mass in one of 4 bins
+    assert td.metrics.histogram_tv(torch.tensor([0.1, 0.4, 0.6, 0.9]), edges, uniform) == pytest.approx(0.0, abs=1e-12)
+    assert td.metrics.histogram_tv(torch.tensor([0.1, 0.4, 0.6, 5.0]), edges, uniform) == pytest.approx(0.25)  # one outside
     with pytest.raises(ValueError, match="bin probabilities"):
-        S.histogram_tv(torch.zeros(3), edges, torch.ones(3))
+        td.metrics.histogram_tv(torch.zeros(3), edges, torch.ones(3))
 
 
 # ----------------------------------------------------------------------------------- score matching

@@ -60,7 +60,6 @@ __all__ = [
     "log_likelihood",
     "fokker_planck_1d",
     "fokker_planck_residual",
-    "histogram_tv",
     "dsm_loss",
 ]
 
@@ -600,28 +599,6 @@ def _grad(fn, u, create_graph=False):
             u = u.requires_grad_(True)
         (g,) = torch.autograd.grad(fn(u).sum(), u, create_graph=create_graph)
     return g
-
-
-def histogram_tv(samples: torch.Tensor, edges: torch.Tensor, density) -> float:
-    r"""Total-variation distance :math:`\tfrac12\sum_j |\hat P_j - P_j|` between the histogram of 1-D ``samples``
-    over the bins ``edges`` and a density: ``density`` is a callable on points (integrated over each bin by the
-    midpoint rule on 8 sub-points) or the bin probabilities ``(len(edges) - 1,)``. Everything outside the
-    bins is one more cell of the partition."""
-    edges = torch.as_tensor(edges, dtype=torch.float64)
-    s = torch.as_tensor(samples).detach().double().flatten().cpu()
-    counts = torch.histogram(s, bins=edges).hist
-    hat = counts / s.numel()
-    if callable(density):
-        w = edges.diff()
-        sub = (torch.arange(8, dtype=torch.float64) + 0.5) / 8
-        pts = (edges[:-1, None] + w[:, None] * sub[None]).flatten()
-        P = torch.as_tensor(density(pts), dtype=torch.float64).reshape(-1, 8).mean(1) * w
-    else:
-        P = torch.as_tensor(density, dtype=torch.float64)
-        if P.shape != hat.shape:
-            raise ValueError(f"bin probabilities must have shape {tuple(hat.shape)}; got {tuple(P.shape)}")
-    outside = abs((1.0 - float(hat.sum())) - (1.0 - float(P.sum())))  # the cell "outside the bins"
-    return 0.5 * (float((hat - P).abs().sum()) + outside)
 
 
 # ---------------------------------------------------------------------------------- training
