@@ -95,7 +95,8 @@ def _execute(py: str, src: Path, dst: Path, profile: str | None) -> float:
         "nbformat.write(nb, sys.argv[2])\n"
     )
     t0 = time.time()
-    _run([py, "-c", code, src, dst, ROOT / "notebooks"], env=env)
+    print(f"executing {src.name} ({env.get('TINYDIFF_PROFILE', 'default')} profile) -> {dst}", flush=True)
+    subprocess.run([py, "-c", code, str(src), str(dst), str(ROOT / "notebooks")], env=env, check=True)
     return time.time() - t0
 
 
