@@ -34,7 +34,8 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/tinydiff/tinydiff"], check=True)
+    repo = "tinydiff[dev] @ git+https://github.com/tinydiff/tinydiff"  # [dev] adds diffusers etc. for the cross-checks
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", repo], check=True)
 
 # %%
 import matplotlib.pyplot as plt
