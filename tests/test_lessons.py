@@ -52,3 +52,24 @@ def test_equation_map_names_existing_functions_and_tests(guide):
             src = (ROOT / path)
             assert src.exists(), f"{guide.name}: {path} does not exist"
             assert re.search(rf"^\s*def {test}\(", src.read_text(), re.M), f"{guide.name}: {path}::{test} does not exist"
+
+
+def _table_rows(text):
+    """Yield (header, row) for every row of every Markdown table in ``text``."""
+    header = None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            header = header or line
+            yield header, line
+        else:
+            header = None
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", *GUIDES], ids=lambda p: p.name)
+def test_markdown_tables_have_a_constant_number_of_columns(doc):
+    """An unescaped | inside a cell (e.g. p(z|x)) splits it and breaks the table on GitHub: write \\| or \\mid."""
+    def cells(line):
+        return len(re.findall(r"(?<!\\)\|", line))
+
+    for header, row in _table_rows(doc.read_text()):
+        assert cells(row) == cells(header), f"{doc.name}: this row has a stray '|': {row[:120]}"
