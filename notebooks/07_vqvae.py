@@ -474,7 +474,7 @@ td.check("LDM f=8: a 32x32 map of 14-bit indices", ldm.latent_bits, 32 * 32 * 14
 # with $f = 4$ (two stride-2 levels): each image becomes a $4\times4$ map of indices. We use restarts.
 
 # %%
-shapes = td.shapes.make_shapes(cfg.n_shapes, size=16, seed=0).images
+shapes = td.data.shapes.make_shapes(cfg.n_shapes, size=16, seed=0).images
 td.seed_everything(0)
 shape_model = td.vq.VQVAE(in_channels=3, hidden=cfg.hidden, dim=dim, num_codes=K, levels=2)
 shape_loss = td.vq.make_vqvae_loss(cfg.restart_every)

@@ -58,7 +58,7 @@ print(f"profile {cfg.profile}, device {dev}")
 # %% [markdown]
 # ## 1. A data set with something to condition on
 #
-# `td.shapes.make_shapes` draws images of one filled shape (circle, square, triangle) of one colour (red,
+# `td.data.shapes.make_shapes` draws images of one filled shape (circle, square, triangle) of one colour (red,
 # green, blue) in one quadrant, with a little jitter in position and size, and captions each one in words:
 # *"a red circle top left"*. It is drawn in code from a seed (no download) and returns the attributes as
 # integer labels next to the captions.
@@ -69,9 +69,9 @@ print(f"profile {cfg.profile}, device {dev}")
 
 # %%
 HELD_OUT = [{"colour": "green", "shape": "triangle"}]
-train = td.shapes.make_shapes(cfg.n_train, cfg.size, seed=0, exclude=HELD_OUT)
+train = td.data.shapes.make_shapes(cfg.n_train, cfg.size, seed=0, exclude=HELD_OUT)
 print(f"{len(train)} training images of shape {tuple(train.images.shape[1:])};",
-      f"{len(td.shapes.combos(HELD_OUT))} of {len(td.shapes.combos())} caption combinations are used in training")
+      f"{len(td.data.shapes.combos(HELD_OUT))} of {len(td.data.shapes.combos())} caption combinations are used in training")
 fig, axes = plt.subplots(2, 6, figsize=(12, 4.6))
 for ax, i in zip(axes.flat, range(12)):
     td.plotting.show_images(train.images[i:i + 1], ax=ax)
@@ -88,11 +88,11 @@ plt.show()
 cx, cy = train.centre[:, 0].long(), train.centre[:, 1].long()
 centre_rgb = train.images[torch.arange(len(train)), :, cy, cx]
 td.check("the pixel at each shape's centre has the caption's colour", centre_rgb.argmax(1), train.colour, atol=0)
-parsed = torch.tensor([td.shapes.parse_caption(c) for c in train.captions])
+parsed = torch.tensor([td.data.shapes.parse_caption(c) for c in train.captions])
 td.check("every caption parses back to its labels", parsed, train.labels, atol=0)
-ids_all, mask_all = td.shapes.Tokenizer().encode(train.captions)
+ids_all, mask_all = td.data.shapes.Tokenizer().encode(train.captions)
 td.check("tokenizer round trip: decode(encode(captions)) = captions",
-         torch.tensor([a == b for a, b in zip(td.shapes.Tokenizer().decode(ids_all, mask_all), train.captions)]),
+         torch.tensor([a == b for a, b in zip(td.data.shapes.Tokenizer().decode(ids_all, mask_all), train.captions)]),
          torch.ones(len(train), dtype=torch.bool), atol=0)
 
 # %% [markdown]
@@ -101,7 +101,7 @@ td.check("tokenizer round trip: decode(encode(captions)) = captions",
 # just `[<bos>]`: that is the *null* condition $\varnothing$ that classifier-free guidance needs.
 
 # %%
-tok = td.shapes.Tokenizer(max_len=8)
+tok = td.data.shapes.Tokenizer(max_len=8)
 ids, mask = tok.encode(["a green triangle top left", ""])
 print("vocabulary:", tok.vocab)
 print("ids: ", ids.tolist())
@@ -130,15 +130,15 @@ except ValueError as err:
 # We train both on the same images and keep the KL one for everything that follows.
 
 # %%
-ae = td.autoencoder.KLAutoencoder(3, latent_channels=4, f=4, base_channels=cfg.ae_ch, kl_weight=1e-4)
+ae = td.models.KLAutoencoder(3, latent_channels=4, f=4, base_channels=cfg.ae_ch, kl_weight=1e-4)
 ae_run = td.train.fit(ae, lambda m, x: m.loss(x), train.images, steps=cfg.ae_steps, batch_size=32, lr=2e-3,
                       ema_decay=None, desc="KL autoencoder")
-vq = td.autoencoder.VQAutoencoder(3, latent_channels=4, f=4, base_channels=cfg.ae_ch, num_codes=64)
+vq = td.models.VQAutoencoder(3, latent_channels=4, f=4, base_channels=cfg.ae_ch, num_codes=64)
 vq_run = td.train.fit(vq, lambda m, x: m.loss(x), train.images, steps=cfg.vq_steps, batch_size=32, lr=2e-3,
                       ema_decay=None, desc="VQ autoencoder")
 
 # %%
-test = td.shapes.make_shapes(256, cfg.size, seed=1)
+test = td.data.shapes.make_shapes(256, cfg.size, seed=1)
 with torch.no_grad():
     rec_kl = td.latent.decode(ae, td.latent.encode(ae, test.images))
     rec_vq = td.latent.decode(vq, td.latent.encode(vq, test.images))
@@ -162,22 +162,22 @@ td.check("D(E(x)) has the image's shape", torch.tensor(rec_kl.shape), torch.tens
 # %% [markdown]
 # A small reconstruction error does not guarantee that the caption survives: look at the squares of the VQ
 # row above (and at the KL row, if you cut `ae_steps` in half: corners are the last thing an autoencoder
-# learns). To *measure* what survives, we train a small attribute classifier on real images (`td.shapes.attribute_classifier`:
+# learns). To *measure* what survives, we train a small attribute classifier on real images (`td.data.shapes.attribute_classifier`:
 # it locates the shape, then reads colour from its pixels, position from its centroid and shape from a
 # centred, colour-blind crop) and read its verdict on the reconstructions. We use the same classifier in
 # §7 to judge generated images, so the autoencoder's row is the ceiling for everything latent diffusion
 # can draw. The held-out green triangles were never shown to the classifier either.
 
 # %%
-clf = td.shapes.attribute_classifier(cfg.clf_ch)
-td.train.fit(clf, td.shapes.classifier_loss, (train.images, train.labels), steps=cfg.clf_steps, batch_size=64,
+clf = td.data.shapes.attribute_classifier(cfg.clf_ch)
+td.train.fit(clf, td.data.shapes.classifier_loss, (train.images, train.labels), steps=cfg.clf_steps, batch_size=64,
              lr=3e-3, ema_decay=None, desc="attribute classifier")
-seen = td.shapes.make_shapes(cfg.n_eval, cfg.size, seed=2, exclude=HELD_OUT)
-held = td.shapes.make_shapes(cfg.n_eval, cfg.size, seed=3, only=HELD_OUT)
+seen = td.data.shapes.make_shapes(cfg.n_eval, cfg.size, seed=2, exclude=HELD_OUT)
+held = td.data.shapes.make_shapes(cfg.n_eval, cfg.size, seed=3, only=HELD_OUT)
 for name, x, labels in [("real images, seen combinations", seen.images, seen.labels),
                         ("real held-out green triangles", held.images, held.labels),
                         ("KL reconstructions", rec_kl, test.labels), ("VQ reconstructions", rec_vq, test.labels)]:
-    acc = td.shapes.attribute_accuracy(td.shapes.predict_attributes(clf, x), labels)
+    acc = td.data.shapes.attribute_accuracy(td.data.shapes.predict_attributes(clf, x), labels)
     print(f"classifier on {name:32s}: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
 
 # %% [markdown]
@@ -330,7 +330,7 @@ td.check_less("activations of a latent step / of a pixel step < 1/4 (16x fewer p
 #
 # ## 5. $\tau_\theta$ and cross-attention
 #
-# The text encoder $\tau_\theta$ (`td.text.TextEncoder`: token and position embeddings, then transformer
+# The text encoder $\tau_\theta$ (`td.models.TextEncoder`: token and position embeddings, then transformer
 # encoder layers, one in this notebook) maps the $M$ token ids to $\tau_\theta(y)\in\mathbb R^{M\times d_\tau}$.
 # Inside the UNet, a cross-attention layer at feature map $\varphi_i(z_t)\in\mathbb R^{N\times d_\epsilon}$ ($N$ = number of
 # positions) computes
@@ -365,10 +365,10 @@ td.check("changing a padded token does not change tau_theta(y)", tau_other, tau,
 # Now attention by hand, for one cross-attention layer of the UNet (4 heads): project, split into heads,
 # scale by $1/\sqrt d$ with $d$ the head dimension, mask the padding, softmax over the words, average the
 # values, merge the heads and apply the output projection. This is *the same thing in tinydiff*:
-# `td.attention.CrossAttention`, which calls PyTorch's fused `scaled_dot_product_attention`.
+# `td.models.CrossAttention`, which calls PyTorch's fused `scaled_dot_product_attention`.
 
 # %%
-layer = next(m for m in model.modules() if isinstance(m, td.attention.CrossAttention) and m.context_dim is not None)
+layer = next(m for m in model.modules() if isinstance(m, td.models.CrossAttention) and m.context_dim is not None)
 feats = torch.randn(4, 16, layer.query_dim, generator=g).to(dev)  # phi_i(z_t): 16 positions
 with torch.no_grad():
     Q, K, V = layer.to_q(feats), layer.to_k(tau), layer.to_v(tau)
@@ -384,7 +384,7 @@ with torch.no_grad():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check("softmax(QK^T / sqrt(d)) V by hand = td.attention.CrossAttention", by_hand, fused, atol=1e-5)
+td.check("softmax(QK^T / sqrt(d)) V by hand = td.models.CrossAttention", by_hand, fused, atol=1e-5)
 
 # %% [markdown]
 # Each cross-attention layer lives in a `SpatialTransformer` block (self-attention, cross-attention, an
@@ -494,7 +494,7 @@ def sample_captions(model_, captions, gamma, scale, seed=0):  # a shorthand for 
                             device=dev)
 
 
-reference = td.shapes.make_shapes(cfg.n_eval, cfg.size, seed=4, exclude=HELD_OUT).images  # fresh real images
+reference = td.data.shapes.make_shapes(cfg.n_eval, cfg.size, seed=4, exclude=HELD_OUT).images  # fresh real images
 
 
 def feature_distance(x):  # Fréchet distance to real images of seen captions, in the classifier's feature space
@@ -507,7 +507,7 @@ for name, d in [("seen", seen), ("held-out", held)]:
     for gamma in (0.0, 3.0):
         x = sample_captions(ldm, d.captions, gamma, s)
         samples[name, gamma] = x
-        accuracy[name, gamma] = td.shapes.attribute_accuracy(td.shapes.predict_attributes(clf, x), d.labels)
+        accuracy[name, gamma] = td.data.shapes.attribute_accuracy(td.data.shapes.predict_attributes(clf, x), d.labels)
 print(f"{'captions':>9} {'gamma':>6}  {'shape':>6} {'colour':>7} {'position':>9} {'all':>6}")
 for (name, gamma), acc in accuracy.items():
     print(f"{name:>9} {gamma:6.1f}  {acc['shape']:6.2f} {acc['colour']:7.2f} {acc['position']:9.2f} {acc['all']:6.2f}")
@@ -551,7 +551,7 @@ run_sd = td.train.fit(m_sd, lambda m, batch: td.latent.loss(m, batch, sched, p_u
                       (z_train * 5.5, ids_train, mask_train), steps=cfg.ldm_steps, batch_size=cfg.batch, lr=2e-3,
                       warmup=50, ema_decay=0.995, desc="LDM on Var = 30 latents")
 x_sd = sample_captions(run_sd.sampler_model, seen.captions, 3.0, s * 5.5)
-acc_sd = td.shapes.attribute_accuracy(td.shapes.predict_attributes(clf, x_sd), seen.labels)
+acc_sd = td.data.shapes.attribute_accuracy(td.data.shapes.predict_attributes(clf, x_sd), seen.labels)
 for name, x, acc in [("unit variance (scale factor s)", samples["seen", 3.0], accuracy["seen", 3.0]),
                      ("Var = 30 (no scale factor)", x_sd, acc_sd)]:
     print(f"{name:31s} gamma 3: caption accuracy {acc['all']:.2f} (shape {acc['shape']:.2f}, colour "
@@ -625,7 +625,7 @@ for p in range(4):
     for row, (j, name) in enumerate([(2, "colour word"), (3, "shape word")]):
         axes[row, p].imshow(maps_s[seen.position == p, j].mean(0).numpy(), cmap="magma", vmin=0,
                             interpolation="nearest")
-        axes[row, p].set_title(f"{name}, '{td.shapes.POSITIONS[p]}'", fontsize=8)
+        axes[row, p].set_title(f"{name}, '{td.data.shapes.POSITIONS[p]}'", fontsize=8)
         axes[row, p].set_axis_off()
 plt.tight_layout()
 plt.show()
@@ -644,13 +644,13 @@ plt.show()
 #
 # | idea | where in tinydiff |
 # | --- | --- |
-# | captioned procedural data, tokenizer | `td.shapes.make_shapes`, `td.shapes.Tokenizer` |
-# | text encoder $\tau_\theta$ | `td.text.TextEncoder` |
-# | first stage, KL and VQ | `td.autoencoder.KLAutoencoder`, `td.autoencoder.VQAutoencoder` |
+# | captioned procedural data, tokenizer | `td.data.shapes.make_shapes`, `td.data.shapes.Tokenizer` |
+# | text encoder $\tau_\theta$ | `td.models.TextEncoder` |
+# | first stage, KL and VQ | `td.models.KLAutoencoder`, `td.models.VQAutoencoder` |
 # | scale factor $s=1/\hat\sigma$, SNR of $q(z_t\mid z_0)$ | `td.latent.scale_factor`, `td.latent.snr` |
 # | $\varepsilon_\theta(z_t,t,\tau_\theta(y))$, caption dropout | `td.latent.CaptionUNet`, `td.latent.loss` |
 # | guided sampling, then decoding | `td.latent.eps_fn`, `td.latent.sample` |
-# | cross-attention, identity at init | `td.attention.CrossAttention`, `td.latent.transformer_block_deltas` |
+# | cross-attention, identity at init | `td.models.CrossAttention`, `td.latent.transformer_block_deltas` |
 # | attention maps, compute cost | `td.latent.cross_attention_maps`, `td.latent.step_costs` |
 #
 # Next: lesson 09 replaces the UNet by a transformer on latent patches (DiT) and conditions it with

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tinydiff as td
-from tinydiff.shapes import Tokenizer
+from tinydiff.data.shapes import Tokenizer
 
 TOK = Tokenizer()
 CAPS = ["a red circle top left", "a green square bottom right", ""]
@@ -20,7 +20,7 @@ def tiny_model(seed=0, **kw):
 # ------------------------------------------------------------------------------------ text encoder
 def test_text_encoder_shapes_and_padding_is_ignored():
     torch.manual_seed(0)
-    enc = td.text.TextEncoder(TOK.vocab_size, dim=16, layers=2, heads=2).eval()
+    enc = td.models.TextEncoder(TOK.vocab_size, dim=16, layers=2, heads=2).eval()
     ids, mask = TOK.encode(CAPS)
     out = enc(ids, mask)
     assert out.shape == (3, TOK.max_len, 16)
@@ -34,7 +34,7 @@ def test_text_encoder_shapes_and_padding_is_ignored():
 
 
 def test_text_encoder_bad_input():
-    enc = td.text.TextEncoder(TOK.vocab_size, dim=16, layers=1, heads=2)
+    enc = td.models.TextEncoder(TOK.vocab_size, dim=16, layers=1, heads=2)
     ids, mask = TOK.encode(CAPS)
     with pytest.raises(ValueError, match="LongTensor"):
         enc(ids.float(), mask)
@@ -43,13 +43,13 @@ def test_text_encoder_bad_input():
     with pytest.raises(ValueError, match="at least one real token"):
         enc(ids, torch.zeros_like(mask))
     with pytest.raises(ValueError, match="divisible"):
-        td.text.TextEncoder(10, dim=15, heads=2)
+        td.models.TextEncoder(10, dim=15, heads=2)
 
 
 # ------------------------------------------------------------------------------------ autoencoders
 @pytest.mark.parametrize("f", [2, 4, 8])
 def test_kl_autoencoder_shapes_and_factor(f):
-    ae = td.autoencoder.KLAutoencoder(3, latent_channels=4, f=f, base_channels=8)
+    ae = td.models.KLAutoencoder(3, latent_channels=4, f=f, base_channels=8)
     x = torch.randn(2, 3, 16, 16)
     z = ae.encode(x)
     assert z.shape == (2, 4, 16 // f, 16 // f) == (2, *ae.latent_shape((3, 16, 16)))
@@ -59,7 +59,7 @@ def test_kl_autoencoder_shapes_and_factor(f):
 
 def test_kl_autoencoder_posterior_and_kl_term():
     torch.manual_seed(0)
-    ae = td.autoencoder.KLAutoencoder(3, 2, f=2, base_channels=8)
+    ae = td.models.KLAutoencoder(3, 2, f=2, base_channels=8)
     x = torch.randn(1, 3, 8, 8)
     mean, logvar = ae.moments(x)
     draws = torch.stack([ae.encode(x, sample=True, generator=torch.Generator().manual_seed(i)) for i in range(2000)])
@@ -68,12 +68,12 @@ def test_kl_autoencoder_posterior_and_kl_term():
     mu, lv = torch.randn(50), torch.randn(50)
     ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * lv).exp()),
                                             torch.distributions.Normal(0.0, 1.0))
-    torch.testing.assert_close(td.autoencoder.kl_to_standard_normal(mu, lv), ref)
+    torch.testing.assert_close(td.models.kl_to_standard_normal(mu, lv), ref)
 
 
 def test_vq_autoencoder_shapes_and_factor():
     torch.manual_seed(0)
-    ae = td.autoencoder.VQAutoencoder(3, latent_channels=4, f=4, base_channels=8, num_codes=16)
+    ae = td.models.VQAutoencoder(3, latent_channels=4, f=4, base_channels=8, num_codes=16)
     x = torch.randn(2, 3, 16, 16)
     z = ae.encode(x)
     assert z.shape == (2, 4, 4, 4)
@@ -85,8 +85,8 @@ def test_vq_autoencoder_shapes_and_factor():
 
 def test_autoencoder_bad_input():
     with pytest.raises(ValueError, match="power of two"):
-        td.autoencoder.KLAutoencoder(f=3)
-    ae = td.autoencoder.KLAutoencoder(3, 4, f=4, base_channels=8)
+        td.models.KLAutoencoder(f=3)
+    ae = td.models.KLAutoencoder(3, 4, f=4, base_channels=8)
     with pytest.raises(ValueError, match="divisible by f=4"):
         ae.encode(torch.randn(1, 3, 10, 10))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
@@ -104,8 +104,8 @@ def test_scale_factor_makes_latents_unit_variance():
     # one number for the whole latent space: the channels keep their relative scales
     per_channel = (s * z).std((0, 2, 3))
     torch.testing.assert_close(per_channel / per_channel[0], z.std((0, 2, 3)) / z.std((0, 2, 3))[0])
-    ae = td.autoencoder.KLAutoencoder(3, 4, f=4, base_channels=8)
-    x = td.shapes.make_shapes(32, 16, seed=0).images
+    ae = td.models.KLAutoencoder(3, 4, f=4, base_channels=8)
+    x = td.data.shapes.make_shapes(32, 16, seed=0).images
     s = td.latent.scale_factor(td.latent.encode(ae, x))
     assert abs(td.latent.encode(ae, x, s).std().item() - 1.0) < 1e-5
     torch.testing.assert_close(td.latent.decode(ae, td.latent.encode(ae, x, s), s), ae(x).detach().clamp(-1, 1),
@@ -136,7 +136,7 @@ def test_snr_of_q_zt_given_z0_scales_with_the_data_variance():
 def test_cross_attention_matches_handwritten_softmax_qk_v():
     torch.manual_seed(0)
     heads, dh, N, M, dq, dc = 2, 8, 5, 4, 12, 6
-    attn = td.attention.CrossAttention(dq, dc, heads, dh)
+    attn = td.models.CrossAttention(dq, dc, heads, dh)
     x, ctx = torch.randn(3, N, dq), torch.randn(3, M, dc)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
     Q, K, V = x @ attn.to_q.weight.T, ctx @ attn.to_k.weight.T, ctx @ attn.to_v.weight.T
@@ -163,7 +163,7 @@ def test_spatial_transformer_is_the_identity_at_init_inside_the_unet():
     deltas = td.latent.transformer_block_deltas(model.unet, z, t, context=ctx, context_mask=mask)
     assert len(deltas) == 4 and max(deltas) == 0.0  # 2 down/up blocks at level 1 + 1 up + the middle one
     with torch.no_grad():  # the same check on a block whose output projection is not zero fails
-        block = next(m for m in model.unet.modules() if isinstance(m, td.attention.SpatialTransformer))
+        block = next(m for m in model.unet.modules() if isinstance(m, td.models.SpatialTransformer))
         block.proj_out.weight.normal_()
     assert max(td.latent.transformer_block_deltas(model.unet, z, t, context=ctx, context_mask=mask)) > 1e-3
     with pytest.raises(ValueError, match="no SpatialTransformer"):
@@ -177,7 +177,7 @@ def test_cross_attention_maps_are_distributions_over_real_tokens():
     assert maps.shape == (3, TOK.max_len, 4, 4)  # the finest level with attention is level 1: 8 / 2 = 4
     torch.testing.assert_close(maps.sum(1), torch.ones(3, 4, 4))
     assert (maps[~mask] == 0).all()
-    assert all(not m.store_attention for m in model.modules() if isinstance(m, td.attention.CrossAttention))
+    assert all(not m.store_attention for m in model.modules() if isinstance(m, td.models.CrossAttention))
 
 
 # ------------------------------------------------------------------------------------ the conditional model
@@ -187,7 +187,7 @@ def test_latent_eps_fn_shapes_and_guidance_combination():
         for p in model.unet.out.parameters():
             p.normal_(0, 0.1)
         for m in model.modules():
-            if isinstance(m, td.attention.SpatialTransformer):
+            if isinstance(m, td.models.SpatialTransformer):
                 m.proj_out.weight.normal_(0, 0.1)
     ids, mask = TOK.encode(CAPS[:2])
     null = TOK.encode("")
@@ -230,7 +230,7 @@ def test_caption_dropout_and_joint_loss():
         td.latent.loss(model, (torch.randn(8, 4, 8, 8), ids, mask), sched, p_uncond=0.1)
     with pytest.raises(ValueError, match="context_dim"):
         td.latent.CaptionUNet(td.models.UNet(4, base_channels=8, attn_levels=(0,), context_dim=8),
-                              td.text.TextEncoder(TOK.vocab_size, dim=16, layers=1, heads=2))
+                              td.models.TextEncoder(TOK.vocab_size, dim=16, layers=1, heads=2))
 
 
 def test_text_encoder_gets_gradient_once_the_unet_is_not_zero():
@@ -238,7 +238,7 @@ def test_text_encoder_gets_gradient_once_the_unet_is_not_zero():
     with torch.no_grad():
         model.unet.out[-1].weight.normal_(0, 0.1)
         for m in model.modules():
-            if isinstance(m, td.attention.SpatialTransformer):
+            if isinstance(m, td.models.SpatialTransformer):
                 m.proj_out.weight.normal_(0, 0.1)
     ids, mask = TOK.encode(CAPS[:2])
     td.latent.loss(model, (torch.randn(2, 4, 8, 8), ids, mask), td.NoiseSchedule.linear(50, 1e-3, 0.2),
@@ -265,7 +265,7 @@ def test_step_costs_and_text_to_image_sample():
     ids, mask = TOK.encode(CAPS[:2])
     null = TOK.encode("")
     sched = td.NoiseSchedule.linear(20, 1e-3, 0.2)
-    ae = td.autoencoder.KLAutoencoder(3, 4, f=4, base_channels=8)
+    ae = td.models.KLAutoencoder(3, 4, f=4, base_channels=8)
     pix = td.latent.caption_unet(TOK.vocab_size, 3, base_channels=8, text_dim=16, text_layers=1)
     lat = td.latent.caption_unet(TOK.vocab_size, 4, base_channels=8, text_dim=16, text_layers=1)
     c_pix = td.latent.step_costs(pix, torch.randn(2, 3, 16, 16), ids, mask, sched, null=null, n_steps=3, repeats=1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tinydiff as td
-from tinydiff.attention import CrossAttention, SpatialTransformer
+from tinydiff.models import CrossAttention, SpatialTransformer
 from tinydiff.models import Classifier, MLPDenoiser, UNet, timestep_embedding
 
 

@@ -42,3 +42,17 @@ def test_readme_lists_every_notebook_and_guide():
         assert (ROOT / "lessons" / f"{nb.stem}.md").exists(), f"lessons/{nb.stem}.md is missing"
     for link in re.findall(r"\]\((notebooks/[^)]+|lessons/[^)]+)\)", readme):
         assert (ROOT / link).exists(), f"README links {link}, which does not exist"
+
+
+def test_the_wheel_contains_every_module_of_the_package(tmp_path):
+    """pyproject.toml must find the subpackages (models/, data/): a wheel without them breaks the Colab install."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("tinydiff-*.whl")
+    inside = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    here = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tinydiff").rglob("*.py")}
+    assert here - inside == set(), f"missing from the wheel: {sorted(here - inside)}"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tinydiff as td
-from tinydiff.shapes import COLOURS, POSITIONS, SHAPES, Tokenizer, make_shapes, parse_caption
+from tinydiff.data.shapes import COLOURS, POSITIONS, SHAPES, Tokenizer, make_shapes, parse_caption
 
 GREEN_TRIANGLE = [{"colour": "green", "shape": "triangle"}]
 
@@ -26,7 +26,7 @@ def test_captions_match_labels_and_pixels():
     cx, cy = d.centre[:, 0].long(), d.centre[:, 1].long()
     centre_rgb = d.images[torch.arange(len(d)), :, cy, cx]  # (N, 3)
     assert torch.equal(centre_rgb.argmax(1), d.colour)
-    assert torch.allclose(centre_rgb, td.shapes._RGB[d.colour])
+    assert torch.allclose(centre_rgb, td.data.shapes._RGB[d.colour])
     # the caption's position is the quadrant of the centre
     right, bottom = (d.centre[:, 0] > 16).long(), (d.centre[:, 1] > 16).long()
     assert torch.equal(2 * bottom + right, d.position)
@@ -35,9 +35,9 @@ def test_captions_match_labels_and_pixels():
 def test_drawn_areas_match_each_shape_formula():
     """Circle pi r^2, square (1.7 r)^2, triangle (3 sqrt3 / 4)(1.2 r)^2: a swapped mask or a wrong size fails."""
     d = make_shapes(90, 32, seed=1)
-    images = td.shapes.render(d.shape, d.colour, d.centre, d.radius, 32, supersample=16)  # finer edges
+    images = td.data.shapes.render(d.shape, d.colour, d.centre, d.radius, 32, supersample=16)  # finer edges
     assert torch.allclose(images, d.images, atol=0.5)  # the same pictures as the data set's (4x4 antialiasing)
-    cover = (images - td.shapes._BACKGROUND) / (td.shapes._RGB[d.colour][:, :, None, None] - td.shapes._BACKGROUND)
+    cover = (images - td.data.shapes._BACKGROUND) / (td.data.shapes._RGB[d.colour][:, :, None, None] - td.data.shapes._BACKGROUND)
     area = cover[:, 0].flatten(1).sum(1)  # channel 0 differs from the background for every colour
     r = d.radius
     want = torch.stack([math.pi * r**2, (1.7 * r) ** 2, 3 * math.sqrt(3) / 4 * (1.2 * r) ** 2])[d.shape, torch.arange(90)]
@@ -52,7 +52,7 @@ def test_held_out_combinations_are_excluded_and_only_selects_them():
     held = make_shapes(50, 16, seed=0, only=GREEN_TRIANGLE)
     assert ((held.colour == green) & (held.shape == tri)).all()
     assert set(held.position.tolist()) == set(range(len(POSITIONS)))
-    assert len(td.shapes.combos(GREEN_TRIANGLE)) == 36 - 4
+    assert len(td.data.shapes.combos(GREEN_TRIANGLE)) == 36 - 4
 
 
 def test_bad_dataset_arguments_raise():
@@ -63,9 +63,9 @@ def test_bad_dataset_arguments_raise():
     with pytest.raises(ValueError, match="unknown colour"):
         make_shapes(4, only=[{"colour": "purple"}])
     with pytest.raises(ValueError, match="may only name"):
-        td.shapes.combos(exclude=[{"size": "big"}])
+        td.data.shapes.combos(exclude=[{"size": "big"}])
     with pytest.raises(ValueError, match="no .* combination is left"):
-        td.shapes.combos(exclude=[{}])
+        td.data.shapes.combos(exclude=[{}])
     with pytest.raises(ValueError, match="a caption reads"):
         parse_caption("red circle")
 
@@ -98,27 +98,27 @@ def test_tokenizer_rejects_unknown_and_too_long_input():
 def test_attribute_accuracy_and_classifier_helpers():
     target = torch.tensor([[0, 1, 2], [1, 1, 3], [2, 0, 0], [0, 2, 1]])
     pred = torch.tensor([[0, 1, 2], [1, 0, 3], [2, 0, 1], [1, 2, 1]])
-    acc = td.shapes.attribute_accuracy(pred, target)
+    acc = td.data.shapes.attribute_accuracy(pred, target)
     assert acc == {"shape": 0.75, "colour": 0.75, "position": 0.75, "all": 0.25}
     with pytest.raises(ValueError, match=r"\(B, 3\)"):
-        td.shapes.attribute_accuracy(pred[:, :2], target[:, :2])
+        td.data.shapes.attribute_accuracy(pred[:, :2], target[:, :2])
     d = make_shapes(8, 16, seed=0)
-    clf = td.shapes.attribute_classifier(8)
-    loss = td.shapes.classifier_loss(clf, (d.images, d.labels))
+    clf = td.data.shapes.attribute_classifier(8)
+    loss = td.data.shapes.classifier_loss(clf, (d.images, d.labels))
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert all(p.grad is not None for p in clf.parameters())  # all three heads are trained by the loss
     assert clf.features(d.images).shape == (8, 16 + 5)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         clf(d.images[:, :1])
-    pred = td.shapes.predict_attributes(clf, d.images, batch_size=3)
-    assert pred.shape == (8, 3) and (pred < torch.tensor(td.shapes.NUM_ATTRIBUTES)).all()
+    pred = td.data.shapes.predict_attributes(clf, d.images, batch_size=3)
+    assert pred.shape == (8, 3) and (pred < torch.tensor(td.data.shapes.NUM_ATTRIBUTES)).all()
 
 
 def test_attribute_classifier_finds_the_shape():
     """The classifier's fixed front end: the centroid is the shape's centre, the colour its RGB, the crop centred."""
     d = make_shapes(60, 32, seed=2, only=[{"shape": "circle"}, {"shape": "square"}])  # symmetric: centroid = centre
-    clf = td.shapes.attribute_classifier(8)
+    clf = td.data.shapes.attribute_classifier(8)
     centre, colour = clf.locate(d.images)
     pixel = (centre + 1) / 2 * 31 + 0.5  # [-1, 1] (pixel centres) -> pixel units
     torch.testing.assert_close(pixel, d.centre, atol=0.25, rtol=0)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from . import ddpm, guidance
-from .attention import CrossAttention, SpatialTransformer
-from .models import UNet
-from .text import TextEncoder
+from .models.attention import CrossAttention, SpatialTransformer
+from .models.unet import UNet
+from .models.text import TextEncoder
 
 __all__ = [
     "scale_factor",
@@ -107,7 +107,7 @@ class CaptionUNet(nn.Module):
 def caption_unet(vocab_size: int, latent_channels: int = 4, *, base_channels: int = 32, channel_mults=(1, 2),
                  attn_levels=(1,), text_dim: int = 64, text_layers: int = 2, heads: int = 4,
                  max_len: int = 8) -> CaptionUNet:
-    """Build a :class:`CaptionUNet` from a :class:`tinydiff.models.UNet` and a :class:`tinydiff.text.TextEncoder`."""
+    """Build a :class:`CaptionUNet` from a :class:`tinydiff.models.UNet` and a :class:`tinydiff.models.TextEncoder`."""
     text = TextEncoder(vocab_size, text_dim, text_layers, heads, max_len)
     unet = UNet(latent_channels, base_channels=base_channels, channel_mults=channel_mults, attn_levels=attn_levels,
                 context_dim=text_dim, heads=heads)

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import group_norm
-from .models import ResBlock
+from .models.attention import group_norm
+from .models.unet import ResBlock
 
 __all__ = [
     "VQOutput", "VectorQuantizer", "EMAVectorQuantizer", "VQVAE",

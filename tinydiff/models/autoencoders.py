@@ -154,7 +154,7 @@ class VQAutoencoder(_Autoencoder):
     def __init__(self, in_channels: int = 3, latent_channels: int = 4, f: int = 4, base_channels: int = 32,
                  num_codes: int = 64, beta: float = 0.25):
         super().__init__(in_channels, latent_channels, f, base_channels)
-        from .vq import VectorQuantizer
+        from ..vq import VectorQuantizer
 
         self.encoder = Encoder(in_channels, latent_channels, f, base_channels)
         self.quantizer = VectorQuantizer(num_codes, latent_channels, beta=beta)

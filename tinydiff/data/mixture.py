@@ -1,4 +1,4 @@
-r"""Data for every lesson, all offline: an exact Gaussian-mixture oracle, 2-D toy sets, digits.
+r"""The exact Gaussian-mixture oracle of the book.
 
 The :class:`GaussianMixture` is the book's *oracle*. For :math:`Y = aX + s\varepsilon` with
 :math:`X\sim\sum_k w_k\mathcal N(\mu_k,\Sigma_k)` and :math:`\varepsilon\sim\mathcal N(0,I)`, the law of
@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from . import convert
+from .. import convert
 
-__all__ = ["GaussianMixture", "toy_2d", "TOY_2D", "load_digits", "load_mnist"]
+__all__ = ["GaussianMixture"]
 
 
 class GaussianMixture:
@@ -201,88 +201,3 @@ class GaussianMixture:
 
 
 # ------------------------------------------------------------------------------------ 2-D toy sets
-def _moons(n, g):
-    n1 = n // 2
-    a = torch.rand(n1, generator=g) * math.pi
-    b = torch.rand(n - n1, generator=g) * math.pi
-    upper = torch.stack([a.cos(), a.sin()], 1)
-    lower = torch.stack([1 - b.cos(), 0.5 - b.sin()], 1)
-    x = torch.cat([upper, lower]) + 0.05 * torch.randn(n, 2, generator=g)
-    return (x - torch.tensor([0.5, 0.25])) * 1.6
-
-
-def _swiss_roll(n, g):
-    u = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))
-    x = torch.stack([u * u.cos(), u * u.sin()], 1) / 5.0
-    return x + 0.05 * torch.randn(n, 2, generator=g)
-
-
-def _checkerboard(n, g):
-    x1 = torch.rand(n, generator=g) * 4 - 2
-    x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g) * 2.0
-    x2 = x2 + (torch.floor(x1) % 2)
-    return torch.stack([x1, x2], 1)
-
-
-def _eight_gaussians(n, g):
-    return GaussianMixture.ring(8, radius=2.0, std=0.15).sample(n, g)
-
-
-TOY_2D = {"moons": _moons, "swiss_roll": _swiss_roll, "checkerboard": _checkerboard, "eight_gaussians": _eight_gaussians}
-
-
-def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` points ``(n, 2)`` float32 of a 2-D toy set: one of ``moons``, ``swiss_roll``, ``checkerboard``,
-    ``eight_gaussians``; roughly centred with unit scale."""
-    if name not in TOY_2D:
-        raise ValueError(f"unknown toy set {name!r}; choose one of {sorted(TOY_2D)}")
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive number of points; got {n}")
-    return TOY_2D[name](int(n), generator).float()
-
-
-# ------------------------------------------------------------------------------------ digits
-def load_digits(size: int = 8, *, return_labels: bool = True):
-    """scikit-learn's bundled 8×8 digits (1,797 real images, no download), scaled to ``[-1, 1]``.
-
-    Returns ``(x, y)``: ``x`` float32 ``(1797, 1, size, size)``, ``y`` LongTensor ``(1797,)``.
-    ``size=16`` upsamples bilinearly (convenient for UNets with two downsamplings).
-    """
-    from sklearn.datasets import load_digits as _sk_digits
-
-    if size not in (8, 16, 32):
-        raise ValueError(f"size must be 8, 16 or 32; got {size}")
-    d = _sk_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0  # pixel values 0..16 -> [-1, 1]
-    if size != 8:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
-    y = torch.tensor(d.target, dtype=torch.long)
-    return (x, y) if return_labels else x
-
-
-def load_mnist(root: str = "~/.cache/tinydiff", *, train: bool = True, fashion: bool = False):
-    """MNIST (or Fashion-MNIST) in ``[-1, 1]`` via torchvision, where it is installed and the network allows.
-
-    Returns ``(x, y)`` with ``x`` float32 ``(N, 1, 28, 28)``. Offline, or without torchvision, raises a
-    ``RuntimeError`` saying what to do instead (``load_digits`` always works).
-    """
-    try:
-        from torchvision import datasets
-    except Exception as exc:  # ImportError, or a torchvision that does not match torch
-        raise RuntimeError(
-            "MNIST needs torchvision, which is not importable here "
-            f"({type(exc).__name__}: {exc}). Use tinydiff.data.load_digits() instead (offline, no extra install), "
-            "or install a torchvision that matches your torch (on Colab it is preinstalled)."
-        ) from None
-    import os
-
-    cls = datasets.FashionMNIST if fashion else datasets.MNIST
-    try:
-        ds = cls(os.path.expanduser(root), train=train, download=True)
-    except Exception as exc:
-        raise RuntimeError(
-            f"could not load {'Fashion-' if fashion else ''}MNIST ({type(exc).__name__}: {exc}). "
-            "It is downloaded on first use, which needs the network; offline, use tinydiff.data.load_digits()."
-        ) from None
-    x = ds.data.float().unsqueeze(1) / 127.5 - 1.0
-    return x, ds.targets.long()

@@ -252,7 +252,7 @@ class AttributeClassifier(nn.Module):
 
     def __init__(self, base_channels: int = 16, window: float = 0.5):
         super().__init__()
-        from .models import Classifier
+        from ..models import Classifier
 
         self.window = window
         self.shape_net = Classifier(in_channels=1, num_classes=len(SHAPES), base_channels=base_channels)

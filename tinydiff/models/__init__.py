@@ -1,0 +1,21 @@
+"""The networks of the book, one file per family; algorithms never import them (they take callables).
+
+    embeddings   sinusoidal timestep embedding, time(+label) MLP     mlp          MLP denoiser / classifier (2-D data)
+    unet         the small UNet (ResBlocks, attention, labels)       classifier   noise-conditional image classifier
+    attention    self/cross-attention, the spatial transformer       text         a small text encoder (captions)
+    autoencoders KL and VQ autoencoders (latent diffusion)
+"""
+
+from .attention import CrossAttention, SpatialTransformer, group_norm
+from .autoencoders import Decoder, Encoder, KLAutoencoder, VQAutoencoder, kl_to_standard_normal
+from .classifier import Classifier
+from .embeddings import timestep_embedding
+from .mlp import MLPClassifier, MLPDenoiser
+from .text import TextEncoder
+from .unet import ResBlock, UNet
+
+__all__ = [
+    "timestep_embedding", "MLPDenoiser", "MLPClassifier", "UNet", "ResBlock", "Classifier",
+    "CrossAttention", "SpatialTransformer", "group_norm", "TextEncoder",
+    "Encoder", "Decoder", "KLAutoencoder", "VQAutoencoder", "kl_to_standard_normal",
+]
