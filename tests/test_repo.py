@@ -50,8 +50,14 @@ def test_the_wheel_contains_every_module_of_the_package(tmp_path):
     import sys
     import zipfile
 
+    import shutil
+
+    src = tmp_path / "src"  # a clean copy: an egg-info left by `pip install -e` would list the files for setuptools
+    shutil.copytree(ROOT / "tinydiff", src / "tinydiff", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("tinydiff-*.whl")
     inside = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
     here = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tinydiff").rglob("*.py")}
