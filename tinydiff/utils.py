@@ -21,6 +21,8 @@ __all__ = [
     "progress",
     "start_noise",
     "noise_like",
+    "device_of",
+    "Trajectory",
 ]
 
 
@@ -121,3 +123,70 @@ def start_noise(shape, *, generator: torch.Generator | None = None, device=None,
 def noise_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise of ``x``'s shape and dtype, drawn on the CPU from ``generator``, moved to ``x``'s device."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
+def device_of(fn, x_T: torch.Tensor | None = None) -> torch.device:
+    """Where a sampler runs: the device of ``x_T`` if given, else of the denoiser ``fn``, else :func:`device`.
+
+    The denoiser's device is found on an ``nn.Module`` (its first parameter or buffer), on a bound method of one
+    (``model.forward``), on a ``functools.partial``, on an attribute ``fn.device``, or on an ``nn.Module`` or
+    ``Denoiser`` captured by a closure (``lambda x, t: model(x, t)``), looked up one level deep.
+    """
+    if x_T is not None:
+        return x_T.device
+    found = _device_of(fn)
+    if found is None:
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                found = _device_of(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+            if found is not None:
+                break
+    return found if found is not None else device()
+
+
+def _device_of(obj):
+    import functools
+
+    from torch import nn
+
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    obj = getattr(obj, "__self__", obj)  # a bound method -> its object
+    if isinstance(obj, nn.Module):
+        for t in obj.parameters():
+            return t.device
+        for t in obj.buffers():
+            return t.device
+        return None
+    dev = getattr(obj, "device", None)
+    if isinstance(dev, (torch.device, str)) and not isinstance(obj, torch.Tensor):
+        return torch.device(dev)
+    return None
+
+
+class Trajectory:
+    """A ready-made sampler ``callback`` that keeps every state: ``traj = Trajectory(); sample(..., callback=traj)``.
+
+    Every sampler calls ``callback(i, t, x)`` with ``i = 0`` for the start point and ``i = 1..n_steps`` after each
+    step (``t`` the time reached). The states are kept on their device (no host copy in the loop); ``traj.xs`` is the
+    list, ``traj.ts`` the times, ``traj.stack()`` one CPU tensor ``(n_steps + 1, *shape)``. ``every=k`` keeps only
+    the states with ``i % k == 0`` (the final state is the sampler's return value).
+    """
+
+    def __init__(self, every: int = 1):
+        self.every = max(1, int(every))
+        self.xs: list[torch.Tensor] = []
+        self.ts: list = []
+
+    def __call__(self, i: int, t, x: torch.Tensor) -> None:
+        if i % self.every == 0:
+            self.xs.append(x.detach().clone())
+            self.ts.append(t)
+
+    def stack(self) -> torch.Tensor:
+        return torch.stack([x.cpu() for x in self.xs])
+
+    def __len__(self) -> int:
+        return len(self.xs)

@@ -1,0 +1,149 @@
+"""The one layer of input checks. Every public function validates its arguments here, once, at the boundary;
+inner loops then run on checked, precomputed values and never check again.
+
+Every error is a :class:`ValueError` (or :class:`TypeError` for a wrong kind of object) whose message names the
+argument, says what was given and what is wanted::
+
+    validation.integer("n_steps", n, low=1, high=T)       # -> int
+    validation.number("eta", eta, low=0)                   # -> float, finite unless allow_inf
+    validation.choice("spacing", spacing, SPACINGS)        # -> str
+    validation.tensor("x", x, ndim=2, floating=True)       # -> torch.Tensor (numpy accepted and converted)
+    validation.output("eps_fn", out, like=x)               # the value a user callable returned
+
+NaN policy (one rule for the whole package): inputs that are documented to be data (``x``, ``x0``, ``x_T``) must be
+finite where a NaN would propagate silently into a result (checked with ``finite=True``); the outputs of user
+callables are checked for shape, dtype and finiteness by :func:`output` at the first call of a sampler.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+import torch
+
+__all__ = ["integer", "number", "choice", "tensor", "output", "shape", "describe"]
+
+
+def describe(value) -> str:
+    """A short description of ``value`` for an error message (the type, and the shape/dtype of an array)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return f"a numpy array ({value.dtype}) of shape {value.shape}"
+    if value is None:
+        return "None"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+def integer(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int in ``low..high`` (inclusive). bool and float are refused (``2.0`` is not a count)."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, float):
+        raise ValueError(f"{name} must be an int; got {describe(value)}")
+    if isinstance(value, torch.Tensor) and (value.ndim != 0 or value.is_floating_point() or value.dtype == torch.bool):
+        raise ValueError(f"{name} must be an int; got {describe(value)}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int; got {describe(value)}") from None
+    _range(name, value, low, high)
+    return value
+
+
+def number(name: str, value, *, low: float | None = None, high: float | None = None, strict_low: bool = False,
+           allow_inf: bool = False) -> float:
+    """``value`` as a finite Python float in ``[low, high]`` (``(low, high]`` with ``strict_low``)."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, complex):
+        raise ValueError(f"{name} must be a real number; got {describe(value)}")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{name} must be a real number; got {describe(value)}")
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number; got {describe(value)}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number; got {value}")
+    if low is not None and (value <= low if strict_low else value < low):
+        raise ValueError(f"{name} must be {'>' if strict_low else '>='} {low}; got {value:g}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}; got {value:g}")
+    return value
+
+
+def choice(name: str, value, options) -> str:
+    """``value`` if it is one of ``options`` (strings), else a ValueError listing them."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {describe(value)}")
+    return value
+
+
+def tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None, floating: bool = True, finite: bool = False,
+           batch: int | None = None, min_batch: int = 1) -> torch.Tensor:
+    """``value`` as a tensor: numpy arrays are converted; complex is refused; with ``floating`` an integer tensor is
+    promoted to the default float dtype (never truncated) and bool is refused. ``ndim`` may be one int or a tuple of
+    allowed ranks; ``batch`` fixes the first dimension; ``finite`` refuses NaN and inf."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        hint = " (did a function forget to `return`?)" if value is None else ""
+        raise TypeError(f"{name} must be a torch.Tensor; got {describe(value)}{hint}")
+    if value.is_complex():
+        raise ValueError(f"{name} must be real; got {describe(value)}")
+    if floating and not value.is_floating_point():
+        if value.dtype == torch.bool:
+            raise ValueError(f"{name} must hold numbers, not booleans; got {describe(value)}")
+        value = value.to(torch.get_default_dtype())
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have {want} dimensions; got {describe(value)}")
+    if value.ndim and value.shape[0] < min_batch:
+        raise ValueError(f"{name} must hold at least {min_batch} sample(s) along its first (batch) dimension; "
+                         f"got {describe(value)}")
+    if batch is not None and (value.ndim == 0 or value.shape[0] != batch):
+        raise ValueError(f"{name} must have batch size {batch} (its first dimension); got {describe(value)}")
+    if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must be finite; it holds NaN or inf ({describe(value)})")
+    return value
+
+
+def shape(name: str, value) -> tuple[int, ...]:
+    """A sample shape like ``(B, D)`` or ``(B, C, H, W)``: a sequence of positive ints (numpy ints and
+    ``torch.Size`` accepted)."""
+    try:
+        out = tuple(operator.index(n) for n in value)
+    except TypeError:
+        out = None
+    if not out or min(out) < 1 or any(isinstance(n, bool) for n in value):
+        raise ValueError(f"{name} must be a tuple of positive ints like (B, D) or (B, C, H, W); got {describe(value)}")
+    return out
+
+
+def output(fn_name: str, out, *, like: torch.Tensor, finite: bool = True) -> torch.Tensor:
+    """Check what a user callable returned: a floating tensor of ``like``'s shape (finite unless told otherwise).
+
+    Samplers call this on the first evaluation only, so the check costs nothing per step."""
+    if out is None:
+        raise TypeError(f"{fn_name} returned None: did it forget to `return` its prediction?")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{fn_name} must return a torch.Tensor of shape {tuple(like.shape)}; it returned {describe(out)}")
+    if tuple(out.shape) != tuple(like.shape):
+        raise ValueError(f"{fn_name} returned shape {tuple(out.shape)}; it must return the shape of its input x, "
+                         f"{tuple(like.shape)}")
+    if not out.is_floating_point():
+        raise ValueError(f"{fn_name} must return a floating tensor; it returned {describe(out)}")
+    if finite and not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{fn_name} returned NaN or inf for finite input (at the first sampler step)")
+    return out
+
+
+def _range(name, value, low, high):
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must lie in {lo}..{hi}; got {value}")
