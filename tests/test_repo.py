@@ -15,9 +15,14 @@ def _name(req: str) -> str:
 
 def test_environment_yml_installs_the_same_packages_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_deps = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    extras = project["optional-dependencies"]
+    pip_deps = {_name(r): r for r in project["dependencies"] + extras["dev"] + extras["lab"]}
+    assert {_name(r) for r in extras["colab"]} <= set(pip_deps), "the colab extra must be a part of what dev installs"
     conda = []
-    deps = (ROOT / "environment.yml").read_text().split("\ndependencies:\n", 1)[1]
+    text = (ROOT / "environment.yml").read_text()
+    channels = text.split("\nchannels:\n", 1)[1].split("\ndependencies:\n", 1)[0].split()
+    assert channels == ["-", "conda-forge"], f"conda-forge only (the pytorch channel is frozen at 2.5): {channels}"
+    deps = text.split("\ndependencies:\n", 1)[1]
     for line in deps.splitlines():
         m = re.match(r"^  - ([A-Za-z][\w.\-]*.*)$", line)  # top-level conda dependencies (2-space indent)
         if m and not m.group(1).startswith(("python", "pip")):

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-__all__ = ["PROFILES", "current", "choose"]
+__all__ = ["PROFILES", "current", "choose", "autocast_dtype"]
 
 PROFILES = ("quick", "standard", "full")
 
@@ -54,3 +54,23 @@ def choose(*, quick: dict, standard: dict, full: dict | None = None, profile: st
     if name not in table:
         raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
     return SimpleNamespace(profile=name, **table[name])
+
+
+def autocast_dtype(device=None) -> torch.dtype | None:
+    """The mixed-precision dtype for training on ``device`` (default: CUDA if available, else the CPU).
+
+    ``torch.bfloat16`` where the GPU computes in it natively (compute capability 8.0 and newer: A100, L4, H100,
+    RTX 30xx+); ``torch.float16`` on older CUDA GPUs such as Colab's T4, which only emulate bf16 (slowly) --
+    fp16 has a narrow exponent range, so train with a ``torch.amp.GradScaler`` then; ``None`` (no autocast) on
+    the CPU and other devices.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no including_emulation (and reports native support only)
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float16
