@@ -2,6 +2,7 @@
 procedural captioned shapes (``tinydiff.data.shapes``)."""
 
 from . import shapes
+from . import relight  # lesson 10: the linear light-transport world (td.data.relight)
 from .digits import load_digits, load_mnist
 from .mixture import GaussianMixture
 from .toy import TOY_2D, toy_2d
