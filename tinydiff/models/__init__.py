@@ -13,6 +13,7 @@ from .embeddings import timestep_embedding
 from .mlp import MLPClassifier, MLPDenoiser
 from .text import TextEncoder
 from .unet import ResBlock, UNet
+from .dit import DiT, dit_to_diffusers  # noqa: F401  (lesson 09)
 
 __all__ = [
     "timestep_embedding", "MLPDenoiser", "MLPClassifier", "UNet", "ResBlock", "Classifier",
