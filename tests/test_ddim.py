@@ -219,14 +219,15 @@ def test_eta_one_step_equals_ddpm_step(sched):
                                    td.ddpm.step(x, eps, t, sched, noise=z), atol=1e-12, rtol=1e-10)
 
 
-def test_deterministic_ddim_ignores_generator_and_returns_trajectory(ring, sched):
+def test_deterministic_ddim_ignores_generator_and_keeps_the_trajectory(ring, sched):
     eps_fn = ring.eps_fn(sched)
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(8))
-    a, traj = ddim.sample(eps_fn, (32, 2), sched, 10, x_T=x_T, generator=torch.Generator().manual_seed(1),
-                          return_trajectory=True)
+    traj = td.utils.Trajectory()
+    a = ddim.sample(eps_fn, (32, 2), sched, 10, x_T=x_T, generator=torch.Generator().manual_seed(1), callback=traj)
     b = ddim.sample(eps_fn, (32, 2), sched, 10, x_T=x_T, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
-    assert len(traj) == 11 and torch.equal(traj[0], x_T) and torch.equal(traj[-1], a)
+    assert len(traj) == 11 and torch.equal(traj.xs[0], x_T) and torch.equal(traj.xs[-1], a)
+    assert traj.ts == ddim.timesteps(T, 10).tolist() + [0]
 
 
 def test_sampling_with_exact_eps_reproduces_the_mixture(ring, sched):
@@ -247,8 +248,10 @@ def test_encode_decode_round_trip_on_the_oracle(ring, sched):
     eps_fn = ring.eps_fn(sched)
     errs = {}
     for n in (10, 200):
-        xT, traj = ddim.encode(eps_fn, x0, sched, n, return_trajectory=True)
-        assert len(traj) == n + 1 and torch.equal(traj[0], x0)
+        traj = td.utils.Trajectory()
+        xT = ddim.encode(eps_fn, x0, sched, n, callback=traj)
+        assert len(traj) == n + 1 and torch.equal(traj.xs[0], x0) and torch.equal(traj.xs[-1], xT)
+        assert traj.ts == [0] + ddim.timesteps(T, n).flip(0).tolist()
         back = ddim.sample(eps_fn, x0.shape, sched, n, x_T=xT)
         errs[n] = (back - x0).norm(dim=1).mean().item()
     assert errs[200] < 0.02, errs
@@ -270,15 +273,15 @@ def test_sweep_fills_the_table(ring, sched):
 def test_bad_inputs_raise_helpful_errors(ring, sched):
     eps_fn = ring.eps_fn(sched)
     x = torch.zeros(4, 2)
-    with pytest.raises(ValueError, match="1..T"):
+    with pytest.raises(ValueError, match=r"n_steps .* must lie in 1\.\.1000"):
         ddim.timesteps(T, T + 1)
-    with pytest.raises(ValueError, match="1..T"):
+    with pytest.raises(ValueError, match=r"n_steps .* must lie in 1\.\.1000"):
         ddim.sample(eps_fn, (4, 2), sched, 0)
     with pytest.raises(ValueError, match="must be an int"):
         ddim.timesteps(T, 10.0)
-    with pytest.raises(ValueError, match="unknown spacing"):
+    with pytest.raises(ValueError, match="spacing must be one of"):
         ddim.timesteps(T, 10, "uniform")
-    with pytest.raises(ValueError, match="unknown spacing"):
+    with pytest.raises(ValueError, match="spacing must be one of"):
         ddim.sample(eps_fn, (4, 2), sched, 10, spacing="Leading")
     with pytest.raises(ValueError, match="eta must be"):
         ddim.sample(eps_fn, (4, 2), sched, 10, eta=-0.1)
@@ -286,7 +289,7 @@ def test_bad_inputs_raise_helpful_errors(ring, sched):
         ddim.step(x, x, 10, 9, sched, eta=math.nan)
     with pytest.raises(ValueError, match="must not exceed t"):
         ddim.step(x, x, 10, 11, sched)
-    with pytest.raises(ValueError, match="1..T"):
+    with pytest.raises(ValueError, match=r"t must lie in 1\.\.1000"):
         ddim.step(x, x, 0, 0, sched)
     with pytest.raises(ValueError, match="integer"):
         ddim.step(x, x, 10.0, 9, sched)

@@ -239,10 +239,12 @@ def test_same_seed_same_samples_and_trajectory():
     eps_fn = td.data.GaussianMixture.ring(3).eps_fn(td.NoiseSchedule.linear(20))
     sched = td.NoiseSchedule.linear(20)
     a = ddpm.sample(eps_fn, (5, 2), sched, generator=_gen(1))
-    b, traj = ddpm.sample(eps_fn, (5, 2), sched, generator=_gen(1), return_trajectory=True)
+    traj = td.utils.Trajectory()
+    b = ddpm.sample(eps_fn, (5, 2), sched, generator=_gen(1), callback=traj)
     c = ddpm.sample(eps_fn, (5, 2), sched, generator=_gen(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert len(traj) == sched.T + 1 and torch.equal(traj[-1], b)
+    assert len(traj) == sched.T + 1 and torch.equal(traj.xs[-1], b) and traj.ts == list(range(sched.T, -1, -1))
+    assert torch.equal(traj.xs[0], torch.randn(5, 2, generator=_gen(1)))  # the start point, drawn first
 
 
 def test_var_choice_matters_and_t1_step_is_deterministic():
@@ -268,7 +270,7 @@ def test_var_choice_matters_and_t1_step_is_deterministic():
         (lambda: ddpm.sample(lambda x, t: x, (2, 3), LIN, var="small"), "var must be"),
         (lambda: ddpm.sample(lambda x, t: x, (2, 0), LIN), "positive ints"),
         (lambda: ddpm.sample(lambda x, t: x, (2, 3), LIN, x_T=torch.zeros(2, 4)), "x_T has shape"),
-        (lambda: ddpm.sample(lambda x, t: x[:, :2], (2, 3), LIN), "shape mismatch"),
+        (lambda: ddpm.sample(lambda x, t: x[:, :2], (2, 3), LIN), r"eps_fn returned shape \(2, 2\)"),
         (lambda: ddpm.step(torch.zeros(2, 3), torch.zeros(2, 3), 0, LIN), r"1\.\.1000"),
         (lambda: ddpm.step(torch.zeros(2, 3), torch.zeros(2, 3), 5, LIN, clip_x0=0.0), "clip_x0"),
         (lambda: ddpm.loss(lambda x, t: x, torch.zeros(2, 3), LIN, target="score"), "target must be"),

@@ -29,12 +29,10 @@ uses :math:`\bar\alpha = 1` (our ``t_prev = 0``) when ``set_alpha_to_one=True``,
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from . import convert
-from .utils import check_same_shape, expand_to, noise_like, progress, start_noise
+from . import convert, validation
+from .utils import check_same_shape, expand_to, noise_like, progress, sampler_start, table_on
 
 __all__ = [
     "SPACINGS",
@@ -46,6 +44,7 @@ __all__ = [
     "marginal_coefs",
     "family_sample",
     "step",
+    "sample_coefs",
     "sample",
     "invert_step",
     "encode",
@@ -55,46 +54,63 @@ __all__ = [
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-# ---------------------------------------------------------------------------------- input checks
+# ---------------------------------------------------------------------------------- input checks (once per call)
 def _check_eta(eta) -> float:
-    try:
-        eta = float(eta)
-    except (TypeError, ValueError):
-        raise ValueError(f"eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM); got {eta!r}") from None
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM); got {eta}")
-    return eta
+    return validation.number("eta", eta, low=0)
 
 
 def _check_n_steps(T: int, n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise ValueError(f"the number of sampling steps must be an int; got {n!r}")
-    if not 1 <= n <= T:
-        raise ValueError(
-            f"the number of sampling steps must lie in 1..T = 1..{T} (a sub-sequence of the {T} training "
-            f"steps); got {n}"
-        )
-    return n
+    return validation.integer("n_steps (a sub-sequence of the T training steps)", n, low=1, high=T)
 
 
-def _pair(t, t_prev, sched, *, upward: bool = False):
-    """Validate ``(t, t_prev)`` (ints or LongTensors of one shape) and return them as LongTensors on the CPU."""
-    t = torch.as_tensor(t)
-    t_prev = torch.as_tensor(t_prev)
-    for name, v in (("t", t), ("t_prev", t_prev)):
-        if v.is_floating_point() or v.dtype == torch.bool:
-            raise ValueError(f"{name} must hold integer timesteps; got dtype {v.dtype}")
-    t, t_prev = torch.broadcast_tensors(t.long().cpu(), t_prev.long().cpu())
-    if t.numel() and (int(t.min()) < 1 or int(t.max()) > sched.T):
-        raise ValueError(f"t must lie in 1..T = 1..{sched.T}; got values from {int(t.min())} to {int(t.max())}")
-    if t_prev.numel() and (int(t_prev.min()) < 0 or int(t_prev.max()) > sched.T):
-        raise ValueError(f"t_prev must lie in 0..T = 0..{sched.T} (0 = the clean data, alpha_bar_0 = 1)")
-    if not upward and bool((t_prev > t).any()):
+def _times(t, t_prev, sched, *, upward: bool = False):
+    """Validate ``(t, t_prev)`` (ints or LongTensors of one shape), once, and return them broadcast as LongTensors."""
+    t = validation.timesteps("t", t, sched.T, low=1)
+    t_prev = validation.timesteps("t_prev (0 = the clean data, alpha_bar_0 = 1)", t_prev, sched.T, low=0)
+    t, t_prev = torch.broadcast_tensors(t, t_prev.to(t.device))
+    if not upward and t.device.type != "meta" and bool((t_prev > t).any()):
         raise ValueError(
             "t_prev must not exceed t: a DDIM step goes from x_t down to x_{t_prev}. "
             "To go up (x_0 -> x_T), use tinydiff.ddim.invert_step / encode."
         )
     return t, t_prev
+
+
+def _alpha_bars(t, t_prev, sched):
+    ab = table_on(sched.alpha_bar, t.device)
+    return ab[t], ab[t_prev]
+
+
+def _check_sigma(sigma_t, like: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(sigma_t, dtype=torch.float64).to(like.device)
+    if s.device.type != "meta" and (not bool(torch.isfinite(s).all()) or bool((s < 0).any())):
+        raise ValueError(f"sigma_t must be finite and >= 0 (it is a standard deviation); got {validation.describe(sigma_t)}")
+    return s.expand_as(like) if s.ndim == 0 else s
+
+
+def _check_room(ab_prev, s, t, t_prev):
+    """The marginal condition has a real kappa only where sigma^2 <= 1 - alpha_bar_(t_prev)."""
+    room = 1 - ab_prev - s**2
+    if room.device.type != "meta" and bool((room < -1e-12).any()):
+        bad = int(torch.nonzero(room.reshape(-1) < -1e-12)[0]) if room.ndim else 0
+        tb, pb = int(t.reshape(-1)[bad]), int(t_prev.reshape(-1)[bad])
+        raise ValueError(
+            f"sigma_t^2 exceeds 1 - alpha_bar_(t_prev) for t = {tb}, t_prev = {pb}: the marginal condition "
+            "then has no real kappa_t. Use a smaller sigma_t (a smaller eta), at most sqrt(1 - alpha_bar_(t_prev))."
+        )
+
+
+# ---------------------------------------------------------------------------------- unchecked formulas
+def _sigma(ab, ab_prev, eta: float):
+    return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+
+
+def _kappa(ab, ab_prev, s):
+    return (1 - ab_prev - s**2).clamp_min(0).sqrt() / (1 - ab).sqrt()
+
+
+def _lambda(ab, ab_prev, k):
+    return ab_prev.sqrt() - ab.sqrt() * k
 
 
 # ---------------------------------------------------------------------------------- timesteps
@@ -109,17 +125,15 @@ def timesteps(T: int, n: int, spacing: str = "leading") -> torch.Tensor:
     These are diffusers' ``timestep_spacing`` options shifted by one (its ``k`` is our ``t - 1``,
     ``steps_offset = 0``). Returns a LongTensor ``(n,)``.
     """
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T (the number of training steps) must be a positive int; got {T!r}")
+    T = validation.integer("T (the number of training steps)", T, low=1)
     n = _check_n_steps(T, n)
+    spacing = validation.choice("spacing", spacing, SPACINGS)
     if spacing == "leading":
         k = torch.arange(n, dtype=torch.float64) * (T // n)
     elif spacing == "trailing":
         k = torch.round(T - torch.arange(n, dtype=torch.float64) * (T / n)) - 1
-    elif spacing == "linspace":
-        k = torch.linspace(0, T - 1, n, dtype=torch.float64).round()
     else:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        k = torch.linspace(0, T - 1, n, dtype=torch.float64).round()
     k = k.long().sort(descending=True).values
     return k + 1
 
@@ -133,9 +147,8 @@ def sigma(t, t_prev, sched, eta: float = 1.0) -> torch.Tensor:
     :math:`\eta = 0` gives the deterministic DDIM. Float64, shaped like ``t`` (a scalar for ints).
     """
     eta = _check_eta(eta)
-    t, t_prev = _pair(t, t_prev, sched)
-    ab, ab_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
-    return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+    t, t_prev = _times(t, t_prev, sched)
+    return _sigma(*_alpha_bars(t, t_prev, sched), eta)
 
 
 def sigma_beta(t, t_prev, sched) -> torch.Tensor:
@@ -146,15 +159,9 @@ def sigma_beta(t, t_prev, sched) -> torch.Tensor:
     It lies inside the family only where :math:`\beta_t \le 1 - \bar\alpha_s`; at ``t = 1`` it never does
     (:func:`kappa` then raises).
     """
-    t, t_prev = _pair(t, t_prev, sched)
-    return (1 - sched.alpha_bar[t] / sched.alpha_bar[t_prev]).sqrt()
-
-
-def _sigma_table(sigma_t, t) -> torch.Tensor:
-    s = torch.as_tensor(sigma_t, dtype=torch.float64).cpu()
-    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
-        raise ValueError("sigma_t must be finite and >= 0 (it is a standard deviation)")
-    return s.expand_as(t) if s.ndim == 0 else s
+    t, t_prev = _times(t, t_prev, sched)
+    ab, ab_prev = _alpha_bars(t, t_prev, sched)
+    return (1 - ab / ab_prev).sqrt()
 
 
 def kappa(t, t_prev, sigma_t, sched) -> torch.Tensor:
@@ -164,17 +171,11 @@ def kappa(t, t_prev, sigma_t, sched) -> torch.Tensor:
 
     Raises ``ValueError`` when :math:`\sigma_t^2 > 1-\bar\alpha_s` (no real solution).
     """
-    t, t_prev = _pair(t, t_prev, sched)
-    s = _sigma_table(sigma_t, t)
-    room = 1 - sched.alpha_bar[t_prev] - s**2
-    if bool((room < -1e-12).any()):
-        bad = int(torch.nonzero(room < -1e-12).flatten()[0]) if room.ndim else 0
-        tb, sb = int(t.flatten()[bad]) if t.ndim else int(t), int(t_prev.flatten()[bad]) if t_prev.ndim else int(t_prev)
-        raise ValueError(
-            f"sigma_t^2 exceeds 1 - alpha_bar_(t_prev) for t = {tb}, t_prev = {sb}: the marginal condition "
-            "then has no real kappa_t. Use a smaller sigma_t (a smaller eta), at most sqrt(1 - alpha_bar_(t_prev))."
-        )
-    return room.clamp_min(0).sqrt() / (1 - sched.alpha_bar[t]).sqrt()
+    t, t_prev = _times(t, t_prev, sched)
+    s = _check_sigma(sigma_t, t)
+    ab, ab_prev = _alpha_bars(t, t_prev, sched)
+    _check_room(ab_prev, s, t, t_prev)
+    return _kappa(ab, ab_prev, s)
 
 
 def lambda_(t, t_prev, sigma_t, sched) -> torch.Tensor:
@@ -182,8 +183,11 @@ def lambda_(t, t_prev, sigma_t, sched) -> torch.Tensor:
     :math:`x_0`, from the mean half of the marginal condition
     :math:`\kappa_t\sqrt{\bar\alpha_t} + \lambda_t = \sqrt{\bar\alpha_s}`.
     (``lambda`` is a Python keyword, hence the underscore.)"""
-    t, t_prev = _pair(t, t_prev, sched)
-    return sched.alpha_bar[t_prev].sqrt() - sched.alpha_bar[t].sqrt() * kappa(t, t_prev, sigma_t, sched)
+    t, t_prev = _times(t, t_prev, sched)
+    s = _check_sigma(sigma_t, t)
+    ab, ab_prev = _alpha_bars(t, t_prev, sched)
+    _check_room(ab_prev, s, t, t_prev)
+    return _lambda(ab, ab_prev, _kappa(ab, ab_prev, s))
 
 
 def marginal_coefs(t, t_prev, sigma_t, sched) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,10 +196,12 @@ def marginal_coefs(t, t_prev, sigma_t, sched) -> tuple[torch.Tensor, torch.Tenso
     + \sigma_t z`, so
     :math:`x_s\mid x_0 \sim \mathcal N(a\,x_0, v I)` with ``(a, v)`` returned. The marginal condition says
     :math:`a = \sqrt{\bar\alpha_s}` and :math:`v = 1 - \bar\alpha_s`."""
-    t, t_prev = _pair(t, t_prev, sched)
-    s = _sigma_table(sigma_t, t)
-    k, lam = kappa(t, t_prev, s, sched), lambda_(t, t_prev, s, sched)
-    ab = sched.alpha_bar[t]
+    t, t_prev = _times(t, t_prev, sched)
+    s = _check_sigma(sigma_t, t)
+    ab, ab_prev = _alpha_bars(t, t_prev, sched)
+    _check_room(ab_prev, s, t, t_prev)
+    k = _kappa(ab, ab_prev, s)
+    lam = _lambda(ab, ab_prev, k)
     return k * ab.sqrt() + lam, k**2 * (1 - ab) + s**2
 
 
@@ -203,10 +209,17 @@ def family_sample(xt: torch.Tensor, x0: torch.Tensor, t, t_prev, sigma_t, sched,
     r"""Draw :math:`x_s \sim p(x_s\mid x_t, x_0) = \mathcal N(\kappa_t x_t + \lambda_t x_0, \sigma_t^2 I)`,
     :math:`s` = ``t_prev``, with the given standard normal ``noise``."""
     check_same_shape(xt=xt, x0=x0, noise=noise)
-    t, t_prev = _pair(t, t_prev, sched)
-    s = _sigma_table(sigma_t, t)
-    k, lam = kappa(t, t_prev, s, sched), lambda_(t, t_prev, s, sched)
-    return expand_to(k, xt) * xt + expand_to(lam, xt) * x0 + expand_to(s, xt) * noise
+    t, t_prev = _times(t, t_prev, sched)
+    t, t_prev = t.to(xt.device), t_prev.to(xt.device)
+    s = _check_sigma(sigma_t, t)
+    ab, ab_prev = _alpha_bars(t, t_prev, sched)
+    _check_room(ab_prev, s, t, t_prev)
+    return _family_sample(xt, x0, ab, ab_prev, s, noise)
+
+
+def _family_sample(xt, x0, ab, ab_prev, s, noise):
+    k = _kappa(ab, ab_prev, s)
+    return expand_to(k, xt) * xt + expand_to(_lambda(ab, ab_prev, k), xt) * x0 + expand_to(s, xt) * noise
 
 
 # ---------------------------------------------------------------------------------- sampling
@@ -216,17 +229,40 @@ def step(xt: torch.Tensor, eps: torch.Tensor, t, t_prev, sched, *, eta: float = 
 
     ``t`` and ``t_prev`` are ints or LongTensors ``(B,)`` with ``0 <= t_prev <= t``; ``t_prev = 0`` is the
     final jump to :math:`x_0` (:math:`\bar\alpha_0 = 1`, where :math:`\sigma = 0` for every :math:`\eta`).
-    ``noise`` is :math:`z`; it is drawn with ``torch.randn_like`` only when needed (:math:`\sigma_t > 0`).
+    ``noise`` is :math:`z`; it is drawn with ``torch.randn_like`` when not given.
     """
+    xt, eps = validation.tensor("xt", xt, ndim=None), validation.tensor("eps", eps)
     check_same_shape(xt=xt, eps=eps)
-    t, t_prev = _pair(t, t_prev, sched)
+    eta = _check_eta(eta)
+    t, t_prev = _times(t, t_prev, sched)
     if t.ndim and t.shape[0] not in (1, xt.shape[0]):
         raise ValueError(f"t must be an int or have shape ({xt.shape[0]},); got {tuple(t.shape)}")
-    s = sigma(t, t_prev, sched, eta)
-    x0_hat = convert.x0_from_eps(xt, eps, sched.alpha_bar[t])
-    if noise is None:
-        noise = torch.randn_like(xt) if bool((s > 0).any()) else torch.zeros_like(xt)
-    return family_sample(xt, x0_hat, t, t_prev, s, sched, noise)
+    t, t_prev = t.to(xt.device), t_prev.to(xt.device)
+    ab, ab_prev = _alpha_bars(t, t_prev, sched)
+    s = _sigma(ab, ab_prev, eta)
+    _check_room(ab_prev, s, t, t_prev)
+    noise = torch.randn_like(xt) if noise is None else validation.tensor("noise", noise)
+    check_same_shape(xt=xt, noise=noise)
+    return _family_sample(xt, convert.x0_from_eps(xt, eps, ab), ab, ab_prev, s, noise)
+
+
+def sample_coefs(sched, n_steps: int, *, eta: float = 0.0, spacing: str = "leading"):
+    r"""The per-step numbers of DDIM sampling, computed once in float64: ``(pairs, coefs)`` with ``pairs`` the
+    list of ``(t, t_prev)`` and ``coefs`` the list of ``(a, b, sigma)`` such that the step of :func:`step` is
+    :math:`x_s = a\,x_t + b\,\varepsilon_\theta + \sigma z`: substituting :math:`\hat x_0` into
+    :math:`\kappa_t x_t + \lambda_t\hat x_0` gives :math:`a = \kappa_t + \lambda_t/\sqrt{\bar\alpha_t}`
+    :math:`(=\sqrt{\bar\alpha_s/\bar\alpha_t})` and :math:`b = -\lambda_t\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t}`.
+    Raises ``ValueError`` if ``eta`` is too large for some step of the sequence."""
+    eta = _check_eta(eta)
+    ts = timesteps(sched.T, n_steps, spacing)
+    prevs = torch.cat([ts[1:], ts.new_zeros(1)])
+    ab, ab_prev = sched.alpha_bar[ts], sched.alpha_bar[prevs]
+    s = _sigma(ab, ab_prev, eta)
+    _check_room(ab_prev, s, ts, prevs)
+    lam = _lambda(ab, ab_prev, _kappa(ab, ab_prev, s))
+    a = _kappa(ab, ab_prev, s) + lam / ab.sqrt()
+    b = -lam * (1 - ab).sqrt() / ab.sqrt()
+    return list(zip(ts.tolist(), prevs.tolist())), list(zip(a.tolist(), b.tolist(), s.tolist()))
 
 
 @torch.no_grad()
@@ -236,39 +272,45 @@ def sample(
     sched,
     n_steps: int,
     *,
+    x_T: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress_bar: bool = True,
+    callback=None,
+    device=None,
     eta: float = 0.0,
     spacing: str = "leading",
-    generator: torch.Generator | None = None,
-    device=None,
-    x_T: torch.Tensor | None = None,
-    return_trajectory: bool = False,
-    progress_bar: bool = False,
 ):
     r"""DDIM sampling on the sub-sequence :func:`timesteps` ``(T, n_steps, spacing)``: start from
     :math:`x_{\tau_S}\sim\mathcal N(0,I)` and apply :func:`step` from each :math:`\tau_i` to :math:`\tau_{i-1}`
-    (and from :math:`\tau_1` to 0).
+    (and from :math:`\tau_1` to 0); returns :math:`x_0`.
 
-    Noise is drawn on the CPU from ``generator`` in the order of :func:`tinydiff.ddpm.sample` (``x_T``, then
-    one draw per step whose ``t_prev > 0``, only when ``eta > 0``), so ``eta = 1``, ``n_steps = T`` reproduces
-    DDPM's samples exactly. With ``return_trajectory=True`` returns ``(x0, [x_start, ..., x_0])``.
+    The one sampler signature (see :func:`tinydiff.ddpm.sample`): ``device=None`` runs where ``x_T`` or the model
+    lives; ``callback(i, t, x)`` gets ``i = 0, t = tau_S`` for the start and ``i = 1..n_steps`` with the time
+    reached (``tau_{S-i}``, 0 at the end) after each step. Noise is drawn on the CPU from ``generator`` in the order of
+    :func:`tinydiff.ddpm.sample` (``x_T``, then one draw per step whose ``t_prev > 0``, only when ``eta > 0``) and
+    moved to the device, so ``eta = 1``, ``n_steps = T`` reproduces DDPM's samples exactly and a seed gives the
+    same samples on every device. ``eps_fn``'s output is checked at the first step; the loop reads the float64
+    tables of :func:`sample_coefs` as Python numbers and makes no device->host transfer.
     """
-    eta = _check_eta(eta)
-    ts = timesteps(sched.T, n_steps, spacing)
-    prevs = torch.cat([ts[1:], ts.new_zeros(1)])
-    device = torch.device("cpu") if device is None else torch.device(device)
-    shape = tuple(shape)
-    # fail early, before any network call, if eta is too large for some step of this sequence
-    kappa(ts, prevs, sigma(ts, prevs, sched, eta), sched)
-    x = start_noise(shape, generator=generator, device=device, x_T=x_T)
-    traj = [x.cpu()] if return_trajectory else None
-    pairs = list(zip(ts.tolist(), prevs.tolist()))
-    for t_int, p_int in progress(pairs, desc=f"DDIM sampling (eta={eta:g})", disable=not progress_bar):
-        t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
-        z = noise_like(x, generator) if eta > 0 and p_int > 0 else torch.zeros_like(x)
-        x = step(x, eps_fn(x, t), t_int, p_int, sched, eta=eta, noise=z)
-        if return_trajectory:
-            traj.append(x.cpu())
-    return (x, traj) if return_trajectory else x
+    sched = validation.schedule("sched", sched)
+    pairs, coefs = sample_coefs(sched, n_steps, eta=eta, spacing=spacing)  # fails early if eta is too large
+    x, device = sampler_start(eps_fn, shape, x_T=x_T, generator=generator, device=device, callback=callback)
+    B = x.shape[0]
+    if callback is not None:
+        callback(0, pairs[0][0], x)
+    bar = progress(range(1, len(pairs) + 1), desc=f"DDIM sampling (eta={float(eta):g})", disable=not progress_bar)
+    for i in bar:
+        t, t_prev = pairs[i - 1]
+        a, b, s = coefs[i - 1]
+        eps = eps_fn(x, torch.full((B,), t, dtype=torch.long, device=device))
+        if i == 1:
+            validation.output("eps_fn", eps, like=x)
+        x = torch.add(x * a, eps, alpha=b)
+        if s > 0:
+            x = x.add_(noise_like(x, generator), alpha=s)
+        if callback is not None:
+            callback(i, t_prev, x)
+    return x
 
 
 # ---------------------------------------------------------------------------------- inversion
@@ -280,36 +322,52 @@ def invert_step(xs: torch.Tensor, eps: torch.Tensor, s, t, sched) -> torch.Tenso
     It is eq. 12 with :math:`\sigma = 0` run backwards, with :math:`\varepsilon` evaluated at the known
     point :math:`x_s` (and, in :func:`encode`, the label ``t``) instead of the unknown :math:`x_t`.
     """
+    xs, eps = validation.tensor("xs", xs), validation.tensor("eps", eps)
     check_same_shape(xs=xs, eps=eps)
-    t, s = _pair(t, s, sched, upward=True)
-    if bool((s > t).any()):
+    t, s = _times(t, s, sched, upward=True)
+    if t.device.type != "meta" and bool((s > t).any()):
         raise ValueError("invert_step goes upwards: it needs s <= t (use step to go down)")
-    x0_hat = convert.x0_from_eps(xs, eps, sched.alpha_bar[s])
-    ab = expand_to(sched.alpha_bar[t], xs)
+    t, s = t.to(xs.device), s.to(xs.device)
+    ab_t, ab_s = _alpha_bars(t, s, sched)
+    x0_hat = convert.x0_from_eps(xs, eps, ab_s)
+    ab = expand_to(ab_t, xs)
     return ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps
 
 
 @torch.no_grad()
-def encode(eps_fn, x0: torch.Tensor, sched, n_steps: int, *, spacing: str = "leading", device=None,
-           return_trajectory: bool = False, progress_bar: bool = False):
+def encode(eps_fn, x0: torch.Tensor, sched, n_steps: int, *, progress_bar: bool = True, callback=None, device=None,
+           spacing: str = "leading"):
     r"""Deterministic DDIM inversion :math:`x_0 \to x_{\tau_S}`: :func:`invert_step` along
     ``0 < tau_1 < ... < tau_S`` (the grid of :func:`timesteps`, reversed), with
     :math:`\varepsilon = \varepsilon_\theta(x_{\tau_{i-1}}, \tau_i)` (diffusers' ``DDIMInverseScheduler`` convention).
 
+    The sampler signature with the data ``x0`` as the start point (no generator: inversion draws no noise):
+    ``callback(i, t, x)`` gets ``i = 0, t = 0`` for ``x0`` and ``i = 1..n_steps`` with ``t = tau_i`` after each
+    step; ``device=None`` runs where the model lives (else where ``x0`` lives). Each step is
+    :math:`x_t = \sqrt{\bar\alpha_t/\bar\alpha_s}\,x_s + (\sqrt{1-\bar\alpha_t} -
+    \sqrt{\bar\alpha_t}\sqrt{1-\bar\alpha_s}/\sqrt{\bar\alpha_s})\,\varepsilon` on float64 numbers computed once.
     ``sample(eps_fn, x0.shape, sched, n_steps, eta=0, spacing=spacing, x_T=encode(...))`` decodes it back.
-    With ``return_trajectory=True`` returns ``(x_top, [x_0, ..., x_top])``.
     """
+    sched = validation.schedule("sched", sched)
+    x0 = validation.tensor("x0", x0, finite=True)
     ts = timesteps(sched.T, n_steps, spacing).flip(0)
-    grid = torch.cat([ts.new_zeros(1), ts]).tolist()
-    device = x0.device if device is None else torch.device(device)
-    x = x0.to(device)
-    traj = [x.cpu()] if return_trajectory else None
-    for s_int, t_int in progress(list(zip(grid[:-1], grid[1:])), desc="DDIM inversion", disable=not progress_bar):
-        t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=device)
-        x = invert_step(x, eps_fn(x, t), s_int, t_int, sched)
-        if return_trajectory:
-            traj.append(x.cpu())
-    return (x, traj) if return_trajectory else x
+    grid = torch.cat([ts.new_zeros(1), ts])
+    ab_s, ab_t = sched.alpha_bar[grid[:-1]], sched.alpha_bar[grid[1:]]
+    a = (ab_t / ab_s).sqrt()
+    b = (1 - ab_t).sqrt() - ab_t.sqrt() * (1 - ab_s).sqrt() / ab_s.sqrt()
+    coefs = list(zip(a.tolist(), b.tolist()))
+    x, device = sampler_start(eps_fn, None, x_T=x0, device=device, callback=callback, data_start=True)
+    B, grid = x.shape[0], grid.tolist()
+    if callback is not None:
+        callback(0, 0, x)
+    for i in progress(range(1, len(grid)), desc="DDIM inversion", disable=not progress_bar):
+        eps = eps_fn(x, torch.full((B,), grid[i], dtype=torch.long, device=device))
+        if i == 1:
+            validation.output("eps_fn", eps, like=x)
+        x = torch.add(x * coefs[i - 1][0], eps, alpha=coefs[i - 1][1])
+        if callback is not None:
+            callback(i, grid[i], x)
+    return x
 
 
 # ---------------------------------------------------------------------------------- the quality table
@@ -326,5 +384,5 @@ def sweep(eps_fn, shape, sched, steps, etas, quality, *, spacing: str = "leading
     for n, e in progress(cells, desc="DDIM sweep", disable=not progress_bar):
         g = torch.Generator().manual_seed(seed)
         out[(n, e)] = float(quality(sample(eps_fn, shape, sched, n, eta=e, spacing=spacing, generator=g,
-                                           device=device)))
+                                           device=device, progress_bar=False)))
     return out

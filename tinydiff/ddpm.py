@@ -6,18 +6,19 @@ Notation: :math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\vareps
           + \tfrac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t,\;
           \tfrac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t I\Big).
 
-Every sampler takes a denoiser callable ``eps_fn(x, t) -> eps`` with ``t`` a LongTensor ``(B,)``.
+Every sampler takes a denoiser callable ``eps_fn(x, t) -> eps`` with ``t`` a LongTensor ``(B,)`` on the device of
+``x``. Public functions validate their arguments once (:mod:`tinydiff.validation`); the sampling loop then runs on
+coefficient tables computed once in float64 and read as Python numbers, with no host work per step.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 
-from . import convert
-from .utils import check_same_shape, expand_to, noise_like, progress, start_noise
+from . import convert, validation
+from .utils import check_same_shape, expand_to, noise_like, progress, sampler_start, table_on
 
 __all__ = [
     "q_sample",
@@ -28,6 +29,7 @@ __all__ = [
     "reverse_variance",
     "p_mean",
     "step",
+    "sample_coefs",
     "sample",
     "loss",
     "loss_weight",
@@ -44,11 +46,14 @@ VARIANCES = ("posterior", "beta")
 LOSS_TARGETS = ("eps", "x0", "v")
 
 
-def _check_var(var: str) -> None:
-    if var not in VARIANCES:
-        raise ValueError(
-            f"var must be 'posterior' (sigma_t^2 = tilde beta_t) or 'beta' (sigma_t^2 = beta_t); got {var!r}"
-        )
+def _check_var(var: str) -> str:
+    return validation.choice("var", var, VARIANCES)  # 'posterior': sigma_t^2 = tilde beta_t, 'beta': beta_t
+
+
+def _coef(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``table[t]`` shaped to broadcast against ``x``, read from a copy of the table cached on ``t``'s device (so
+    indexing with device timesteps makes no host copy) and cast to ``x``'s dtype."""
+    return expand_to(table_on(table, t.device)[t], x)
 
 
 # ---------------------------------------------------------------------------------- forward process
@@ -58,8 +63,8 @@ def q_sample(x0: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
     ``t`` is an int or a LongTensor ``(B,)`` with values in ``0..T`` (``t = 0`` returns ``x0``).
     """
     check_same_shape(x0=x0, eps=eps)
-    t = sched.check_t(t, x0.shape[0])
-    ab = expand_to(sched.alpha_bar[t.cpu()], x0)
+    t = sched.check_t(t, x0.shape[0]).to(x0.device)
+    ab = _coef(sched.alpha_bar, t, x0)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
 
@@ -67,8 +72,8 @@ def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
     r"""One forward step :math:`x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{1-\alpha_t}\,\varepsilon_t`, ``t`` in ``1..T``
     (the transition :math:`q(x_t\mid x_{t-1}) = \mathcal N(\sqrt{\alpha_t}x_{t-1}, \beta_t I)`)."""
     check_same_shape(x_prev=x_prev, eps=eps)
-    t = sched.check_t(t, x_prev.shape[0], low=1)
-    a = expand_to(sched.alpha[t.cpu()], x_prev)
+    t = sched.check_t(t, x_prev.shape[0], low=1).to(x_prev.device)
+    a = _coef(sched.alpha, t, x_prev)
     return a.sqrt() * x_prev + (1 - a).sqrt() * eps
 
 
@@ -81,12 +86,11 @@ def q_sample_steps(x0: torch.Tensor, t: int, sched, *, generator: torch.Generato
     :math:`\bar\varepsilon = \sum_s w_s\varepsilon_s/\sqrt{1-\bar\alpha_t}\sim\mathcal N(0, I)` and
     ``q_sample(x0, t, eps_bar, sched)`` equals ``x_t`` exactly (the closed form, coupled to the same noise).
     """
-    if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= sched.T:
-        raise ValueError(f"t must be an int in 1..{sched.T} (the number of forward steps); got {t!r}")
+    t = validation.integer("t (the number of forward steps)", t, low=1, high=sched.T)
     x = x0
     noise_sum = torch.zeros_like(x0, dtype=torch.float64)
     for s in range(1, t + 1):
-        eps_s = _randn_like(x0, generator)
+        eps_s = noise_like(x0, generator)
         x = q_step(x, s, eps_s, sched)
         w_s = (sched.beta[s] * sched.alpha_bar[t] / sched.alpha_bar[s]).sqrt()
         noise_sum = noise_sum + w_s * eps_s.double()
@@ -112,11 +116,10 @@ def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t, sched) -> tuple[torch.Ten
     Returns ``(mean, var)``; ``var`` is :math:`\tilde\beta_t` shaped ``(B, 1, ..., 1)`` to broadcast with ``mean``.
     """
     check_same_shape(x0=x0, xt=xt)
-    t = sched.check_t(t, x0.shape[0], low=1)
+    t = sched.check_t(t, x0.shape[0], low=1).to(x0.device)
     c0, ct = posterior_mean_coefs(sched)
-    tc = t.cpu()
-    mean = expand_to(c0[tc], x0) * x0 + expand_to(ct[tc], xt) * xt
-    var = expand_to(sched.posterior_variance[tc], x0)
+    mean = expand_to(c0.to(t.device)[t], x0) * x0 + expand_to(ct.to(t.device)[t], xt) * xt
+    var = _coef(sched.posterior_variance, t, x0)
     return mean, var
 
 
@@ -136,11 +139,8 @@ def p_mean(xt: torch.Tensor, eps: torch.Tensor, t, sched) -> torch.Tensor:
     It equals :func:`q_posterior`'s mean with :math:`x_0` replaced by :math:`\hat x_0(x_t, \varepsilon_\theta)`.
     """
     check_same_shape(xt=xt, eps=eps)
-    t = sched.check_t(t, xt.shape[0], low=1)
-    tc = t.cpu()
-    alpha = expand_to(sched.alpha[tc], xt)
-    beta = expand_to(sched.beta[tc], xt)
-    ab = expand_to(sched.alpha_bar[tc], xt)
+    t = sched.check_t(t, xt.shape[0], low=1).to(xt.device)
+    alpha, beta, ab = (_coef(tab, t, xt) for tab in (sched.alpha, sched.beta, sched.alpha_bar))
     return (xt - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
 
 
@@ -152,23 +152,45 @@ def step(xt: torch.Tensor, eps: torch.Tensor, t, sched, *, var: str = "posterior
     posterior mean :math:`\tilde\mu_t(x_t, \hat x_0)`, like diffusers' ``clip_sample=True``: for images in
     ``[-1, 1]`` it stops an imperfect :math:`\hat\varepsilon` from being amplified by the
     :math:`1/\sqrt{\alpha_t}` factors (their product over all steps is :math:`1/\sqrt{\bar\alpha_T}`).
-    Without clipping, :math:`\tilde\mu_t(x_t, \hat x_0) = \mu_\theta` exactly.
+    Without clipping, :math:`\tilde\mu_t(x_t, \hat x_0) = \mu_\theta` exactly. ``noise`` is :math:`z`
+    (drawn with ``torch.randn_like`` when not given).
     """
-    t = sched.check_t(t, xt.shape[0], low=1)
+    xt = validation.tensor("xt", xt)
+    eps = validation.tensor("eps", eps)
+    check_same_shape(xt=xt, eps=eps)
+    var = _check_var(var)
+    if clip_x0 is not None:
+        clip_x0 = validation.number("clip_x0 (a bound like 1.0 for images in [-1, 1], or None)", clip_x0, low=0,
+                                    strict_low=True)
+    t = sched.check_t(t, xt.shape[0], low=1).to(xt.device)
+    noise = torch.randn_like(xt) if noise is None else validation.tensor("noise", noise)
+    check_same_shape(xt=xt, noise=noise)
     if clip_x0 is None:
         mean = p_mean(xt, eps, t, sched)
     else:
-        if not clip_x0 > 0:
-            raise ValueError(f"clip_x0 must be a positive bound (1.0 for images in [-1, 1]) or None; got {clip_x0}")
-        check_same_shape(xt=xt, eps=eps)
-        x0_hat = convert.x0_from_eps(xt, eps, sched.alpha_bar[t.cpu()]).clamp(-clip_x0, clip_x0)
+        x0_hat = convert.x0_from_eps(xt, eps, table_on(sched.alpha_bar, t.device)[t]).clamp(-clip_x0, clip_x0)
         mean = q_posterior(x0_hat, xt, t, sched)[0]
-    if noise is None:
-        noise = torch.randn_like(xt)
-    check_same_shape(xt=xt, noise=noise)
-    sigma = expand_to(reverse_variance(sched, var)[t.cpu()].sqrt(), xt)
-    sigma = sigma * expand_to((t > 1).to(torch.float64).cpu(), xt)
+    sigma = _coef(reverse_variance(sched, var).sqrt() * (torch.arange(sched.T + 1) > 1), t, xt)
     return mean + sigma * noise
+
+
+def sample_coefs(sched, var: str = "posterior", clip_x0: float | None = None) -> list[tuple[float, ...]]:
+    r"""The per-step numbers of Algorithm 2, computed once in float64: for ``t = T..1`` the tuple
+    ``(a, b, sigma)`` of :math:`x_{t-1} = a\,x_t - b\,\hat\varepsilon + \sigma z` with
+    :math:`a = 1/\sqrt{\alpha_t}`, :math:`b = \beta_t/(\sqrt{1-\bar\alpha_t}\sqrt{\alpha_t})` (the mean
+    :math:`\mu_\theta` of :func:`p_mean`) and :math:`\sigma = \sigma_t` (0 at ``t = 1``); with ``clip_x0`` the tuple
+    ``(r, q, c0, ct, sigma)`` of :math:`\hat x_0 = \mathrm{clip}(r\,x_t - q\,\hat\varepsilon)`,
+    :math:`x_{t-1} = c^{(0)}_t\hat x_0 + c^{(t)}_t x_t + \sigma z`."""
+    var = _check_var(var)
+    ts = torch.arange(sched.T, 0, -1)
+    sig = reverse_variance(sched, var)[ts].sqrt() * (ts > 1)
+    ab, alpha, beta = sched.alpha_bar[ts], sched.alpha[ts], sched.beta[ts]
+    if clip_x0 is None:
+        cols = (1 / alpha.sqrt(), beta / ((1 - ab).sqrt() * alpha.sqrt()), sig)
+    else:
+        c0, ct = posterior_mean_coefs(sched)
+        cols = (1 / ab.sqrt(), (1 - ab).sqrt() / ab.sqrt(), c0[ts], ct[ts], sig)
+    return list(zip(*(c.tolist() for c in cols)))
 
 
 @torch.no_grad()
@@ -177,38 +199,63 @@ def sample(
     shape,
     sched,
     *,
-    var: str = "posterior",
-    generator: torch.Generator | None = None,
-    device=None,
     x_T: torch.Tensor | None = None,
-    return_trajectory: bool = False,
-    progress_bar: bool = False,
+    generator: torch.Generator | None = None,
+    progress_bar: bool = True,
+    callback=None,
+    device=None,
+    var: str = "posterior",
     clip_x0: float | None = None,
 ):
-    r"""Algorithm 2 (ancestral sampling): start from :math:`x_T\sim\mathcal N(0,I)` and apply :func:`step` for t = T..1.
+    r"""Algorithm 2 (ancestral sampling): start from :math:`x_T\sim\mathcal N(0,I)` and apply :func:`step` for
+    t = T..1; returns :math:`x_0`.
 
-    Noise is drawn on the CPU from ``generator`` and then moved to ``device``, so a seed gives the
-    same samples on every machine. With ``return_trajectory=True`` returns ``(x0, [x_T, ..., x_0])``.
+    The one sampler signature of tinydiff (DDPM runs all ``T`` steps, so it takes no ``n_steps``):
+
+    - ``x_T`` the start point (default: drawn), ``generator`` a CPU ``torch.Generator``: every noise is drawn on
+      the CPU from it (``x_T``, then one draw per step with ``t > 1``) and moved to the device, so a seed gives
+      the same samples on every device;
+    - ``device=None`` runs where ``x_T`` or the model ``eps_fn`` lives (:func:`tinydiff.utils.device_of`), so a
+      model trained on the GPU samples there unchanged;
+    - ``callback(i, t, x)`` is called with ``i = 0`` and ``t = T`` for the start and with ``i = 1..T`` and
+      ``t = T - i`` (the time reached) after each step; ``callback=td.utils.Trajectory()`` keeps the trajectory;
+    - ``progress_bar`` shows a bar (``TINYDIFF_PROGRESS=0`` silences every bar).
+
+    ``eps_fn``'s output is checked at the first step (shape, dtype, device, finite); the loop itself reads the
+    float64 tables of :func:`sample_coefs` as Python numbers and makes no device->host transfer.
     ``clip_x0`` is passed to :func:`step` (off by default: plain Algorithm 2).
     """
-    _check_var(var)
-    device = torch.device("cpu") if device is None else torch.device(device)
-    requested = shape
-    try:
-        shape = tuple(operator.index(n) for n in shape)
-    except TypeError:
-        shape = None
-    if not shape or min(shape) < 1:
-        raise ValueError(f"shape must be a tuple of positive ints like (B, D) or (B, C, H, W); got {requested!r}")
-    x = start_noise(shape, generator=generator, device=device, x_T=x_T)
-    traj = [x.cpu()] if return_trajectory else None
-    for t_int in progress(range(sched.T, 0, -1), desc="DDPM sampling", disable=not progress_bar):
-        t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
-        z = noise_like(x, generator) if t_int > 1 else torch.zeros_like(x)
-        x = step(x, eps_fn(x, t), t, sched, var=var, noise=z, clip_x0=clip_x0)
-        if return_trajectory:
-            traj.append(x.cpu())
-    return (x, traj) if return_trajectory else x
+    sched = validation.schedule("sched", sched)
+    var = _check_var(var)
+    if clip_x0 is not None:
+        clip_x0 = validation.number("clip_x0 (a bound like 1.0 for images in [-1, 1], or None)", clip_x0, low=0,
+                                    strict_low=True)
+    x, device = sampler_start(eps_fn, shape, x_T=x_T, generator=generator, device=device, callback=callback)
+    coefs = sample_coefs(sched, var, clip_x0)
+    B, T = x.shape[0], sched.T
+    if callback is not None:
+        callback(0, T, x)
+    for i in progress(range(1, T + 1), desc="DDPM sampling", disable=not progress_bar):
+        t = T + 1 - i
+        eps = eps_fn(x, torch.full((B,), t, dtype=torch.long, device=device))
+        if i == 1:
+            validation.output("eps_fn", eps, like=x)
+        x = _step(x, eps, coefs[i - 1], clip_x0, noise_like(x, generator) if t > 1 else None)
+        if callback is not None:
+            callback(i, t - 1, x)
+    return x
+
+
+def _step(x, eps, coef, clip_x0, z):
+    """The unchecked Algorithm-2 step on the numbers of :func:`sample_coefs` (``z`` None when sigma = 0)."""
+    if clip_x0 is None:
+        a, b, sig = coef
+        out = torch.sub(x * a, eps, alpha=b)
+    else:
+        r, q, c0, ct, sig = coef
+        x0 = torch.sub(x * r, eps, alpha=q).clamp_(-clip_x0, clip_x0)
+        out = torch.add(x * ct, x0, alpha=c0)
+    return out if z is None else out.add_(z, alpha=sig)
 
 
 # ---------------------------------------------------------------------------------- training loss
@@ -239,10 +286,12 @@ def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=Non
     B = x0.shape[0]
     if t is None:
         t = torch.randint(1, sched.T + 1, (B,), device=x0.device)
-    t = sched.check_t(t, B, low=1).to(x0.device)
+    else:
+        t = sched.check_t(t, B, low=1).to(x0.device)
     if eps is None:
         eps = torch.randn_like(x0)
-    xt = q_sample(x0, t, eps, sched)
+    ab = _coef(sched.alpha_bar, t, x0)
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     pred = model(xt, t, **(model_kwargs or {}))
     if pred.shape != x0.shape:
         raise ValueError(f"the model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)} (same as x0)")
@@ -251,7 +300,7 @@ def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=Non
     elif target == "x0":
         goal = x0
     else:
-        goal = convert.v_from_eps(eps, x0, sched.alpha_bar[t.cpu()])
+        goal = convert.v_from_eps(eps, x0, table_on(sched.alpha_bar, t.device)[t])
     per_sample = (goal - pred).pow(2).flatten(1).sum(1)
     return per_sample if reduction == "none" else per_sample.mean()
 
@@ -298,13 +347,6 @@ def gaussian_log_prob(x, mean, var) -> torch.Tensor:
     return lp.flatten(1).sum(1)
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn on the CPU from ``generator`` (if given) and moved."""
-    if generator is None:
-        return torch.randn_like(x)
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-
-
 def prior_kl(x0: torch.Tensor, sched) -> torch.Tensor:
     r"""Prior matching term of eq. (58), :math:`\mathrm{KL}(q(x_T\mid x_0)\,\|\,\mathcal N(0, I))` per sample
     (nats, float64 ``(B,)``); no parameter touches it, it only says how far :math:`x_T` is from pure noise."""
@@ -322,10 +364,10 @@ def denoising_kl(eps_fn, x0: torch.Tensor, t, sched, *, var: str = "posterior", 
     B = x0.shape[0]
     t = sched.check_t(t, B, low=2).to(x0.device)
     if eps is None:
-        eps = _randn_like(x0, generator)
+        eps = noise_like(x0, generator)
     xt = q_sample(x0, t, eps, sched)
     q_mean, q_var = q_posterior(x0, xt, t, sched)
-    p_var = expand_to(reverse_variance(sched, var)[t.cpu()], x0)
+    p_var = _coef(reverse_variance(sched, var), t, x0)
     return gaussian_kl(q_mean, q_var, p_mean(xt, eps_fn(xt, t), t, sched), p_var)
 
 
@@ -342,7 +384,7 @@ def reconstruction_log_prob(eps_fn, x0: torch.Tensor, sched, *, eps=None,
     B = x0.shape[0]
     t = torch.ones(B, dtype=torch.long, device=x0.device)
     if eps is None:
-        eps = _randn_like(x0, generator)
+        eps = noise_like(x0, generator)
     x1 = q_sample(x0, t, eps, sched)
     return gaussian_log_prob(x0, p_mean(x1, eps_fn(x1, t), t, sched), sched.beta[1].item())
 

@@ -1,4 +1,6 @@
-"""Small helpers shared by every lesson: the device choice, seeding, and input checks.
+"""Small helpers shared by every lesson: the device choice, seeding, the pieces every sampler shares (start point,
+step noise, the device that follows the model, the ``callback`` protocol) and a context manager that keeps a
+model's train/eval mode.
 
 There is exactly one place that decides where tensors live (:func:`device`), so no notebook or
 module ever hard-codes ``.cuda()``.
@@ -6,8 +8,10 @@ module ever hard-codes ``.cuda()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import weakref
 
 import numpy as np
 import torch
@@ -23,6 +27,9 @@ __all__ = [
     "noise_like",
     "device_of",
     "Trajectory",
+    "sampler_start",
+    "eval_mode",
+    "table_on",
 ]
 
 
@@ -68,24 +75,31 @@ def as_timesteps(t, batch: int, T: int, *, low: int = 0, name: str = "t") -> tor
     """Validate integer timesteps and return them as a LongTensor of shape ``(batch,)``.
 
     ``t`` may be a Python int (broadcast to the batch) or an integer tensor of shape ``(batch,)``.
-    Raises ``ValueError`` with a readable message if a value lies outside ``[low, T]``.
+    Raises ``ValueError`` with a readable message if a value lies outside ``[low, T]``
+    (:func:`tinydiff.validation.timesteps`).
     """
-    t = torch.as_tensor(t)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(
-            f"{name} must hold integer timesteps in {low}..{T}; got dtype {t.dtype}. "
-            f"Use torch.full((B,), t, dtype=torch.long) or torch.randint(...)."
-        )
-    if t.ndim == 0:
-        t = t.expand(batch)
-    if t.ndim != 1 or t.shape[0] != batch:
-        raise ValueError(f"{name} must have shape ({batch},) to match the batch, got {tuple(t.shape)}")
-    if t.numel() and (int(t.min()) < low or int(t.max()) > T):
-        raise ValueError(
-            f"{name} must lie in {low}..{T} (this schedule has T = {T}); got values from "
-            f"{int(t.min())} to {int(t.max())}"
-        )
-    return t.long()
+    from . import validation
+
+    return validation.timesteps(name, t, T, low=low, batch=batch)
+
+
+_TABLES: dict = {}
+
+
+def table_on(table: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A float64 schedule table cast to ``device`` and ``dtype`` once and cached, so indexing it with device
+    timesteps (``table_on(sched.alpha_bar, t.device)[t]``) needs no host copy and no sync."""
+    device = torch.device(device)
+    dtype = table.dtype if dtype is None else dtype
+    if table.device == device and table.dtype == dtype:
+        return table
+    key = (id(table), str(device), dtype)
+    hit = _TABLES.get(key)
+    if hit is not None and hit[0]() is table:
+        return hit[1]
+    cast = table.to(device=device, dtype=dtype)
+    _TABLES[key] = (weakref.ref(table, lambda _r, k=key: _TABLES.pop(k, None)), cast)
+    return cast
 
 
 def check_same_shape(**tensors: torch.Tensor) -> None:
@@ -108,25 +122,71 @@ def progress(iterable=None, *, total=None, desc=None, disable=False, **kwargs):
     return tqdm(iterable, total=total, desc=desc, disable=disable, mininterval=1.0, ncols=90, **kwargs)
 
 
-def start_noise(shape, *, generator: torch.Generator | None = None, device=None, x_T: torch.Tensor | None = None):
+def start_noise(shape, *, generator: torch.Generator | None = None, device=None, x_T: torch.Tensor | None = None,
+                dtype: torch.dtype = torch.float32):
     r"""The starting point of a sampler, :math:`x_T\sim\mathcal N(0, I)` of ``shape``, drawn on the CPU from
     ``generator`` and moved to ``device`` (so a seed gives the same samples on every machine); or ``x_T`` itself,
     checked against ``shape`` and moved to ``device``."""
     device = torch.device("cpu") if device is None else torch.device(device)
     if x_T is None:
-        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
+        return _to_device(torch.randn(tuple(shape), generator=generator, dtype=dtype), device)
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was requested")
     return x_T.to(device)
 
 
 def noise_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal noise of ``x``'s shape and dtype, drawn on the CPU from ``generator``, moved to ``x``'s device."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    """Standard normal noise of ``x``'s shape and dtype, drawn on the CPU from ``generator``, moved to ``x``'s device
+    (on CUDA through pinned memory without blocking, so the copy does not wait for the queued kernels)."""
+    return _to_device(torch.randn(x.shape, generator=generator, dtype=x.dtype), x.device)
 
 
-def device_of(fn, x_T: torch.Tensor | None = None) -> torch.device:
-    """Where a sampler runs: the device of ``x_T`` if given, else of the denoiser ``fn``, else :func:`device`.
+def _to_device(z: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return z.pin_memory().to(device, non_blocking=True)
+    return z.to(device)
+
+
+def sampler_start(denoiser, shape, *, x_T=None, generator=None, device=None, callback=None, name: str = "eps_fn",
+                  data_start: bool = False):
+    """Validate, once, the arguments every sampler shares and return ``(x, device)``: the start point on the device
+    where the sampler runs.
+
+    ``device=None`` means :func:`device_of` ``(denoiser, x_T)``: the device of ``x_T``, else of the model, else
+    :func:`device`. With ``data_start`` (samplers that start from data, like DDIM inversion or Langevin chains,
+    pass the data as ``x_T``) the model's device comes first and the data's device is the fallback, so CPU data
+    and a GPU model run on the GPU. ``shape`` may be ``None`` when ``x_T`` is given. Noise for the start point is
+    drawn on the CPU from ``generator`` (float32) and moved."""
+    from . import validation
+
+    if not callable(denoiser):
+        raise TypeError(f"{name} must be a callable {name}(x, t) (a model or a function); got "
+                        f"{validation.describe(denoiser)}")
+    validation.generator("generator", generator)
+    validation.callback("callback", callback)
+    if x_T is not None:
+        x_T = validation.tensor("x_T", x_T, finite=True)
+        if x_T.ndim < 1:
+            raise ValueError(f"x_T must have a batch dimension, shape (B, ...); got {validation.describe(x_T)}")
+    if shape is None:
+        if x_T is None:
+            raise ValueError("pass shape=(B, ...) (x_T is then drawn from N(0, I)) or x_T itself")
+        shape = tuple(x_T.shape)
+    shape = validation.shape("shape", shape)
+    if device is None:
+        dev = device_of(denoiser, fallback=x_T.device) if data_start else device_of(denoiser, x_T)
+    else:
+        try:
+            dev = torch.device(device)
+        except (TypeError, RuntimeError):
+            raise ValueError(f"device must be a torch.device or a name like 'cpu' or 'cuda'; got "
+                             f"{validation.describe(device)}") from None
+    return start_noise(shape, generator=generator, device=dev, x_T=x_T), dev
+
+
+def device_of(fn, x_T: torch.Tensor | None = None, *, fallback=None) -> torch.device:
+    """Where a sampler runs: the device of ``x_T`` if given, else of the denoiser ``fn``, else ``fallback`` if given,
+    else :func:`device`.
 
     The denoiser's device is found on an ``nn.Module`` (its first parameter or buffer), on a bound method of one
     (``model.forward``), on a ``functools.partial``, on an attribute ``fn.device``, or on an ``nn.Module`` or
@@ -143,7 +203,9 @@ def device_of(fn, x_T: torch.Tensor | None = None) -> torch.device:
                 continue
             if found is not None:
                 break
-    return found if found is not None else device()
+    if found is not None:
+        return found
+    return torch.device(fallback) if fallback is not None else device()
 
 
 def _device_of(obj):
@@ -190,3 +252,21 @@ class Trajectory:
 
     def __len__(self) -> int:
         return len(self.xs)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules):
+    """``with eval_mode(model):`` runs the block with ``model`` (and every submodule) in eval mode and restores each
+    submodule's own train/eval flag afterwards, so no function changes the caller's model behind its back.
+    Arguments that are not ``nn.Module`` are ignored (a plain function needs no mode)."""
+    from torch import nn
+
+    mods = [m for m in modules if isinstance(m, nn.Module)]
+    saved = [(sub, sub.training) for m in mods for sub in m.modules()]
+    for m in mods:
+        m.eval()
+    try:
+        yield
+    finally:
+        for sub, flag in saved:
+            sub.training = flag

@@ -24,7 +24,8 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["integer", "number", "choice", "tensor", "output", "shape", "describe"]
+__all__ = ["integer", "number", "choice", "tensor", "output", "shape", "describe", "timesteps", "schedule", "sde",
+           "generator", "callback"]
 
 
 def describe(value) -> str:
@@ -107,7 +108,7 @@ def tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None, float
                          f"got {describe(value)}")
     if batch is not None and (value.ndim == 0 or value.shape[0] != batch):
         raise ValueError(f"{name} must have batch size {batch} (its first dimension); got {describe(value)}")
-    if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    if finite and value.is_floating_point() and value.device.type != "meta" and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} must be finite; it holds NaN or inf ({describe(value)})")
     return value
 
@@ -125,11 +126,17 @@ def shape(name: str, value) -> tuple[int, ...]:
 
 
 def output(fn_name: str, out, *, like: torch.Tensor, finite: bool = True) -> torch.Tensor:
-    """Check what a user callable returned: a floating tensor of ``like``'s shape (finite unless told otherwise).
+    """Check what a user callable returned: a floating tensor of ``like``'s shape, dtype and device (finite unless
+    told otherwise).
 
-    Samplers call this on the first evaluation only, so the check costs nothing per step."""
+    Samplers call this on the first evaluation only, so the check costs nothing per step. The finiteness test is
+    the one device->host sync a sampler makes on a GPU; it is skipped on torch's ``meta`` device (which has no
+    values), so a sampler run on ``meta`` proves the loop makes no other."""
     if out is None:
         raise TypeError(f"{fn_name} returned None: did it forget to `return` its prediction?")
+    if isinstance(out, np.ndarray):
+        raise TypeError(f"{fn_name} returned a numpy array; it must return a torch.Tensor of shape {tuple(like.shape)} "
+                        "(use torch.from_numpy, or compute with torch)")
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{fn_name} must return a torch.Tensor of shape {tuple(like.shape)}; it returned {describe(out)}")
     if tuple(out.shape) != tuple(like.shape):
@@ -137,9 +144,83 @@ def output(fn_name: str, out, *, like: torch.Tensor, finite: bool = True) -> tor
                          f"{tuple(like.shape)}")
     if not out.is_floating_point():
         raise ValueError(f"{fn_name} must return a floating tensor; it returned {describe(out)}")
-    if finite and not bool(torch.isfinite(out).all()):
+    if out.dtype != like.dtype:
+        raise ValueError(f"{fn_name} returned dtype {out.dtype} for input x of dtype {like.dtype}; it must return the "
+                         f"dtype of x (cast inside the function, or pass x_T of the dtype you want)")
+    if out.device != like.device:
+        raise ValueError(f"{fn_name} returned a tensor on {out.device} for input x on {like.device}; it must return "
+                         f"its prediction on the device of x")
+    if finite and out.device.type != "meta" and not bool(torch.isfinite(out).all()):
         raise ValueError(f"{fn_name} returned NaN or inf for finite input (at the first sampler step)")
     return out
+
+
+def timesteps(name: str, value, T: int, *, low: int = 0, batch: int | None = None) -> torch.Tensor:
+    """Integer timesteps in ``low..T``: a Python int or an integer tensor (0-d or 1-d), returned as a LongTensor
+    (on the device it came from). With ``batch``, a scalar is expanded to ``(batch,)`` and a 1-d tensor must have
+    that length. Floats and booleans are refused (``t = 0.5`` is no step of a discrete schedule)."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if value is None or isinstance(value, (bool, np.bool_, float, complex)):
+        raise ValueError(f"{name} must hold integer timesteps in {low}..{T}; got {describe(value)}")
+    t = value if isinstance(value, torch.Tensor) else None
+    if t is None:
+        try:
+            t = torch.tensor(operator.index(value))
+        except TypeError:
+            try:
+                t = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"{name} must hold integer timesteps in {low}..{T}; got {describe(value)}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer timesteps in {low}..{T}; got dtype {t.dtype}. "
+                         "Use torch.full((B,), t, dtype=torch.long) or torch.randint(...).")
+    if t.ndim > 1:
+        raise ValueError(f"{name} must be an int or a 1-d tensor of timesteps; got {describe(t)}")
+    if batch is not None:
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape[0] != batch:
+            raise ValueError(f"{name} must have shape ({batch},) to match the batch, got {tuple(t.shape)}")
+    if t.numel() and t.device.type != "meta":
+        lo, hi = int(t.min()), int(t.max())
+        if lo < low or hi > T:
+            raise ValueError(f"{name} must lie in {low}..{T} (this schedule has T = {T}); got values from {lo} to {hi}")
+    return t.long()
+
+
+def schedule(name: str, value):
+    """A discrete noise schedule (:class:`tinydiff.NoiseSchedule` or anything with ``T`` and float64 tables
+    ``alpha_bar``, ``alpha``, ``beta``)."""
+    if not all(hasattr(value, k) for k in ("T", "alpha_bar", "alpha", "beta")):
+        raise TypeError(f"{name} must be a noise schedule like td.NoiseSchedule.linear(1000); got {describe(value)}")
+    return value
+
+
+def sde(name: str, value):
+    """A continuous-time SDE like :class:`tinydiff.sde.VPSDE` (with ``beta``, ``marginal`` and ``drift``)."""
+    if not all(callable(getattr(value, k, None)) for k in ("beta", "marginal", "drift")):
+        raise TypeError(f"{name} must be an SDE like td.sde.VPSDE(); got {describe(value)}")
+    return value
+
+
+def generator(name: str, value):
+    """``None`` or a CPU :class:`torch.Generator` (every sampler draws its noise on the CPU and moves it)."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None; got {describe(value)}")
+    if value.device.type != "cpu":
+        raise ValueError(f"{name} must be a CPU torch.Generator (noise is drawn on the CPU, then moved, so a seed gives "
+                         f"the same samples on every device); got one on {value.device}")
+    return value
+
+
+def callback(name: str, value):
+    """``None`` or a callable ``callback(i, t, x)``."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable callback(i, t, x) or None; got {describe(value)}")
+    return value
 
 
 def _range(name, value, low, high):
