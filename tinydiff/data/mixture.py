@@ -96,63 +96,88 @@ class GaussianMixture:
         return self.conditional(y).sample(n, generator, dtype=dtype)
 
     # -------------------------------------------------------------------------------- exact quantities
-    def _noised(self, x, a, s):
-        """Per-sample, per-component mean ``(B,K,D)`` and Cholesky factor ``(B or 1,K,D,D)`` of ``aX + s eps``."""
-        x64 = x.to(torch.float64)
-        B = x64.shape[0]
+    # Every component of Y = aX + s eps is N(a mu_k, C_k) with C_k = a^2 Sigma_k + s^2 I. Writing
+    # Sigma_k = Q_k diag(lambda_k) Q_k^T once (at construction), C_k = Q_k diag(a^2 lambda_k + s^2) Q_k^T for every
+    # (a, s): its inverse and log-determinant are diagonal in the eigenbasis, so no (B, K, D, D) array is ever formed
+    # and per-sample (a, s) cost the same as one. Isotropic components (Sigma_k = v_k I) skip the rotation entirely.
+    def _basis(self, device):
+        cache = self.__dict__.setdefault("_basis_cache", {})
+        if device not in cache:
+            lam, Q = torch.linalg.eigh(self.covs)  # (K, D), (K, D, D), float64
+            iso = bool(torch.allclose(self.covs, self.covs.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
+                                      * torch.eye(self.D, dtype=torch.float64), rtol=0, atol=0))
+            cache[device] = dict(lam=lam.to(device), Q=Q.to(device), mu=self.means.to(device),
+                                 logw=torch.log(self.weights).to(device), iso=iso,
+                                 v=self.covs.diagonal(dim1=-2, dim2=-1).mean(-1).to(device))
+        return cache[device]
+
+    def _as(self, x, a, s):
+        x = _as_points(x, self.D)
+        B = x.shape[0]
         a = torch.as_tensor(a, dtype=torch.float64, device=x.device)
         s = torch.as_tensor(s, dtype=torch.float64, device=x.device)
         if a.ndim not in (0, 1) or s.ndim not in (0, 1) or (a.ndim == 1 and a.shape[0] != B) or (s.ndim == 1 and s.shape[0] != B):
             raise ValueError(f"a and s must be scalars or tensors of shape ({B},); got {tuple(a.shape)}, {tuple(s.shape)}")
-        a = a.reshape(-1, 1, 1, 1) if a.ndim else a.reshape(1, 1, 1, 1)
-        s = s.reshape(-1, 1, 1, 1) if s.ndim else s.reshape(1, 1, 1, 1)
-        mu = self.means.to(x.device)
-        cov = self.covs.to(x.device)
-        eye = torch.eye(self.D, dtype=torch.float64, device=x.device)
-        C = a**2 * cov.unsqueeze(0) + s**2 * eye  # (B or 1, K, D, D)
-        m = a[..., 0] * mu.unsqueeze(0)  # (B or 1, K, D)
-        return x64, m, C, a
+        return x, x.to(torch.float64), a.reshape(-1, 1), s.reshape(-1, 1)  # a, s: (1 or B, 1)
 
-    def _check_x(self, x):
-        if x.ndim != 2 or x.shape[1] != self.D:
-            raise ValueError(f"x must have shape (B, {self.D}) for this {self.D}-D mixture; got {tuple(x.shape)}")
-
-    def _component_terms(self, x, a, s):
-        self._check_x(x)
-        x64, m, C, a4 = self._noised(x, a, s)
-        L = torch.linalg.cholesky(C)
-        diff = x64.unsqueeze(1) - m  # (B, K, D)
-        sol = torch.cholesky_solve(diff.unsqueeze(-1), L.expand(diff.shape[0], -1, -1, -1)).squeeze(-1)  # C^{-1}(x - m)
-        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (B or 1, K)
-        maha = (diff * sol).sum(-1)
-        logN = -0.5 * (maha + logdet + self.D * math.log(2 * math.pi))
-        logw = torch.log(self.weights.to(x.device)).unsqueeze(0)
-        return logw + logN, sol, a4
+    def _terms(self, x, a, s):
+        """``(x, x64, a, s, basis, log w_k + log N_k (B, K), c)``: c is (B|1, K) (isotropic) or (B|1, K, D) (eigenbasis)."""
+        x, x64, a, s = self._as(x, a, s)
+        bs = self._basis(x.device)
+        mu = bs["mu"]
+        if bs["iso"]:
+            c = a**2 * bs["v"] + s**2  # (B|1, K)
+            d2 = ((x64 * x64).sum(1, keepdim=True) - 2 * a * (x64 @ mu.T) + a**2 * (mu * mu).sum(1)).clamp_min(0)
+            logN = -0.5 * (d2 / c + self.D * torch.log(2 * math.pi * c))
+            return x, x64, a, s, bs, bs["logw"] + logN, c
+        diff = x64.unsqueeze(1) - a.unsqueeze(-1) * mu  # (B, K, D)
+        y = torch.einsum("kde,bkd->bke", bs["Q"], diff)  # Q_k^T (x - a mu_k)
+        c = a.unsqueeze(-1) ** 2 * bs["lam"] + s.unsqueeze(-1) ** 2  # (B|1, K, D): eigenvalues of C_k
+        logN = -0.5 * ((y * y / c).sum(-1) + torch.log(c).sum(-1) + self.D * math.log(2 * math.pi))
+        bs = dict(bs, y=y)
+        return x, x64, a, s, bs, bs["logw"] + logN, c
 
     def log_prob(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
         r""":math:`\log p(y)` of :math:`Y = aX + s\varepsilon` at ``x`` ``(B, D)``; returns ``(B,)``."""
-        lj, _, _ = self._component_terms(x, a, s)
+        x, _, _, _, _, lj, _ = self._terms(x, a, s)
         return torch.logsumexp(lj, dim=1).to(x.dtype)
 
     def component_posterior(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
         r"""Responsibilities :math:`p(k\mid y)` ``(B, K)`` of each component for :math:`Y = aX + s\varepsilon`."""
-        lj, _, _ = self._component_terms(x, a, s)
+        x, _, _, _, _, lj, _ = self._terms(x, a, s)
         return torch.softmax(lj, dim=1).to(x.dtype)
 
     def score(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
         r""":math:`\nabla_y\log p(y) = -\sum_k p(k\mid y)\,C_k^{-1}(y - a\mu_k)`, :math:`C_k = a^2\Sigma_k + s^2 I`."""
-        lj, sol, _ = self._component_terms(x, a, s)
+        x, x64, a, s, bs, lj, c = self._terms(x, a, s)
         r = torch.softmax(lj, dim=1)
+        if bs["iso"]:
+            rc = r / c  # (B, K)
+            return (-x64 * rc.sum(1, keepdim=True) + a * (rc @ bs["mu"])).to(x.dtype)
+        sol = torch.einsum("kde,bke->bkd", bs["Q"], bs["y"] / c)  # C_k^{-1}(x - a mu_k)
         return -(r.unsqueeze(-1) * sol).sum(1).to(x.dtype)
 
     def posterior_mean(self, x: torch.Tensor, a=1.0, s=0.0) -> torch.Tensor:
         r"""Tweedie's target, the posterior mean
         :math:`\mathbb E[X\mid Y=y] = \sum_k p(k\mid y)\,\big(\mu_k + a\Sigma_k C_k^{-1}(y - a\mu_k)\big)`."""
-        lj, sol, a4 = self._component_terms(x, a, s)
+        x, x64, a, s, bs, lj, c = self._terms(x, a, s)
         r = torch.softmax(lj, dim=1)
-        cov = self.covs.to(x.device).unsqueeze(0)
-        mk = self.means.to(x.device).unsqueeze(0) + a4[..., 0] * (cov @ sol.unsqueeze(-1)).squeeze(-1)
+        if bs["iso"]:
+            g = a * bs["v"] / c  # (B, K): the gain a v_k / c_k of component k
+            return ((r * (1 - a * g)) @ bs["mu"] + x64 * (r * g).sum(1, keepdim=True)).to(x.dtype)
+        gain = a.unsqueeze(-1) * bs["lam"] / c  # Sigma_k C_k^{-1} in the eigenbasis
+        mk = bs["mu"] + torch.einsum("kde,bke->bkd", bs["Q"], gain * bs["y"])
         return (r.unsqueeze(-1) * mk).sum(1).to(x.dtype)
+
+    def denoiser(self, path):
+        r"""The exact denoiser on a noise path (:mod:`tinydiff.denoisers`): :math:`\hat x_0 = \mathbb E[X\mid x_t]` with
+        :math:`x_t = \alpha_t X + \sigma_t\varepsilon`. Works for every path and every sampler."""
+        from ..denoisers import Denoiser
+
+        def x0(x, t):
+            return self.posterior_mean(x, path.alpha(t), path.sigma(t))
+
+        return Denoiser(x0, path, "x0")
 
     # -------------------------------------------------------------------------------- classes
     def _require_labels(self):
@@ -181,7 +206,7 @@ class GaussianMixture:
         :math:`\varepsilon^*(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log q_t(x_t)` (usable by any sampler)."""
 
         def eps(x, t):
-            ab = sched.alpha_bar[t.cpu()].to(x.device)
+            ab = convert.table_on(sched.alpha_bar, t.device)[t]
             return convert.eps_from_score(self.score(x, ab.sqrt(), (1 - ab).sqrt()), ab)
 
         return eps
@@ -201,3 +226,19 @@ class GaussianMixture:
 
 
 # ------------------------------------------------------------------------------------ 2-D toy sets
+
+
+def _as_points(x, D: int) -> torch.Tensor:
+    """``x`` as a floating ``(B, D)`` tensor: numpy accepted, integers promoted to float64 (never truncated)."""
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"x must be a tensor of shape (B, {D}); got {type(x).__name__}") from None
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"x must be a real floating tensor; got dtype {x.dtype}")
+    if not x.is_floating_point():
+        x = x.to(torch.float64)
+    if x.ndim != 2 or x.shape[1] != D:
+        raise ValueError(f"x must have shape (B, {D}) for this {D}-D mixture; got {tuple(x.shape)}")
+    return x
