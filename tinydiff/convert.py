@@ -19,15 +19,12 @@ and the score is Tweedie's :math:`\nabla\log p(x_t) = -\mathbb E[\varepsilon\mid
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
-from .utils import expand_to
+from .utils import expand_to, table_on
 
 __all__ = [
     "PREDICTIONS",
-    "table_on",
     "x0_eps_from",
     "prediction_from",
     "x0_from_eps",
@@ -162,24 +159,6 @@ def eps_from_v(xt: torch.Tensor, v: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r""":math:`\varepsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,v`."""
     a, s = _coefs(alpha_bar_t, xt)
     return s * xt + a * v
-
-
-def table_on(table: torch.Tensor, device) -> torch.Tensor:
-    """A schedule table (float64, on the CPU) on ``device``, copied there once and cached: samplers index it with
-    on-device timesteps, so no step moves a timestep to the host or the table to the device."""
-    device = torch.device(device)
-    if table.device == device:
-        return table
-    ref, per_device = _TABLES.get(id(table), (None, None))
-    if ref is None or ref() is not table:  # first use, or a new tensor that reuses a freed id
-        per_device = {}
-        _TABLES[id(table)] = (weakref.ref(table, lambda _, key=id(table): _TABLES.pop(key, None)), per_device)
-    if device not in per_device:
-        per_device[device] = table.to(device)
-    return per_device[device]
-
-
-_TABLES: dict = {}  # id(table) -> (weak reference to it, {device: copy})
 
 
 # -- the same conversions for callables (x, t) -> prediction, t a LongTensor of discrete timesteps --

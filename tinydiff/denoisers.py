@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import convert, validation
-from .utils import device_of, expand_to
+from .utils import device_of, expand_to, table_on
 
 __all__ = ["NoisePath", "DiscreteVP", "ContinuousVP", "VE", "LinearPath", "Denoiser", "edm_coefs", "PREDICTIONS"]
 
@@ -104,7 +104,7 @@ class DiscreteVP(NoisePath):
 
     def _lookup(self, table, t):
         t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t)
-        return convert.table_on(table, t.device)[t.long()]
+        return table_on(table, t.device)[t.long()]
 
     def alpha(self, t):
         return self._lookup(self.sched.alpha_bar, t).sqrt()
@@ -117,7 +117,7 @@ class DiscreteVP(NoisePath):
 
     def t_from_sigma_ve(self, sigma_ve):
         sv = torch.as_tensor(sigma_ve, dtype=torch.float64)
-        table = convert.table_on(self._sigma_ve_table, sv.device)
+        table = table_on(self._sigma_ve_table, sv.device)
         hi = torch.searchsorted(table, sv.reshape(-1)).clamp(1, self.T)
         lo = hi - 1
         nearer_lo = (torch.log(sv.reshape(-1).clamp_min(1e-300)) - torch.log(table[lo].clamp_min(1e-300))).abs() < \

@@ -14,6 +14,7 @@ import math
 import torch
 
 from .. import convert
+from ..utils import table_on
 
 __all__ = ["GaussianMixture"]
 
@@ -206,7 +207,7 @@ class GaussianMixture:
         :math:`\varepsilon^*(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log q_t(x_t)` (usable by any sampler)."""
 
         def eps(x, t):
-            ab = convert.table_on(sched.alpha_bar, t.device)[t]
+            ab = table_on(sched.alpha_bar, t.device)[t]
             return convert.eps_from_score(self.score(x, ab.sqrt(), (1 - ab).sqrt()), ab)
 
         return eps
