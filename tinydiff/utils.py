@@ -250,6 +250,12 @@ class Trajectory:
     def stack(self) -> torch.Tensor:
         return torch.stack([x.cpu() for x in self.xs])
 
+    def __getitem__(self, index):
+        """CPU copies of the kept states: ``traj[-1]`` one state, ``traj[::100]`` a list (for plots and animations)."""
+        if isinstance(index, slice):
+            return [x.cpu() for x in self.xs[index]]
+        return self.xs[index].cpu()
+
     def __len__(self) -> int:
         return len(self.xs)
 
