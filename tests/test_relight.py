@@ -106,3 +106,143 @@ def test_world_rejects_bad_input():
         world.make_objects(2, 8, background="blue")
     with pytest.raises(ValueError, match="n"):
         world.random_lights(0)
+
+
+# ---------------------------------------------------------------------------------------------- the objective
+
+from tinydiff import relight as rl  # noqa: E402
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def _scene(n=32, seed=10):
+    g = _gen(seed)
+    obj = world.make_objects(n, 16, generator=g, dtype=torch.float64)
+    light = world.random_lights(n, 16, n_sources=(1, 3), generator=g, dtype=torch.float64)
+    l1, l2, _ = world.split_light(light, generator=g)
+    x12, x1, x2 = (world.to_model(world.render(obj, L)) for L in (light, l1, l2))
+    return obj, (x12, x1, x2), g
+
+
+def _coefs(t):
+    ab = td.NoiseSchedule.linear(1000).alpha_bar[t]
+    return ab.sqrt(), (1 - ab).sqrt()
+
+
+def test_black_level_is_the_same_in_the_world_and_the_objective():
+    assert rl.BLACK == world.BLACK == world.to_model(torch.tensor(0.0)).item()
+
+
+@pytest.mark.parametrize("prediction", rl.PREDICTIONS)
+def test_offset_matches_the_hand_derived_formulas(prediction):
+    """o = A dx - B b against the formulas written out per parameterisation (not through convert)."""
+    g = _gen(11)
+    xt = [torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    a, s = _coefs(torch.tensor([5, 200, 600, 990]))
+    dx = xt[0] - xt[1] - xt[2]
+    A, S, b = a[:, None, None, None], s[:, None, None, None], rl.BLACK
+    want = {"eps": (dx + A * b) / S, "x0": torch.full_like(dx, -b),
+            "v": (A * dx + (A * A + S * S) * b) / S}[prediction]
+    torch.testing.assert_close(rl.offset(prediction, *xt, a, s), want, atol=1e-12, rtol=1e-12)
+    ca, cb = rl.coefficients(prediction, A, S)
+    torch.testing.assert_close(ca * dx - cb * b, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("t", [10, 100, 500, 900])
+@pytest.mark.parametrize("coupling", rl.COUPLINGS)
+@pytest.mark.parametrize("prediction", rl.PREDICTIONS)
+def test_derived_identity_is_exact_at_the_bayes_optimum_and_the_literal_one_fails(prediction, coupling, t):
+    obj, (x12, x1, x2), g = _scene()
+    a, s = _coefs(t)
+    xts, noises = rl.couple(coupling, x12, a, s, x0_1=x1, x0_2=x2, generator=g)
+    p = [rl.bayes_prediction(prediction, x0, xt, a, s) for x0, xt in zip((x12, x1, x2), xts)]
+    m = obj.mask
+    r = rl.consistency_residual(prediction, *p, *xts, a, s)
+    scale = max(q.abs().max().item() for q in p)
+    assert (m * r).abs().max() < 64 * EPS64 * (1 + scale)  # float64 rounding of a few terms of size <= scale
+    assert rl.rms(r, 1 - m) > 0.01  # off the object the relation is false (unlit background): M is needed
+    lit = rl.literal_residual(*p)
+    if prediction == "x0":
+        torch.testing.assert_close(m * lit, m.expand_as(lit) * 1.0, atol=1e-12, rtol=0)  # the affine offset -b = 1 exactly
+    elif prediction == "eps":
+        o = rl.offset("eps", *xts, a, s)
+        torch.testing.assert_close(m * lit, m * o, atol=64 * EPS64 * (1 + scale), rtol=0)
+        if coupling == "shared_noise":
+            torch.testing.assert_close(m * lit, -m * noises[0], atol=64 * EPS64 * (1 + scale), rtol=0)
+        expected = {"shared_noise": 1.0, "independent": math.sqrt(3)}.get(coupling)
+        got = rl.rms(lit, m)
+        if expected is not None:  # rms of -eps or of eps_12 - eps_1 - eps_2 (~ 3000 pixels: 3 % scatter)
+            assert abs(got - expected) < 0.1 * expected
+        else:  # shared x_t: (alpha b - x_t) / sigma grows like alpha / sigma at small t
+            assert got > 0.9 and (t > 100 or got > 4)
+
+
+def test_residual_of_any_parameterisation_is_B_times_the_x0_residual():
+    g = _gen(12)
+    a, s = _coefs(torch.tensor([30, 300, 700]))
+    xts = [torch.randn(3, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    x0s = [torch.randn(3, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3)]  # not consistent at all
+    for prediction in rl.PREDICTIONS:
+        p = [rl.bayes_prediction(prediction, x0, xt, a, s) for x0, xt in zip(x0s, xts)]
+        _, B = rl.coefficients(prediction, a[:, None, None, None], s[:, None, None, None])
+        torch.testing.assert_close(rl.consistency_residual(prediction, *p, *xts, a, s), B * rl.x0_residual(*x0s),
+                                   atol=1e-11, rtol=1e-11)
+
+
+def test_bayes_prediction_agrees_with_convert_and_is_unbiased_for_the_training_target():
+    g = _gen(13)
+    a, s = _coefs(torch.tensor([50, 400]))
+    x0 = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    xt = a[:, None, None, None] * x0 + s[:, None, None, None] * eps
+    torch.testing.assert_close(rl.bayes_prediction("eps", x0, xt, a, s), eps, atol=1e-12, rtol=0)
+    v = rl.bayes_prediction("v", x0, xt, a, s)
+    x0_back, eps_back = td.convert.x0_eps_from("v", v, xt, a, s)
+    torch.testing.assert_close(x0_back, x0, atol=1e-12, rtol=0)
+    torch.testing.assert_close(eps_back, eps, atol=1e-12, rtol=0)
+
+
+def test_losses_vanish_at_the_optimum_with_the_mask_and_the_literal_loss_does_not():
+    obj, (x12, x1, x2), g = _scene(seed=14)
+    a, s = _coefs(200)
+    xts, (eps, _, _) = rl.couple("shared_xt", x12, a, s, generator=g)
+    p1, p2 = (rl.bayes_prediction("eps", x0, xts[0], a, s) for x0 in (x1, x2))
+    # the data target at L is the true noise (the lecture's || eps - phi(...) ||^2)
+    assert rl.consistency_loss("eps", eps, p1, p2, *xts, a, s, mask=obj.mask) < 1e-25
+    assert rl.consistency_loss("eps", eps, p1, p2, *xts, a, s) > 0.1  # without M the background breaks it
+    assert rl.rms(rl.literal_residual(eps, p1, p2), obj.mask) > 1.0  # the slide's identity as a loss
+    phi = lambda z: rl.phi_exact("eps", z[:, :3], z[:, 3:6], z[:, 6:9], z[:, 9:12], z[:, 12:15], a, s)  # noqa: E731
+    assert rl.consistency_loss_latent(phi, eps, p1, p2, *xts, a, s, mask=obj.mask) < 1e-25
+    assert rl.joint_loss(torch.tensor(2.0), torch.tensor(10.0)) == 2.0 + 0.1 * 10.0
+
+
+def test_relight_losses_at_the_optimum_and_its_gradient_flows():
+    obj, (x12, x1, x2), g = _scene(n=8, seed=15)
+    sched = td.NoiseSchedule.linear(1000)
+    t = torch.randint(1, 1001, (8,), generator=g)
+    g1, g2 = _gen(99), _gen(99)
+    l12 = world.random_lights(8, 16, generator=g, dtype=torch.float64)
+    l1, l2, _ = world.split_light(l12, generator=g)
+    truth = {id(L): world.to_model(world.render(obj, L)) for L in (l12, l1, l2)}
+
+    def oracle(xt, tt, cond, light):  # Bayes-optimal x0 predictor: looks the scene up by its light
+        out = torch.cat([truth[id(l12)], truth[id(l1)], truth[id(l2)]])
+        keys = torch.cat([l12, l1, l2]).flatten(1)
+        return out[torch.cdist(light.flatten(1), keys).argmin(1)]
+
+    cond = world.condition(obj)
+    out = rl.relight_losses(oracle, "x0", truth[id(l12)], cond, l12, l1, l2, sched.alpha_bar[t], t,
+                            mask=obj.mask, generator=g1)
+    assert out["vanilla"] < 1e-28 and out["consistency"] < 1e-28
+    nomask = rl.relight_losses(oracle, "x0", truth[id(l12)], cond, l12, l1, l2, sched.alpha_bar[t], t, generator=g2)
+    assert nomask["consistency"] > 0.1
+
+
+def test_objective_rejects_bad_input():
+    x = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="prediction"):
+        rl.offset("score", x, x, x, 0.5, 0.5)
+    with pytest.raises(ValueError, match="coupling"):
+        rl.couple("shared", x, 0.5, 0.5)
+    with pytest.raises(ValueError, match="x0_1"):
+        rl.couple("independent", x, 0.5, 0.5)

@@ -1,0 +1,222 @@
+r"""IC-Light's objective (lesson 10): the vanilla loss, and the light-transport consistency loss **derived** for the
+model's parameterisation and for how the three noisy inputs are coupled.
+
+Light transport is linear in raw HDR, :math:`I_{L_1+L_2} = I_{L_1} + I_{L_2}`. In model space
+:math:`x = 2I - 1` this is *affine*, :math:`x_{12} = x_1 + x_2 - b` with :math:`b = -1` the model-space black.
+A diffusion model never outputs :math:`x_0` alone; with :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon` every
+prediction is an affine function of :math:`(x_t, \hat x_0)`:
+
+.. math::  \hat\varepsilon = (x_t - \alpha_t\hat x_0)/\sigma_t, \qquad
+           \hat v = \alpha_t\hat\varepsilon - \sigma_t\hat x_0 = (\alpha_t x_t - (\alpha_t^2+\sigma_t^2)\hat x_0)/\sigma_t.
+
+Write :math:`p = A\,x_t + B\,\hat x_0`. Then :math:`\hat x_0^{12} = \hat x_0^1 + \hat x_0^2 - b` gives, with
+:math:`\Delta x_t = x_t^{12} - x_t^{1} - x_t^{2}`,
+
+.. math::  p_{12} = p_1 + p_2 + o, \qquad o = A\,\Delta x_t - B\,b
+           \quad\Big(o_\varepsilon = \frac{\Delta x_t + \alpha_t b}{\sigma_t},\;
+           o_{x_0} = -b,\; o_v = \frac{\alpha_t\Delta x_t + (\alpha_t^2+\sigma_t^2)\,b}{\sigma_t}\Big).
+
+The lecture's identity :math:`\varepsilon_{L_1+L_2} = \varepsilon_{L_1} + \varepsilon_{L_2}` drops :math:`o`.
+Under each coupling of the three noisy inputs :math:`o_\varepsilon` is
+
+- **shared noise** (:math:`x_t^k = \alpha_t x_0^k + \sigma_t\varepsilon`): :math:`o = -\varepsilon`;
+- **shared** :math:`x_t` (one :math:`x_t` fed with three lights; the only one you can build from data, where
+  :math:`I_{L_1}, I_{L_2}` are unknown): :math:`o = -(x_t - \alpha_t b)/\sigma_t`, large at small :math:`t`;
+- **independent** noises: :math:`o = \Delta x_t/\sigma_t + \alpha_t b/\sigma_t`;
+
+never 0, so the literal loss pulls the optimum away from the truth. The derived residual
+:math:`r = p_{12} - p_1 - p_2 - o = B\,(\hat x_0^{12} - \hat x_0^1 - \hat x_0^2 + b)` is the :math:`x_0`-space
+consistency weighted by :math:`B` (:math:`-\alpha_t/\sigma_t` for :math:`\varepsilon`); it vanishes at the
+optimum for every parameterisation and coupling, on the object. Off the object (an unlit background) the
+relation itself is false, hence the mask :math:`M`.
+
+The math takes predictions (tensors) and callables; it never imports a network.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import convert, validation
+from .utils import expand_to
+
+__all__ = [
+    "BLACK", "PREDICTIONS", "COUPLINGS", "LAMBDA_VANILLA", "LAMBDA_CONSISTENCY", "coefficients", "couple",
+    "offset", "literal_residual", "consistency_residual", "x0_residual", "phi_exact", "phi_inputs",
+    "masked_mse", "vanilla_loss", "consistency_loss", "consistency_loss_latent", "joint_loss",
+    "bayes_prediction", "relight_losses", "rms",
+]
+
+BLACK = -1.0  #: model-space black b (x = 2I - 1 at I = 0)
+PREDICTIONS = ("eps", "x0", "v")
+COUPLINGS = ("shared_noise", "shared_xt", "independent")
+LAMBDA_VANILLA = 1.0  #: the paper's default weight of the vanilla term
+LAMBDA_CONSISTENCY = 0.1  #: the paper's default weight of the consistency term
+
+
+def _ab(alpha, sigma, like):
+    a = expand_to(torch.as_tensor(alpha, dtype=torch.float64), like).to(like.dtype)
+    s = expand_to(torch.as_tensor(sigma, dtype=torch.float64), like).to(like.dtype)
+    return a, s
+
+
+def coefficients(prediction: str, alpha, sigma):
+    r"""``(A, B)`` with :math:`p = A\,x_t + B\,\hat x_0` for ``prediction`` in ``eps``, ``x0``, ``v``:
+    :math:`(1/\sigma, -\alpha/\sigma)`, :math:`(0, 1)`, :math:`(\alpha/\sigma, -(\alpha^2+\sigma^2)/\sigma)`."""
+    validation.choice("prediction", prediction, PREDICTIONS)
+    a, s = torch.as_tensor(alpha, dtype=torch.float64), torch.as_tensor(sigma, dtype=torch.float64)
+    if prediction == "eps":
+        return 1 / s, -a / s
+    if prediction == "x0":
+        return torch.zeros_like(a), torch.ones_like(a)
+    return a / s, -(a * a + s * s) / s
+
+
+def couple(coupling: str, x0_12, alpha, sigma, *, x0_1=None, x0_2=None, generator=None):
+    r"""The three noisy inputs ``(xt_12, xt_1, xt_2)`` and their noises ``(eps_12, eps_1, eps_2)`` under a
+    coupling: ``"shared_noise"`` (one :math:`\varepsilon`, three clean images: needs ``x0_1``, ``x0_2``),
+    ``"shared_xt"`` (one :math:`x_t = \alpha x_0^{12} + \sigma\varepsilon` for all three; its implied noise for
+    light :math:`k` is :math:`(x_t - \alpha x_0^k)/\sigma`, returned only for the merged light, the others None),
+    ``"independent"`` (three noises; needs ``x0_1``, ``x0_2``). Noise is drawn on the CPU from ``generator``."""
+    validation.choice("coupling", coupling, COUPLINGS)
+    x0_12 = validation.tensor("x0_12", x0_12)
+    a, s = _ab(alpha, sigma, x0_12)
+
+    def noise():
+        return torch.randn(x0_12.shape, generator=generator, dtype=x0_12.dtype).to(x0_12.device)
+
+    if coupling == "shared_xt":
+        eps = noise()
+        xt = a * x0_12 + s * eps
+        return (xt, xt, xt), (eps, None, None)
+    if x0_1 is None or x0_2 is None:
+        raise ValueError(f"coupling={coupling!r} needs the clean images x0_1 and x0_2 of the two partial lights "
+                         "(only 'shared_xt' works without them)")
+    if coupling == "shared_noise":
+        eps = noise()
+        e = (eps, eps, eps)
+    else:
+        e = (noise(), noise(), noise())
+    return tuple(a * x0 + s * n for x0, n in zip((x0_12, x0_1, x0_2), e)), e
+
+
+def offset(prediction: str, xt_12, xt_1, xt_2, alpha, sigma, black: float = BLACK) -> torch.Tensor:
+    r"""The offset term :math:`o = A\,(x_t^{12} - x_t^1 - x_t^2) - B\,b` of the derived identity
+    :math:`p_{12} = p_1 + p_2 + o` (module docstring), computed from the inputs alone."""
+    validation.choice("prediction", prediction, PREDICTIONS)
+    dx = xt_12 - xt_1 - xt_2
+    a, s = _ab(alpha, sigma, dx)
+    x0 = torch.full_like(dx, -black)  # the x0 of the linear map at (dx, x0 = -b)
+    return convert.prediction_from(prediction, x0, (dx - a * x0) / s, alpha, sigma).to(dx.dtype)
+
+
+def literal_residual(p_12, p_1, p_2) -> torch.Tensor:
+    r"""The lecture's identity as written, :math:`p_{12} - (p_1 + p_2)` (no offset)."""
+    return p_12 - p_1 - p_2
+
+
+def consistency_residual(prediction: str, p_12, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma,
+                         black: float = BLACK) -> torch.Tensor:
+    r"""The derived residual :math:`r = p_{12} - p_1 - p_2 - o` (0 at the optimum, on the object)."""
+    return p_12 - p_1 - p_2 - offset(prediction, xt_12, xt_1, xt_2, alpha, sigma, black)
+
+
+def x0_residual(x0_12, x0_1, x0_2, black: float = BLACK) -> torch.Tensor:
+    r"""The consistency in :math:`x_0` space, :math:`\hat x_0^{12} - \hat x_0^1 - \hat x_0^2 + b`; the residual of
+    any parameterisation is :math:`B` times this (``coefficients``)."""
+    return x0_12 - x0_1 - x0_2 + black
+
+
+def phi_exact(prediction: str, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma, black: float = BLACK) -> torch.Tensor:
+    r"""What the merging map :math:`\phi` of the latent-space loss must compute in image space:
+    :math:`\phi(p_1, p_2) = p_1 + p_2 + o`. It needs the noisy inputs and :math:`t` (through :math:`o`), not just
+    :math:`(p_1, p_2)`, except for ``x0`` (:math:`o = -b`)."""
+    return p_1 + p_2 + offset(prediction, xt_12, xt_1, xt_2, alpha, sigma, black)
+
+
+def phi_inputs(p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma) -> torch.Tensor:
+    r"""The channels a learned :math:`\phi` needs to be able to represent the exact relation: the two
+    predictions, the three noisy inputs and the maps :math:`\alpha_t`, :math:`\sigma_t`, :math:`\alpha_t/\sigma_t`,
+    concatenated along the channels ``(B, 5C + 3, H, W)``."""
+    a, s = _ab(alpha, sigma, p_1[:, :1])
+    ones = torch.ones_like(p_1[:, :1])
+    return torch.cat([p_1, p_2, xt_12, xt_1, xt_2, a * ones, s * ones, a / s * ones], 1)
+
+
+def masked_mse(r: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    r""":math:`\|M\odot r\|^2` averaged over the elements (``mask`` ``(B, 1, H, W)`` broadcast over channels;
+    None = no mask)."""
+    return (r if mask is None else mask * r).square().mean()
+
+
+def rms(r: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    r"""Root mean square of ``r`` over the pixels where ``mask`` is 1 (all pixels without a mask)."""
+    if mask is None:
+        return r.double().square().mean().sqrt().item()
+    m = mask.expand_as(r).bool()
+    return r[m].double().square().mean().sqrt().item()
+
+
+def vanilla_loss(pred, target) -> torch.Tensor:
+    r""":math:`\mathcal L_\text{vanilla} = \|\text{target} - \delta(x_t, t, L, I_d)\|^2` (mean over elements)."""
+    return masked_mse(pred - target)
+
+
+def consistency_loss(prediction: str, p_12, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma, *, mask=None,
+                     black: float = BLACK) -> torch.Tensor:
+    r"""Image-space :math:`\mathcal L_\text{consistency} = \|M\odot(p_{12} - p_1 - p_2 - o)\|^2`. ``p_12`` may be
+    the model's prediction at :math:`L_1 + L_2` or the data's target at :math:`L` (then it is the lecture's
+    :math:`\|M\odot(\varepsilon - \phi(\cdot,\cdot))\|^2` with the exact :math:`\phi`)."""
+    return masked_mse(consistency_residual(prediction, p_12, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma, black), mask)
+
+
+def consistency_loss_latent(phi, p_12, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma, *, mask=None) -> torch.Tensor:
+    r"""Latent-space :math:`\mathcal L_\text{consistency} = \|M\odot(p_{12} - \phi(\ldots))\|^2` with a learned
+    ``phi`` called on :func:`phi_inputs` (a latent space has no known sum, so :math:`\phi` is learned)."""
+    merged = phi(phi_inputs(p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma))
+    validation.output("phi", merged, like=p_12)
+    return masked_mse(p_12 - merged, mask)
+
+
+def joint_loss(vanilla, consistency, *, lambda_vanilla: float = LAMBDA_VANILLA,
+               lambda_consistency: float = LAMBDA_CONSISTENCY) -> torch.Tensor:
+    r""":math:`\mathcal L = \lambda_\text{vanilla}\mathcal L_\text{vanilla} + \lambda_\text{consistency}
+    \mathcal L_\text{consistency}` (defaults 1.0 and 0.1, the paper's)."""
+    return lambda_vanilla * vanilla + lambda_consistency * consistency
+
+
+def bayes_prediction(prediction: str, x0_star, xt, alpha, sigma) -> torch.Tensor:
+    r"""The Bayes-optimal prediction when the clean image is a deterministic function :math:`x_0^\star(I_d, L)`
+    of the conditioning: the posterior is a point mass, so :math:`\mathbb E[x_0\mid x_t, L, I_d] = x_0^\star`
+    and :math:`\mathbb E[\varepsilon\mid x_t, L, I_d] = (x_t - \alpha_t x_0^\star)/\sigma_t`, written as
+    ``prediction``."""
+    validation.choice("prediction", prediction, PREDICTIONS)
+    a, s = _ab(alpha, sigma, xt)
+    x0_star = x0_star.to(xt.dtype)
+    return convert.prediction_from(prediction, x0_star, (xt - a * x0_star) / s, alpha, sigma).to(xt.dtype)
+
+
+def relight_losses(model_fn, prediction: str, x0, cond, light, light_1, light_2, alpha_bar_t, t, *, mask=None,
+                   generator=None, lambda_vanilla: float = LAMBDA_VANILLA,
+                   lambda_consistency: float = LAMBDA_CONSISTENCY, black: float = BLACK) -> dict:
+    r"""One training evaluation of the joint objective with the shared-:math:`x_t` coupling (buildable from data):
+    :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`, vanilla :math:`\|y - \delta(x_t, t, L, I_d)\|^2` with
+    :math:`y` the ``prediction`` target, consistency :math:`\|M\odot(y - \delta_1 - \delta_2 - o)\|^2` with
+    :math:`\delta_k = \delta(x_t, t, L_k, I_d)` and :math:`L = L_1 + L_2`. ``model_fn(x_t, t, cond, light)``;
+    ``alpha_bar_t`` ``(B,)``; ``lambda_consistency = 0`` skips the two extra evaluations.
+    Returns ``{"vanilla", "consistency", "loss"}``."""
+    validation.choice("prediction", prediction, PREDICTIONS)
+    x0 = validation.tensor("x0", x0, ndim=4)
+    a, s = alpha_bar_t.sqrt(), (1 - alpha_bar_t).sqrt()
+    (xt, _, _), (eps, _, _) = couple("shared_xt", x0, a, s, generator=generator)
+    target = convert.prediction_from(prediction, x0, eps, a, s).to(x0.dtype)
+    vanilla = vanilla_loss(model_fn(xt, t, cond, light), target)
+    if lambda_consistency == 0:
+        consistency = torch.zeros((), device=x0.device)
+    else:
+        both = model_fn(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([cond, cond]), torch.cat([light_1, light_2]))
+        p_1, p_2 = both.chunk(2)
+        consistency = consistency_loss(prediction, target, p_1, p_2, xt, xt, xt, a, s, mask=mask, black=black)
+    return {"vanilla": vanilla, "consistency": consistency,
+            "loss": joint_loss(vanilla, consistency, lambda_vanilla=lambda_vanilla,
+                               lambda_consistency=lambda_consistency)}
