@@ -14,6 +14,7 @@ from .mlp import MLPClassifier, MLPDenoiser
 from .text import TextEncoder
 from .unet import ResBlock, UNet
 from .dit import DiT, dit_to_diffusers  # noqa: F401  (lesson 09)
+from .mmdit import JointBlock, MMDiT  # noqa: F401  (lesson 09)
 
 __all__ = [
     "timestep_embedding", "MLPDenoiser", "MLPClassifier", "UNet", "ResBlock", "Classifier",
