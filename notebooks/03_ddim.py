@@ -351,8 +351,9 @@ for spacing in td.ddim.SPACINGS:
 fig, axes = plt.subplots(1, 3, figsize=(12, 4))
 x_start = torch.randn(400, 2, generator=torch.Generator().manual_seed(3))
 for ax, eta in zip(axes[:2], (0.0, 1.0)):
-    out, traj = td.ddim.sample(eps_star, (400, 2), sched, 10, eta=eta, x_T=x_start, return_trajectory=True,
-                               generator=torch.Generator().manual_seed(4))
+    traj = td.utils.Trajectory()
+    out = td.ddim.sample(eps_star, (400, 2), sched, 10, eta=eta, x_T=x_start, callback=traj,
+                         generator=torch.Generator().manual_seed(4))
     td.plotting.trajectories2d(traj, ax=ax, n_show=40, title=f"10 steps, eta = {eta}")
 td.plotting.scatter2d(td.ddim.sample(eps_star, (4000, 2), sched, 10, generator=torch.Generator().manual_seed(5)),
                       ax=axes[2], title="4000 samples, 10 steps, eta = 0")
@@ -496,8 +497,7 @@ eps_digits = net_fit.sampler_model
 # %%
 as_images = lambda xs: xs.reshape(-1, 1, 8, 8).clamp(-1, 1)
 fd_to_real = lambda xs: td.metrics.frechet_distance(clf.features(as_images(xs)).detach().cpu(), ref_feats)
-digit_table = td.ddim.sweep(eps_digits, (cfg.n_digits, 64), sched, cfg.digit_steps, etas, fd_to_real, seed=13,
-                            device=dev)
+digit_table = td.ddim.sweep(eps_digits, (cfg.n_digits, 64), sched, cfg.digit_steps, etas, fd_to_real, seed=13)
 print(f"Fréchet distance (noise floor {floor_fd:.3f})")
 print("              " + "".join(f"{n:>9d}" for n in cfg.digit_steps))
 for eta in etas:
@@ -507,7 +507,7 @@ for eta in etas:
 # How much of a difference is real? The same cell (20 steps, $\eta = 1$) with three different seeds:
 
 # %%
-spread = [fd_to_real(td.ddim.sample(eps_digits, (cfg.n_digits, 64), sched, 20, eta=1.0, device=dev,
+spread = [fd_to_real(td.ddim.sample(eps_digits, (cfg.n_digits, 64), sched, 20, eta=1.0,
                                     generator=torch.Generator().manual_seed(20 + k))) for k in range(3)]
 print("20 steps, eta = 1, three seeds:", ", ".join(f"{v:.3f}" for v in spread),
       f"(scatter +-{(max(spread) - min(spread)) / 2:.3f})")
@@ -525,7 +525,7 @@ axes[0].legend()
 x_T_img = torch.randn(32, 64, generator=torch.Generator().manual_seed(14))
 for ax, eta in zip(axes[1:], (0.0, 1.0)):
     with torch.no_grad():
-        xs = td.ddim.sample(eps_digits, x_T_img.shape, sched, 10, eta=eta, x_T=x_T_img, device=dev)
+        xs = td.ddim.sample(eps_digits, x_T_img.shape, sched, 10, eta=eta, x_T=x_T_img)
     td.plotting.show_images(as_images(xs.cpu()), nrow=8, ax=ax, title=f"10 steps, eta = {eta} (same x_T)")
 plt.tight_layout()
 plt.show()

@@ -49,7 +49,7 @@ def test_beta_integral_and_marginal_closed_form():
 def test_marginal_matches_simulated_forward_sde():
     x0 = torch.full((20000, 1), 1.5, dtype=torch.float64)
     t = 0.2
-    xt = S.simulate_forward(x0, SDE, t_end=t, steps=400, generator=_gen(1))
+    xt = S.simulate_forward(None, x0, SDE, 400, t_end=t, generator=_gen(1))
     m, s = SDE.marginal(t)
     assert abs(xt.mean().item() - 1.5 * float(m)) < 0.015
     assert abs(xt.std().item() - float(s)) < 0.012  # 1 - m^2 without the square root would be 0.07 off
@@ -76,12 +76,12 @@ def test_discrete_schedule_mapping_both_ways():
 # ----------------------------------------------------------------------------------- samplers
 def test_reverse_sde_recovers_gaussian_and_mixture():
     gm = _gaussian()
-    x = S.sample_reverse_sde(S.mixture_score_fn(gm, SDE), SDE, (10000, 2), steps=150, generator=_gen(2))
+    x = S.sample_reverse_sde(S.mixture_score_fn(gm, SDE), (10000, 2), SDE, 150, generator=_gen(2))
     dm, dc = _fit_errors(x, gm)
     assert dm < 0.03 and dc < 0.04
     ring = _ring()
     g = _gen(3)
-    xr = S.sample_reverse_sde(S.mixture_score_fn(ring, SDE), SDE, (2000, 2), steps=100, generator=g)
+    xr = S.sample_reverse_sde(S.mixture_score_fn(ring, SDE), (2000, 2), SDE, 100, generator=g)
     floor = td.metrics.noise_floor(td.metrics.mmd_rbf, lambda n: ring.sample(n, g), 2000, repeats=2)
     assert td.metrics.mmd_rbf(xr, ring.sample(2000, g)) < abs(floor) + 5e-4
 
@@ -89,10 +89,10 @@ def test_reverse_sde_recovers_gaussian_and_mixture():
 def test_family_with_other_sigma_recovers_gaussian():
     gm = _gaussian()
     sf = S.mixture_score_fn(gm, SDE)
-    x = S.sample_reverse_family(sf, SDE, (10000, 2), steps=150, sigma=0.5, generator=_gen(4))
+    x = S.sample_reverse_family(sf, (10000, 2), SDE, 150, sigma=0.5, generator=_gen(4))
     dm, dc = _fit_errors(x, gm)
     assert dm < 0.03 and dc < 0.04
-    x = S.sample_reverse_family(sf, SDE, (10000, 2), steps=150, sigma=lambda t: 0.3 + 0 * t, generator=_gen(4))
+    x = S.sample_reverse_family(sf, (10000, 2), SDE, 150, sigma=lambda t: 0.3 + 0 * t, generator=_gen(4))
     dm, dc = _fit_errors(x, gm)
     assert dm < 0.03 and dc < 0.04
 
@@ -101,25 +101,25 @@ def test_ode_samplers_recover_gaussian():
     gm = _gaussian()
     sf = S.mixture_score_fn(gm, SDE)
     xT = torch.randn(10000, 2, generator=_gen(5))
-    for x in (S.sample_ode_euler(sf, SDE, x_T=xT, steps=150), S.sample_ode_heun(sf, SDE, x_T=xT, steps=30)):
+    for x in (S.sample_ode_euler(sf, None, SDE, 150, x_T=xT), S.sample_ode_heun(sf, None, SDE, 30, x_T=xT)):
         dm, dc = _fit_errors(x, gm)
         assert dm < 0.03 and dc < 0.04
-    xs = S.sample_ode_scipy(sf, SDE, x_T=xT[:500].double(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(xs.float(), S.sample_ode_heun(sf, SDE, x_T=xT[:500], steps=40), atol=5e-3, rtol=0)
+    xs = S.sample_ode_scipy(sf, None, SDE, x_T=xT[:500].double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(xs.float(), S.sample_ode_heun(sf, None, SDE, 40, x_T=xT[:500]), atol=5e-3, rtol=0)
 
 
 def test_heun_more_accurate_than_euler_at_equal_nfe():
     ring = _ring()
     sf = S.mixture_score_fn(ring, SDE)
     xT = torch.randn(64, 2, generator=_gen(6), dtype=torch.float64)
-    ref, nfe = S.sample_ode_scipy(sf, SDE, x_T=xT, rtol=1e-10, atol=1e-10, return_nfe=True)
+    ref, nfe = S.sample_ode_scipy(sf, None, SDE, x_T=xT, rtol=1e-10, atol=1e-10, return_nfe=True)
     assert nfe > 50
 
     def err(x):
         return (x - ref).pow(2).sum(1).mean().sqrt().item()
 
-    e_euler = [err(S.sample_ode_euler(sf, SDE, x_T=xT, steps=n)) for n in (160, 320)]
-    e_heun = [err(S.sample_ode_heun(sf, SDE, x_T=xT, steps=n // 2)) for n in (160, 320)]  # same NFE
+    e_euler = [err(S.sample_ode_euler(sf, None, SDE, n, x_T=xT)) for n in (160, 320)]
+    e_heun = [err(S.sample_ode_heun(sf, None, SDE, n // 2, x_T=xT)) for n in (160, 320)]  # same NFE
     assert e_heun[0] < e_euler[0] / 3 and e_heun[1] < e_euler[1] / 3
     assert 1.6 < e_euler[0] / e_euler[1] < 2.6  # first order
     assert e_heun[0] / e_heun[1] > 3.0  # second order
@@ -128,15 +128,15 @@ def test_heun_more_accurate_than_euler_at_equal_nfe():
 def test_ode_forward_then_backward_is_identity():
     sf = S.mixture_score_fn(_ring(), SDE)
     x0 = _ring().sample(16, _gen(7), dtype=torch.float64)
-    z = S.sample_ode_scipy(sf, SDE, x_T=x0, t_max=1e-3, t_min=1.0, rtol=1e-9, atol=1e-9)
-    back = S.sample_ode_scipy(sf, SDE, x_T=z, t_max=1.0, t_min=1e-3, rtol=1e-9, atol=1e-9)
+    z = S.sample_ode_scipy(sf, None, SDE, x_T=x0, t_max=1e-3, t_min=1.0, rtol=1e-9, atol=1e-9)
+    back = S.sample_ode_scipy(sf, None, SDE, x_T=z, t_max=1.0, t_min=1e-3, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(back, x0, atol=1e-5, rtol=0)
 
 
 def test_predictor_corrector_and_langevin_invariance():
     gm = _gaussian()
     sf = S.mixture_score_fn(gm, SDE)
-    x = S.sample_pc(sf, SDE, (10000, 2), steps=100, snr=0.1, generator=_gen(8))
+    x = S.sample_pc(sf, (10000, 2), SDE, 100, snr=0.1, generator=_gen(8))
     dm, dc = _fit_errors(x, gm)
     assert dm < 0.03 and dc < 0.05
     # Langevin at fixed t leaves p_t invariant: start from exact samples of p_t, stay there
@@ -151,8 +151,8 @@ def test_predictor_corrector_and_langevin_invariance():
 
 def test_sampling_is_reproducible_with_a_generator():
     sf = S.mixture_score_fn(_ring(), SDE)
-    a = S.sample_reverse_sde(sf, SDE, (64, 2), steps=20, generator=_gen(12))
-    b = S.sample_reverse_sde(sf, SDE, (64, 2), steps=20, generator=_gen(12))
+    a = S.sample_reverse_sde(sf, (64, 2), SDE, 20, generator=_gen(12))
+    b = S.sample_reverse_sde(sf, (64, 2), SDE, 20, generator=_gen(12))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -230,7 +230,7 @@ def test_particle_systems_match_fokker_planck():
                 for _ in range(3)) / 3
     x0 = gm.sample(n, g, dtype=torch.float64)
     for kw in (dict(sigma=1.0), dict(sigma=0.5, score_fn=sf), dict(sigma=0.0, score_fn=sf)):
-        xt = S.simulate_forward(x0, SDE, t_end=t, steps=150, generator=g, **kw)
+        xt = S.simulate_forward(kw.pop("score_fn", None), x0, SDE, 150, t_end=t, generator=g, **kw)
         assert td.metrics.histogram_tv(xt, edges, dens) < 1.6 * floor, kw
     # the check can fail: particles from the data, not moved at all
     assert td.metrics.histogram_tv(x0, edges, dens) > 3 * floor
@@ -262,17 +262,17 @@ def test_dsm_loss_minimised_by_true_score():
     m, s = SDE.marginal(t)
     xt = m[:, None].float() * x0 + s[:, None].float() * eps
     want = (eps - eps_net(xt, t)).pow(2).sum(1).mean()
-    got = S.dsm_loss(S.score_fn_from_eps_fn(eps_net, SDE), x0, SDE, t=t, eps=eps)
+    got = S.dsm_loss(S.continuous_score_fn(eps_net, SDE), x0, SDE, t=t, eps=eps)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_score_fn_from_eps_fn_matches_mixture():
+def test_continuous_score_fn_matches_mixture():
     ring = _ring()
     x = torch.randn(32, 2, generator=_gen(21), dtype=torch.float64)
     t = torch.full((32,), 0.4, dtype=torch.float64)
     m, s = SDE.marginal(t)
     eps_fn = lambda u, tt: -s[:, None] * ring.score(u, m, s)  # noqa: E731
-    torch.testing.assert_close(S.score_fn_from_eps_fn(eps_fn, SDE)(x, t), S.mixture_score_fn(ring, SDE)(x, t))
+    torch.testing.assert_close(S.continuous_score_fn(eps_fn, SDE)(x, t), S.mixture_score_fn(ring, SDE)(x, t))
 
 
 # ----------------------------------------------------------------------------------- bad input
@@ -288,18 +288,18 @@ def test_bad_inputs_raise_value_errors():
     sf = S.mixture_score_fn(_ring(), SDE)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         sf(torch.zeros(2, 2), torch.tensor([0.5, 2.0]))
-    with pytest.raises(ValueError, match="steps must be a positive int"):
-        S.sample_reverse_sde(sf, SDE, (4, 2), steps=0)
+    with pytest.raises(ValueError, match=r"n_steps .* must lie in 1\.\.inf"):
+        S.sample_reverse_sde(sf, (4, 2), SDE, n_steps=0)
     with pytest.raises(ValueError, match="t_min"):
-        S.sample_ode_euler(sf, SDE, (4, 2), steps=5, t_min=1.0)
+        S.sample_ode_euler(sf, (4, 2), SDE, 5, t_min=1.0)
     with pytest.raises(ValueError, match="not linear"):
         S.VPSDE.from_discrete(td.NoiseSchedule.cosine(100))
     with pytest.raises(ValueError, match="too small"):
         SDE.discrete_schedule(10)
     with pytest.raises(ValueError, match="needs the score"):
-        S.simulate_forward(torch.zeros(4, 1), SDE, t_end=0.5, steps=3, sigma=0.5)
-    with pytest.raises(ValueError, match="sigma must be >= 0"):
-        S.sample_reverse_family(sf, SDE, (4, 2), steps=3, sigma=-1.0)
+        S.simulate_forward(None, torch.zeros(4, 1), SDE, 3, t_end=0.5, sigma=0.5)
+    with pytest.raises(ValueError, match=r"sigma .* must be >= 0"):
+        S.sample_reverse_family(sf, (4, 2), SDE, 3, sigma=-1.0)
     with pytest.raises(ValueError, match="t = 0 has no noise"):
         S.dsm_loss(sf, torch.zeros(4, 2), SDE, t=torch.zeros(4))
     with pytest.raises(ValueError, match="batch dimension"):
@@ -311,4 +311,4 @@ def test_bad_inputs_raise_value_errors():
     with pytest.raises(ValueError, match="runs forward in time"):
         S.fokker_planck_1d(torch.ones(4), torch.linspace(0, 1, 4), SDE, t_start=0.5, t_end=0.2)
     with pytest.raises(ValueError, match="t_end"):
-        S.simulate_forward(torch.zeros(4, 1), SDE, t_start=0.5, t_end=0.2, steps=3)
+        S.simulate_forward(None, torch.zeros(4, 1), SDE, 3, t_start=0.5, t_end=0.2)

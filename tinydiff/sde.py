@@ -23,7 +23,14 @@ DDPM's linear schedule (:math:`10^{-4}..0.02`, ``T = 1000``) is, up to :math:`O(
 
 Every sampler takes a continuous-time score callable ``score_fn(x, t) -> score`` with ``t`` a float
 tensor ``(B,)`` in ``[0, 1]`` (dtype and device of ``x``). :func:`mixture_score_fn` makes the exact one of
-a :class:`tinydiff.data.GaussianMixture`; :func:`score_fn_from_eps_fn` wraps an :math:`\varepsilon`-network.
+a :class:`tinydiff.data.GaussianMixture`; :func:`continuous_score_fn` wraps a continuous-time
+:math:`\varepsilon`-network (the discrete-time wrapper is :func:`tinydiff.convert.score_fn_from_eps_fn`).
+
+The samplers share tinydiff's one signature, ``sample_*(score_fn, shape, sde, n_steps, *, x_T=None,
+generator=None, progress_bar=True, callback=None, device=None, ...)``: ``callback(i, t, x)`` gets ``i = 0`` and
+``t = 1`` for the start and ``i = 1..n_steps`` with the time reached after each step; the device follows ``x_T``
+or the model; noise is drawn on the CPU from ``generator`` and moved. The step coefficients are computed once in
+float64 as Python numbers, and ``score_fn``'s output is checked (shape, dtype, device, finite) at the first step.
 """
 
 from __future__ import annotations
@@ -35,15 +42,15 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.linalg import solve_banded
 
-from . import convert
+from . import convert, validation
 from .schedules import NoiseSchedule
-from .utils import expand_to, noise_like, progress, start_noise
+from .utils import expand_to, noise_like, progress, sampler_start
 
 __all__ = [
     "VPSDE",
     "check_time",
     "mixture_score_fn",
-    "score_fn_from_eps_fn",
+    "continuous_score_fn",
     "family_drift",
     "pf_ode_drift",
     "reverse_sde_drift",
@@ -109,13 +116,24 @@ class VPSDE:
 
     def beta(self, t) -> torch.Tensor:
         r""":math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`."""
-        t = check_time(t)
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+        return self._beta(check_time(t))
 
     def beta_integral(self, t) -> torch.Tensor:
         r""":math:`B(t) = \int_0^t \beta(u)\,du = \beta_{\min}t + \tfrac12 t^2(\beta_{\max} - \beta_{\min})`."""
-        t = check_time(t)
+        return self._beta_integral(check_time(t))
+
+    # the same formulas unchecked, on floats or tensors of any dtype and device (the samplers' inner loops)
+    def _beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def _beta_integral(self, t):
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def _marginal(self, t):
+        B = self._beta_integral(t)
+        if isinstance(B, torch.Tensor):
+            return torch.exp(-0.5 * B), (-torch.expm1(-B)).sqrt()
+        return math.exp(-0.5 * B), math.sqrt(-math.expm1(-B))
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The drift :math:`f_t(x) = -\tfrac12\beta(t)\,x` (``t`` a scalar or ``(B,)``)."""
@@ -178,29 +196,43 @@ class VPSDE:
 
 
 # ---------------------------------------------------------------------------------- score callables
+def _time_of(t, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a float64 tensor ``(B,)`` on ``x``'s device for the score callables. On the CPU the values are
+    range-checked (:func:`check_time`); on an accelerator (a sampler's call) only dtype and shape are, since reading
+    the values would cost a device->host sync at every step."""
+    if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
+        return check_time(t, batch=x.shape[0]).to(x.device)
+    if not t.is_floating_point():
+        raise ValueError(f"t must be a float tensor of continuous times in [0, 1]; got {validation.describe(t)}")
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},) to match the batch; got {tuple(t.shape)}")
+    return t.to(device=x.device, dtype=torch.float64)
+
+
 def mixture_score_fn(mixture, sde: VPSDE):
     r"""The exact score :math:`\nabla\log p_t(x)` of the VP-SDE marginal of a Gaussian mixture, as ``score_fn(x, t)``:
-    :math:`p_t` is the law of :math:`m(t)X + s(t)\varepsilon`, closed-form (:class:`tinydiff.data.GaussianMixture`)."""
+    :math:`p_t` is the law of :math:`m(t)X + s(t)\varepsilon`, closed-form (:class:`tinydiff.data.GaussianMixture`).
+    :math:`m(t), s(t)` are computed on ``x``'s device (per sample), so a sampler's loop stays free of host work."""
+    validation.sde("sde", sde)
 
     def score_fn(x, t):
-        t = check_time(t, batch=x.shape[0])
-        if bool((t == t[0]).all()):  # one time for the batch (every sampler): scalars are much cheaper here
-            t = t[:1]
-        m, s = sde.marginal(t)
-        if m.numel() == 1:
-            return mixture.score(x, float(m), float(s))
-        return mixture.score(x, m.to(x.device), s.to(x.device))
+        m, s = sde._marginal(_time_of(t, x))
+        return mixture.score(x, m, s)
 
     return score_fn
 
 
-def score_fn_from_eps_fn(eps_fn, sde: VPSDE):
-    r"""Turn a continuous-time :math:`\varepsilon`-predictor ``eps_fn(x, t)`` into ``score_fn(x, t)``:
-    :math:`\nabla\log p_t(x) = -\varepsilon/s(t)` (the conversion of :func:`tinydiff.convert.score_from_eps`
-    with :math:`\bar\alpha = m(t)^2`)."""
+def continuous_score_fn(eps_fn, sde: VPSDE):
+    r"""Turn a continuous-time :math:`\varepsilon`-predictor ``eps_fn(x, t)`` (``t`` in ``[0, 1]``) into
+    ``score_fn(x, t)``: :math:`\nabla\log p_t(x) = -\varepsilon/s(t)` (the conversion of
+    :func:`tinydiff.convert.score_from_eps` with :math:`\bar\alpha = m(t)^2`). Not to be confused with
+    :func:`tinydiff.convert.score_fn_from_eps_fn`, which wraps a *discrete*-time network (``t`` in ``0..T``)."""
+    validation.sde("sde", sde)
 
     def score_fn(x, t):
-        m, _ = sde.marginal(check_time(t, batch=x.shape[0]))
+        m, _ = sde._marginal(_time_of(t, x))
         return convert.score_from_eps(eps_fn(x, t), m**2)
 
     return score_fn
@@ -240,7 +272,8 @@ def family_drift(score_fn, sde: VPSDE, x: torch.Tensor, t, sigma=1.0, *, reverse
         return drift
     if score_fn is None:
         raise ValueError("this member of the family needs the score: pass score_fn(x, t)")
-    return drift - 0.5 * expand_to(coef, x) * score_fn(x, t.to(x.dtype).to(x.device))
+    score = validation.output("score_fn", score_fn(x, t.to(x.dtype).to(x.device)), like=x)
+    return drift - 0.5 * expand_to(coef, x) * score
 
 
 def pf_ode_drift(score_fn, sde: VPSDE, x: torch.Tensor, t) -> torch.Tensor:
@@ -254,140 +287,218 @@ def reverse_sde_drift(score_fn, sde: VPSDE, x: torch.Tensor, t) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- simulation helpers
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int (the number of time steps); got {steps!r}")
-    return steps
+def _check_n_steps(n_steps) -> int:
+    return validation.integer("n_steps (the number of time steps)", n_steps, low=1)
 
 
 def _check_t_min(t_min) -> float:
-    t_min = float(t_min)
+    t_min = validation.number("t_min", t_min)
     if not 0.0 <= t_min < 1.0:
         raise ValueError(f"t_min must lie in [0, 1): sampling runs from t = 1 down to t_min; got {t_min}")
     return t_min
 
 
-def _start(shape, x_T, generator, device):
-    if x_T is None and shape is None:
-        raise ValueError("pass shape=(B, ...) (x_T is then drawn from N(0, I)) or x_T itself")
-    return start_noise(x_T.shape if shape is None else shape, generator=generator, device=device, x_T=x_T)
+def _shape_sde(shape, sde):
+    """``(shape, sde)``, also from the order of earlier versions, ``sample_*(score_fn, sde, shape)``."""
+    if sde is None or (not hasattr(sde, "marginal") and hasattr(shape, "marginal")):
+        shape, sde = sde, shape
+    return shape, validation.sde("sde", sde)
 
 
-def _tvec(t: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), float(t), dtype=torch.float64)
+def _sigma_table(sigma, sde: VPSDE, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma_t, sigma_t^2)`` on the float64 grid ``ts``, computed once: ``sigma`` is a float c
+    (:math:`\sigma_t = c\,g_t`, so :math:`\sigma_t^2 = c^2\beta(t)` exactly) or a callable ``sigma(t)`` (called
+    once, on the whole grid)."""
+    if callable(sigma):
+        out = sigma(ts)
+        out = validation.tensor("sigma(t)", out if isinstance(out, torch.Tensor) else torch.as_tensor(out, dtype=torch.float64))
+        out = out.to(torch.float64).cpu()
+        if out.ndim == 0:
+            out = out.expand_as(ts)
+        if out.shape != ts.shape or not bool(torch.isfinite(out).all()) or bool((out < 0).any()):
+            raise ValueError(f"sigma(t) must return finite values >= 0, one per time of t {tuple(ts.shape)}; "
+                             f"got {validation.describe(out)}")
+        return out, out**2
+    c = validation.number("sigma (a multiple c of g_t, or a callable sigma(t))", sigma, low=0)
+    return c * sde._beta(ts).sqrt(), c**2 * sde._beta(ts)
+
+
+def _score_at(score_fn, x, t: float, first: bool):
+    """``score_fn(x, t)`` with ``t`` a ``(B,)`` tensor of ``x``'s dtype and device; checked on the first call."""
+    out = score_fn(x, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device))
+    return validation.output("score_fn", out, like=x) if first else out
+
+
+def _run(x, n_steps, step, times, callback, desc, progress_bar):
+    """The shared loop: ``x = step(i, x)`` for ``i = 1..n_steps`` with ``callback(i, times[i], x)``."""
+    if callback is not None:
+        callback(0, times[0], x)
+    for i in progress(range(1, n_steps + 1), desc=desc, disable=not progress_bar):
+        x = step(i, x)
+        if callback is not None:
+            callback(i, times[i], x)
+    return x
 
 
 @torch.no_grad()
-def simulate_forward(x0: torch.Tensor, sde: VPSDE, *, t_end: float = 1.0, steps: int = 100, sigma=1.0,
-                     score_fn=None, t_start: float = 0.0, generator=None, return_trajectory: bool = False,
-                     progress_bar: bool = False):
+def simulate_forward(score_fn, x0: torch.Tensor, sde: VPSDE, n_steps: int = 100, *, generator=None,
+                     progress_bar: bool = True, callback=None, device=None, t_end: float = 1.0, t_start: float = 0.0,
+                     sigma=1.0):
     r"""Euler–Maruyama for the forward family :math:`dx = (f - \tfrac12(g^2-\sigma^2)\nabla\log p)\,dt + \sigma\,dw`
     from ``t_start`` to ``t_end``: :math:`x \leftarrow x + \text{drift}\,\Delta t + \sigma_t\sqrt{\Delta t}\,z`.
 
-    ``sigma=1`` (:math:`\sigma_t = g_t`) is the plain forward SDE and needs no score; any other ``sigma``
-    (a float c for :math:`c\,g_t`, or a callable) needs ``score_fn``; ``sigma=0`` is the forward PF-ODE.
+    The sampler signature with the data ``x0`` as the start point. ``sigma=1`` (:math:`\sigma_t = g_t`) is the plain
+    forward SDE and needs no score (pass ``score_fn=None``); any other ``sigma`` (a float c for :math:`c\,g_t`, or
+    a callable) needs ``score_fn``; ``sigma=0`` is the forward PF-ODE. ``callback(i, t, x)`` gets ``t_start`` at
+    ``i = 0`` and the time reached after each step. Each step is
+    :math:`x \leftarrow (1 - \tfrac12\beta\Delta t)\,x - \tfrac12(\beta - \sigma^2)\Delta t\,s_\theta + \sigma\sqrt{\Delta t}\,z`
+    with the numbers computed once in float64.
     """
-    steps = _check_steps(steps)
+    sde = validation.sde("sde", sde)
+    n_steps = _check_n_steps(n_steps)
     t_start, t_end = float(check_time(t_start, name="t_start")), float(check_time(t_end, name="t_end"))
     if t_end <= t_start:
         raise ValueError(f"t_end ({t_end}) must be after t_start ({t_start}) for the forward process")
-    ts = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
-    x = x0.clone()
-    traj = [x.cpu()] if return_trajectory else None
-    for i in progress(range(steps), desc="forward SDE", disable=not progress_bar):
-        t, dt = _tvec(ts[i], x), float(ts[i + 1] - ts[i])
-        sig = expand_to(_sigma2_t(sigma, sde, t).sqrt(), x)
-        x = x + family_drift(score_fn, sde, x, t, sigma) * dt + sig * math.sqrt(dt) * noise_like(x, generator)
-        if return_trajectory:
-            traj.append(x.cpu())
-    return (x, traj) if return_trajectory else x
+    ts = torch.linspace(t_start, t_end, n_steps + 1, dtype=torch.float64)
+    t0, dt = ts[:-1], ts[1:] - ts[:-1]
+    sig, sig2 = _sigma_table(sigma, sde, t0)
+    beta = sde._beta(t0)
+    a, b, c = (1 - 0.5 * beta * dt).tolist(), (0.5 * (beta - sig2) * dt).tolist(), (sig * dt.sqrt()).tolist()
+    needs_score = any(v != 0 for v in b)
+    if needs_score and score_fn is None:
+        raise ValueError("this member of the family needs the score (sigma != 1): pass score_fn(x, t)")
+    x0 = validation.tensor("x0", x0, finite=True)
+    x, device = sampler_start(score_fn if score_fn is not None else (lambda x, t: x), None, x_T=x0,
+                              generator=generator, device=device, callback=callback, name="score_fn",
+                              data_start=True)
+    x = x.clone()
+    times, t_list = ts.tolist(), t0.tolist()
+
+    def step(i, x):
+        out = x * a[i - 1]
+        if needs_score:
+            out = out.sub_(_score_at(score_fn, x, t_list[i - 1], i == 1), alpha=b[i - 1])
+        return out.add_(noise_like(x, generator), alpha=c[i - 1]) if c[i - 1] > 0 else out
+
+    return _run(x, n_steps, step, times, callback, "forward SDE", progress_bar)
 
 
 @torch.no_grad()
-def sample_reverse_family(score_fn, sde: VPSDE, shape=None, *, steps: int = 500, sigma=1.0, t_min: float = 1e-3,
-                          generator=None, device=None, x_T=None, return_trajectory: bool = False,
-                          progress_bar: bool = False, desc: str = "reverse SDE"):
-    r"""Euler–Maruyama for the reverse family from ``t = 1`` to ``t_min`` on a uniform grid of ``steps`` steps:
+def sample_reverse_family(score_fn, shape=None, sde: VPSDE = None, n_steps: int = 500, *, x_T=None, generator=None,
+                          progress_bar: bool = True, callback=None, device=None, sigma=1.0, t_min: float = 1e-3,
+                          desc: str = "reverse SDE"):
+    r"""Euler–Maruyama for the reverse family from ``t = 1`` to ``t_min`` on a uniform grid of ``n_steps`` steps:
 
     .. math:: x \leftarrow x - \big(f_t(x) - \tfrac12(g_t^2+\sigma_t^2)\nabla\log p_t(x)\big)\Delta t
-              + \sigma_t\sqrt{\Delta t}\,z.
+              + \sigma_t\sqrt{\Delta t}\,z,
 
+    i.e. :math:`x \leftarrow (1 + \tfrac12\beta\Delta t)\,x + \tfrac12(\beta + \sigma_t^2)\Delta t\,s_\theta
+    + \sigma_t\sqrt{\Delta t}\,z` with the numbers computed once in float64.
     ``sigma=1`` (:math:`\sigma_t = g_t`) is the reverse SDE, ``sigma=0`` the PF-ODE with Euler's method.
-    One score evaluation per step. Noise comes from ``generator`` on the CPU.
+    One score evaluation per step. The one sampler signature (module docstring); ``shape`` may be ``None`` when
+    ``x_T`` is given, and the order ``(score_fn, sde, shape)`` of earlier versions is accepted too.
     """
-    steps, t_min = _check_steps(steps), _check_t_min(t_min)
-    x = _start(shape, x_T, generator, device)
-    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-    traj = [x.cpu()] if return_trajectory else None
-    for i in progress(range(steps), desc=desc, disable=not progress_bar):
-        t, dt = _tvec(ts[i], x), float(ts[i] - ts[i + 1])
-        sig = _sigma2_t(sigma, sde, t).sqrt()
-        x = x - family_drift(score_fn, sde, x, t, sigma, reverse=True) * dt
-        if bool((sig > 0).any()):
-            x = x + expand_to(sig, x) * math.sqrt(dt) * noise_like(x, generator)
-        if return_trajectory:
-            traj.append(x.cpu())
-    return (x, traj) if return_trajectory else x
+    shape, sde = _shape_sde(shape, sde)
+    n_steps, t_min = _check_n_steps(n_steps), _check_t_min(t_min)
+    ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=torch.float64)
+    t0, dt = ts[:-1], ts[:-1] - ts[1:]
+    sig, sig2 = _sigma_table(sigma, sde, t0)
+    beta = sde._beta(t0)
+    a, b, c = (1 + 0.5 * beta * dt).tolist(), (0.5 * (beta + sig2) * dt).tolist(), (sig * dt.sqrt()).tolist()
+    x, device = sampler_start(score_fn, shape, x_T=x_T, generator=generator, device=device, callback=callback,
+                              name="score_fn")
+    t_list = t0.tolist()
+
+    def step(i, x):
+        out = torch.add(x * a[i - 1], _score_at(score_fn, x, t_list[i - 1], i == 1), alpha=b[i - 1])
+        return out.add_(noise_like(x, generator), alpha=c[i - 1]) if c[i - 1] > 0 else out
+
+    return _run(x, n_steps, step, ts.tolist(), callback, desc, progress_bar)
 
 
-def sample_reverse_sde(score_fn, sde: VPSDE, shape=None, *, steps: int = 500, t_min: float = 1e-3, **kwargs):
+def sample_reverse_sde(score_fn, shape=None, sde: VPSDE = None, n_steps: int = 500, **kwargs):
     r"""The reverse-time SDE :math:`dx = [f_t(x) - g_t^2\nabla\log p_t(x)]\,dt + g_t\,d\bar w` by Euler–Maruyama
-    (``steps`` score evaluations). Keyword arguments as :func:`sample_reverse_family`."""
-    return sample_reverse_family(score_fn, sde, shape, steps=steps, sigma=1.0, t_min=t_min, **kwargs)
+    (``n_steps`` score evaluations). Keyword arguments as :func:`sample_reverse_family`."""
+    return sample_reverse_family(score_fn, shape, sde, n_steps, sigma=1.0, **kwargs)
 
 
-def sample_ode_euler(score_fn, sde: VPSDE, shape=None, *, steps: int = 100, t_min: float = 1e-3, **kwargs):
+def sample_ode_euler(score_fn, shape=None, sde: VPSDE = None, n_steps: int = 100, **kwargs):
     r"""The probability-flow ODE :math:`dx/dt = f_t(x) - \tfrac12 g_t^2\nabla\log p_t(x)` by Euler's method from
-    ``t = 1`` to ``t_min`` (NFE = ``steps``). Keyword arguments as :func:`sample_reverse_family`."""
+    ``t = 1`` to ``t_min`` (NFE = ``n_steps``). Keyword arguments as :func:`sample_reverse_family`."""
     kwargs.setdefault("desc", "PF-ODE Euler")
-    return sample_reverse_family(score_fn, sde, shape, steps=steps, sigma=0.0, t_min=t_min, **kwargs)
+    return sample_reverse_family(score_fn, shape, sde, n_steps, sigma=0.0, **kwargs)
 
 
 @torch.no_grad()
-def sample_ode_heun(score_fn, sde: VPSDE, shape=None, *, steps: int = 50, t_min: float = 1e-3, generator=None,
-                    device=None, x_T=None, return_trajectory: bool = False, progress_bar: bool = False):
-    r"""The probability-flow ODE by Heun's method (explicit trapezoid, second order), NFE = ``2 * steps``:
-    :math:`\tilde x = x + h\,v(x, t)`, :math:`x \leftarrow x + \tfrac h2\,(v(x, t) + v(\tilde x, t + h))`, :math:`h < 0`."""
-    steps, t_min = _check_steps(steps), _check_t_min(t_min)
-    x = _start(shape, x_T, generator, device)
-    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-    traj = [x.cpu()] if return_trajectory else None
-    for i in progress(range(steps), desc="PF-ODE Heun", disable=not progress_bar):
-        h = float(ts[i + 1] - ts[i])
-        v0 = pf_ode_drift(score_fn, sde, x, _tvec(ts[i], x))
-        x_pred = x + h * v0
-        v1 = pf_ode_drift(score_fn, sde, x_pred, _tvec(ts[i + 1], x))
-        x = x + 0.5 * h * (v0 + v1)
-        if return_trajectory:
-            traj.append(x.cpu())
-    return (x, traj) if return_trajectory else x
+def sample_ode_heun(score_fn, shape=None, sde: VPSDE = None, n_steps: int = 50, *, x_T=None, generator=None,
+                    progress_bar: bool = True, callback=None, device=None, t_min: float = 1e-3):
+    r"""The probability-flow ODE by Heun's method (explicit trapezoid, second order), NFE = ``2 * n_steps``:
+    :math:`\tilde x = x + h\,v(x, t)`, :math:`x \leftarrow x + \tfrac h2\,(v(x, t) + v(\tilde x, t + h))`, :math:`h < 0`,
+    with :math:`v(x, t) = -\tfrac12\beta(t)\,(x + s_\theta(x, t))`. The one sampler signature (module docstring;
+    the start point is drawn from ``generator``, the steps draw no noise)."""
+    shape, sde = _shape_sde(shape, sde)
+    n_steps, t_min = _check_n_steps(n_steps), _check_t_min(t_min)
+    ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=torch.float64)
+    times = ts.tolist()
+    beta = sde._beta(ts).tolist()
+    x, device = sampler_start(score_fn, shape, x_T=x_T, generator=generator, device=device, callback=callback,
+                              name="score_fn")
+
+    def v(x, k, first=False):  # the PF-ODE velocity at grid time k
+        return torch.add(x, _score_at(score_fn, x, times[k], first)).mul_(-0.5 * beta[k])
+
+    def step(i, x):
+        h = times[i] - times[i - 1]
+        v0 = v(x, i - 1, i == 1)
+        v1 = v(torch.add(x, v0, alpha=h), i)
+        return torch.add(x, v0.add_(v1), alpha=0.5 * h)
+
+    return _run(x, n_steps, step, times, callback, "PF-ODE Heun", progress_bar)
 
 
 @torch.no_grad()
-def sample_ode_scipy(score_fn, sde: VPSDE, shape=None, *, t_min: float = 1e-3, t_max: float = 1.0,
-                     rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45", generator=None, device=None,
-                     x_T=None, return_nfe: bool = False):
+def sample_ode_scipy(score_fn, shape=None, sde: VPSDE = None, *, x_T=None, generator=None, progress_bar: bool = True,
+                     callback=None, device=None, t_min: float = 1e-3, t_max: float = 1.0, rtol: float = 1e-5,
+                     atol: float = 1e-5, method: str = "RK45", return_nfe: bool = False):
     r"""The probability-flow ODE from ``t_max`` to ``t_min`` with scipy's adaptive ``solve_ivp`` (RK45 by default),
     in float64. With tight tolerances it is the reference solution for the fixed-step solvers.
 
     Also integrates forward when ``t_max < t_min`` (the ODE is its own inverse: encode data into noise).
-    Returns ``x`` (dtype of ``x_T``), or ``(x, nfe)`` with ``return_nfe=True``.
+    Returns ``x`` (dtype of ``x_T``), or ``(x, nfe)`` with ``return_nfe=True``. The sampler signature without
+    ``n_steps`` (scipy picks the steps): the state moves to the host at every evaluation (scipy works there), and
+    ``callback(i, t, x)`` is called twice, at ``i = 0`` (``t_max``) and ``i = 1`` (``t_min``).
     """
+    shape, sde = _shape_sde(shape, sde)
     t_min = float(check_time(t_min, name="t_min"))
     t_max = float(check_time(t_max, name="t_max"))
-    x = _start(shape, x_T, generator, device)
+    rtol = validation.number("rtol", rtol, low=0, strict_low=True)
+    atol = validation.number("atol", atol, low=0, strict_low=True)
+    x, device = sampler_start(score_fn, shape, x_T=x_T, generator=generator, device=device, callback=callback,
+                              name="score_fn")
     dtype, dev, shp = x.dtype, x.device, x.shape
+    validation.output("score_fn", score_fn(x, torch.full((shp[0],), t_max, dtype=dtype, device=dev)), like=x)
+    if callback is not None:
+        callback(0, t_max, x)
+    bar = progress(total=100, desc="PF-ODE (scipy)", disable=not progress_bar)
 
     def fun(t, y):
         xt = torch.from_numpy(y).reshape(shp).to(dev)
+        bar.update(max(0, int(100 * (t_max - t) / (t_max - t_min)) - bar.n) if t_max != t_min else 0)
         return pf_ode_drift(score_fn, sde, xt, _tvec(min(max(t, 0.0), 1.0), xt)).cpu().numpy().ravel()
 
     y0 = x.detach().to(torch.float64).cpu().numpy().ravel()
     sol = solve_ivp(fun, (t_max, t_min), y0, method=method, rtol=rtol, atol=atol)
+    bar.close()
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
     out = torch.from_numpy(sol.y[:, -1]).reshape(shp).to(dtype).to(dev)
+    if callback is not None:
+        callback(1, t_min, out)
     return (out, sol.nfev) if return_nfe else out
+
+
+def _tvec(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), float(t), dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------- predictor–corrector
@@ -397,36 +508,52 @@ def langevin_correct(score_fn, sde: VPSDE, x: torch.Tensor, t, *, snr: float = 0
     r"""Langevin MCMC at fixed ``t`` (the corrector): :math:`x \leftarrow x + \epsilon\nabla\log p_t(x) + \sqrt{2\epsilon}\,z`,
     which leaves :math:`p_t` invariant as :math:`\epsilon\to0`. Step size :math:`\epsilon_t = 2\,(r\,s(t))^2` with
     :math:`r` = ``snr``: the step is ``snr`` times the noise scale :math:`s(t)` of :math:`p_t`."""
-    if not snr > 0:
-        raise ValueError(f"snr must be > 0 (the Langevin step relative to the noise scale); got {snr}")
+    sde = validation.sde("sde", sde)
+    snr = validation.number("snr (the Langevin step relative to the noise scale)", snr, low=0, strict_low=True)
+    n_steps = validation.integer("n_steps", n_steps, low=0)
+    x = validation.tensor("x", x, finite=True)
     t = check_time(t, batch=x.shape[0])
-    eps = expand_to(2.0 * (snr * sde.marginal(t)[1]) ** 2, x)
-    for _ in range(int(n_steps)):
-        x = x + eps * score_fn(x, t.to(x.dtype).to(x.device)) + (2 * eps).sqrt() * noise_like(x, generator)
+    eps = expand_to(2.0 * (snr * sde._marginal(t)[1]) ** 2, x)
+    tt = t.to(x.dtype).to(x.device)
+    for k in range(n_steps):
+        score = score_fn(x, tt)
+        if k == 0:
+            validation.output("score_fn", score, like=x)
+        x = x + eps * score + (2 * eps).sqrt() * noise_like(x, generator)
     return x
 
 
 @torch.no_grad()
-def sample_pc(score_fn, sde: VPSDE, shape=None, *, steps: int = 100, corrector_steps: int = 1, snr: float = 0.1,
-              t_min: float = 1e-3, generator=None, device=None, x_T=None, progress_bar: bool = False):
-    r"""Predictor–corrector sampling: each of ``steps`` reverse-SDE Euler–Maruyama steps (the predictor) is followed
+def sample_pc(score_fn, shape=None, sde: VPSDE = None, n_steps: int = 100, *, x_T=None, generator=None,
+              progress_bar: bool = True, callback=None, device=None, corrector_steps: int = 1, snr: float = 0.1,
+              t_min: float = 1e-3):
+    r"""Predictor–corrector sampling: each of ``n_steps`` reverse-SDE Euler–Maruyama steps (the predictor) is followed
     by ``corrector_steps`` Langevin steps at the new time (:func:`langevin_correct`).
-    NFE = ``steps * (1 + corrector_steps)``."""
-    steps, t_min = _check_steps(steps), _check_t_min(t_min)
-    x = _start(shape, x_T, generator, device)
-    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-    for i in progress(range(steps), desc="predictor-corrector", disable=not progress_bar):
-        x = _em_step(score_fn, sde, x, float(ts[i]), float(ts[i + 1]), generator)
-        x = langevin_correct(score_fn, sde, x, _tvec(ts[i + 1], x), snr=snr, n_steps=corrector_steps,
-                             generator=generator)
-    return x
+    NFE = ``n_steps * (1 + corrector_steps)``. The one sampler signature (module docstring); ``callback`` sees the
+    state after each predictor + corrector step."""
+    shape, sde = _shape_sde(shape, sde)
+    n_steps, t_min = _check_n_steps(n_steps), _check_t_min(t_min)
+    corrector_steps = validation.integer("corrector_steps", corrector_steps, low=0)
+    snr = validation.number("snr (the Langevin step relative to the noise scale)", snr, low=0, strict_low=True)
+    ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=torch.float64)
+    t0, dt = ts[:-1], ts[:-1] - ts[1:]
+    beta = sde._beta(t0)
+    a, b, c = (1 + 0.5 * beta * dt).tolist(), (beta * dt).tolist(), (beta * dt).sqrt().tolist()
+    lv = (2.0 * (snr * sde._marginal(ts[1:])[1]) ** 2).tolist()  # the corrector's step at the time reached
+    x, device = sampler_start(score_fn, shape, x_T=x_T, generator=generator, device=device, callback=callback,
+                              name="score_fn")
+    times = ts.tolist()
 
+    def step(i, x):
+        x = torch.add(x * a[i - 1], _score_at(score_fn, x, times[i - 1], i == 1), alpha=b[i - 1])
+        x = x.add_(noise_like(x, generator), alpha=c[i - 1])
+        e = lv[i - 1]
+        for _ in range(corrector_steps):
+            x = torch.add(x, _score_at(score_fn, x, times[i], False), alpha=e).add_(noise_like(x, generator),
+                                                                                      alpha=math.sqrt(2 * e))
+        return x
 
-def _em_step(score_fn, sde, x, t_from, t_to, generator):
-    """One reverse-SDE Euler–Maruyama step from ``t_from`` down to ``t_to``."""
-    t, dt = _tvec(t_from, x), t_from - t_to
-    return x - reverse_sde_drift(score_fn, sde, x, t) * dt + expand_to(sde.diffusion(t), x) * math.sqrt(dt) * noise_like(
-        x, generator)
+    return _run(x, n_steps, step, times, callback, "predictor-corrector", progress_bar)
 
 
 # ---------------------------------------------------------------------------------- likelihood
@@ -542,7 +669,7 @@ def fokker_planck_1d(p0, grid: torch.Tensor, sde: VPSDE, *, t_end: float, steps:
     time (second order, unconditionally stable), one tridiagonal solve per step. ``p0`` is the density on the
     grid at ``t_start``. Returns the density at ``t_end`` (float64, same shape as ``grid``).
     """
-    steps = _check_steps(steps)
+    steps = validation.integer("steps", steps, low=1)
     grid = torch.as_tensor(grid, dtype=torch.float64)
     if grid.ndim != 1 or grid.numel() < 3 or not bool((grid.diff() > 0).all()):
         raise ValueError("grid must be a 1-D increasing tensor of at least 3 cell centres")
