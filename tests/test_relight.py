@@ -246,3 +246,107 @@ def test_objective_rejects_bad_input():
         rl.couple("shared", x, 0.5, 0.5)
     with pytest.raises(ValueError, match="x0_1"):
         rl.couple("independent", x, 0.5, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+from tinydiff.models.relight import PhiNet, RelightUNet, widen_input, widen_input_conv  # noqa: E402
+
+
+def _randomise(model, seed=0):
+    """Give every parameter random values (a UNet's output conv starts at zero, which would hide any bug)."""
+    g = _gen(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+def _close_exact(a, b):
+    """Widening adds 0 * c terms: exact in real arithmetic, so in float64 only the summation order may differ."""
+    torch.testing.assert_close(a, b, atol=1e-12 * (1 + b.abs().max().item()), rtol=0)
+
+
+def test_widen_input_conv_keeps_the_output_for_any_new_channels():
+    conv = nn_conv = torch.nn.Conv2d(3, 8, 3, padding=1).double()
+    wide = widen_input_conv(conv, 5)
+    assert wide.in_channels == 8 and wide.weight.dtype == torch.float64
+    g = _gen(20)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    c = torch.randn(2, 5, 6, 6, generator=g, dtype=torch.float64)
+    _close_exact(wide(torch.cat([x, c], 1)), nn_conv(x))
+    assert torch.equal(wide.weight[:, 3:], torch.zeros_like(wide.weight[:, 3:]))
+    with pytest.raises(ValueError, match="extra_channels"):
+        widen_input_conv(conv, 0)
+
+
+def test_widened_unet_equals_the_base_unet_exactly():
+    base = _randomise(td.models.UNet(3, base_channels=16, channel_mults=(1, 2)).double())
+    g = _gen(21)
+    x = torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 400, 999])
+    before = base(x, t)
+    wide = widen_input(base, 4)
+    assert wide.in_channels == 7
+    _close_exact(wide(torch.cat([x, torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)], 1), t), before)
+
+
+def test_widened_dit_equals_the_base_dit_exactly():
+    dit = pytest.importorskip("tinydiff.models.dit")
+    base = _randomise(dit.DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, heads=2,
+                              num_classes=None).double())
+    g = _gen(22)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([3, 700])
+    before = base(x, t)
+    widen_input(base, 4)
+    _close_exact(base(torch.cat([x, torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)], 1), t), before)
+    with pytest.raises(ValueError, match="learn_sigma"):
+        widen_input(dit.DiT(input_size=8, in_channels=3, hidden_size=32, depth=1, heads=2, learn_sigma=True), 4)
+
+
+def test_relight_unet_from_base_computes_the_base_model_until_trained():
+    base = _randomise(td.models.UNet(3, base_channels=16, channel_mults=(1, 2)).double())
+    g = _gen(23)
+    x = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    t = torch.tensor([10, 800])
+    before = base(x, t)
+    model = RelightUNet.from_base(base, cond_channels=4)
+    obj = world.make_objects(2, 16, generator=g, dtype=torch.float64)
+    light = world.random_lights(2, 16, generator=g, dtype=torch.float64)
+    _close_exact(model(x, t, world.condition(obj), light), before)
+    # once the light MLP's last layer is non-zero the light does change the output
+    with torch.no_grad():
+        model.unet.embed.light[-1].weight.normal_(generator=g)
+    assert (model(x, t, world.condition(obj), light) - before).abs().max() > 1e-3
+
+
+def test_background_variant_equals_the_foreground_model_at_init_and_for_zero_filled_backgrounds():
+    fg = _randomise(RelightUNet(base_channels=16).double(), seed=24)
+    g = _gen(25)
+    obj = world.make_objects(2, 16, generator=g, background="random", dtype=torch.float64)
+    light = world.random_lights(2, 16, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    t = torch.tensor([5, 500])
+    cond_fg = world.condition(obj)
+    want = fg(x, t, cond_fg, light)
+    bg = fg.add_background(3)
+    cond_bg = world.condition(obj, with_background=True)
+    _close_exact(bg(x, t, cond_bg, light), want)  # any background: its weights are zero
+    with torch.no_grad():
+        bg.unet.inp.weight[:, -3:].normal_(generator=g)  # "trained" background weights
+    zero_filled = torch.cat([cond_fg, torch.zeros(2, 3, 16, 16, dtype=torch.float64)], 1)
+    _close_exact(bg(x, t, zero_filled, light), want)  # a zero-filled background still adds nothing
+    assert (bg(x, t, cond_bg, light) - want).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="cond"):
+        bg(x, t, cond_fg, light)
+
+
+def test_phi_net_shapes_and_learned_phi_loss_runs():
+    phi = PhiNet(3, hidden=8)
+    g = _gen(26)
+    z = [torch.randn(2, 3, 4, 4, generator=g) for _ in range(6)]
+    a, s = _coefs(torch.tensor([100, 500]))
+    loss = rl.consistency_loss_latent(phi, z[0], *z[1:3], *z[3:6], a.float(), s.float())
+    loss.backward()
+    assert phi.net[0].weight.grad is not None and phi.net[0].in_channels == 18

@@ -13,6 +13,7 @@ from .embeddings import timestep_embedding
 from .mlp import MLPClassifier, MLPDenoiser
 from .text import TextEncoder
 from .unet import ResBlock, UNet
+from .relight import PhiNet, RelightUNet, widen_input, widen_input_conv  # lesson 10 (IC-Light)
 from .dit import DiT, dit_to_diffusers  # noqa: F401  (lesson 09)
 from .mmdit import JointBlock, MMDiT  # noqa: F401  (lesson 09)
 
