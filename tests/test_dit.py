@@ -212,3 +212,25 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
     with pytest.raises(ValueError, match="no labels"):
         D.DiT(input_size=8, patch_size=2, hidden_size=16, depth=1, heads=2, num_classes=None)(
             torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 1]))
+
+
+# ------------------------------------------------------------------------------------------ cost
+@pytest.mark.parametrize("cond", D.CONDITIONING)
+def test_param_count_and_flops_match_the_module_and_torch_flop_counter(cond):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = D.DiT(input_size=8, patch_size=2, hidden_size=32, depth=2, heads=4, cond=cond, learn_sigma=True)
+    assert D.param_count(m) == sum(p.numel() for p in m.parameters())
+    x, t, y = _inputs(B=3, dtype=torch.float32)
+    # the math backend spells attention as two bmm's, which the counter sees (the fused CPU kernel it skips)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        m(x, t, y)
+    assert counter.get_total_flops() == 3 * D.flops(m)
+
+
+def test_dit_xl2_costs_what_the_paper_says():
+    with torch.device("meta"):  # no memory, no arithmetic: shapes only
+        m = D.DiT.from_preset("XL/2", input_size=32, in_channels=4, num_classes=1000, learn_sigma=True)
+    assert round(D.flops(m) / 2e9, 1) == 118.6  # DiT Table 4 counts multiply-adds
+    assert round(D.param_count(m) / 1e6) == 675

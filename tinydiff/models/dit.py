@@ -42,7 +42,7 @@ from .embeddings import timestep_embedding
 __all__ = [
     "CONDITIONING", "DIT_SIZES", "patchify", "unpatchify", "pos_embed_1d", "pos_embed_2d", "modulate",
     "adaln", "Attention", "Mlp", "TimestepEmbedder", "LabelEmbedder", "DiTBlock", "FinalLayer", "DiT",
-    "dit_to_diffusers",
+    "dit_to_diffusers", "param_count", "flops",
 ]
 
 CONDITIONING = ("adaln_zero", "adaln", "cross_attn", "in_context")
@@ -346,7 +346,8 @@ class DiT(nn.Module):
         if y is None:
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)  # the null label
         y = torch.as_tensor(y, device=device)
-        if y.is_floating_point() or y.shape != (batch,) or (y < 0).any() or (y > self.num_classes).any():
+        bad_values = y.device.type != "meta" and bool(((y < 0) | (y > self.num_classes)).any())  # meta: no values
+        if y.is_floating_point() or y.shape != (batch,) or bad_values:
             raise ValueError(f"y must be ({batch},) integer labels in 0..{self.num_classes - 1}, or {self.num_classes} "
                              f"for the null label; got {tuple(y.shape)} {y.dtype}")
         return y.long()
@@ -384,6 +385,54 @@ class DiT(nn.Module):
             return out
         pred, var = out.split(self.in_channels, dim=1)
         return (pred, var) if return_sigma else pred
+
+
+# ------------------------------------------------------------------------------------------ cost
+def param_count(model: DiT) -> int:
+    r"""The number of parameters of a :class:`DiT`, by formula (``D`` hidden, ``r`` MLP ratio, ``n`` = 6 or 4
+    modulation vectors, ``C p^2`` numbers per patch in and ``C_o p^2`` out):
+
+    embeddings :math:`(Cp^2 + 1)D + (256 + 1)D + (D + 1)D + (K + 1)D`; per block attention :math:`4D^2 + 4D`,
+    MLP :math:`2rD^2 + rD + D`, plus :math:`nD^2 + nD` (adaLN) or :math:`4D^2 + 4D + 6D` (cross-attention and its
+    norm; plain LayerNorms have :math:`2D` each); final layer :math:`(D + 1)C_op^2` plus :math:`2D^2 + 2D` (adaptive)."""
+    D, r, p = model.hidden_size, model.mlp_ratio, model.patch_size
+    hid = int(D * r)
+    n = model.in_channels * p * p * D + D + 256 * D + D + D * D + D
+    n += 0 if model.y_embedder is None else (model.num_classes + 1) * D
+    block = 4 * D * D + 4 * D + D * hid + hid + hid * D + D
+    if model.cond in ("adaln_zero", "adaln"):
+        k = 6 if model.cond == "adaln_zero" else 4
+        block += k * D * D + k * D
+    else:
+        block += 4 * D  # two LayerNorms with affine parameters
+        if model.cond == "cross_attn":
+            block += 2 * D + 4 * D * D + 4 * D
+    n += model.depth * block
+    n += D * p * p * model.out_channels + p * p * model.out_channels
+    n += 2 * D * D + 2 * D if model.final_layer.adaptive else 2 * D
+    return n
+
+
+def flops(model: DiT) -> int:
+    r"""Forward FLOPs per sample of a :class:`DiT`, counting **2 per multiply-add** of the matrix products and
+    ignoring element-wise work (the convention of ``torch.utils.flop_counter``). DiT's Table 4 reports
+    multiply-adds ("Gflops" = half of this): 118.6 for DiT-XL/2 on 32x32x4 latents.
+
+    With ``N`` tokens (``N + 2`` in context), per block: projections :math:`12 N D^2` (q, k, v, output and an MLP of
+    ratio 4), attention :math:`2N^2D` (:math:`QK^\top` and the average of ``V``), the modulation :math:`nD^2`,
+    and for cross-attention :math:`2ND^2 + 2\cdot 2D^2 + 2\cdot 2ND` over the two conditioning tokens."""
+    D, p, N = model.hidden_size, model.patch_size, model.num_tokens
+    hid = int(D * model.mlp_ratio)
+    macs = N * model.in_channels * p * p * D + 256 * D + D * D  # patch embedding, timestep MLP
+    n_tok = N + 2 if model.cond == "in_context" else N
+    block = n_tok * (4 * D * D + 2 * D * hid) + 2 * n_tok * n_tok * D
+    if model.cond in ("adaln_zero", "adaln"):
+        block += (6 if model.cond == "adaln_zero" else 4) * D * D
+    if model.cond == "cross_attn":
+        block += 2 * N * D * D + 2 * 2 * D * D + 2 * N * 2 * D
+    macs += model.depth * block
+    macs += N * D * p * p * model.out_channels + (2 * D * D if model.final_layer.adaptive else 0)
+    return 2 * macs
 
 
 # ------------------------------------------------------------------------------------------ diffusers
