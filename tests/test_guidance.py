@@ -180,10 +180,10 @@ def test_guided_ddpm_gamma_zero_reproduces_ddpm_sample(gm):
     sched = td.NoiseSchedule.linear(50, beta_end=0.2)
     eps_fn = gm.eps_fn(sched)
     grad_fn = lambda x, t, y: G.oracle_class_grad(gm, x, sched.alpha_bar[t.cpu()], y)  # noqa: E731
-    a = G.guided_ddpm_sample(eps_fn, grad_fn, 0, 0.0, (64, 2), sched, generator=torch.Generator().manual_seed(3))
+    a = G.guided_ddpm_sample(eps_fn, (64, 2), sched, grad_fn=grad_fn, y=0, gamma=0.0, generator=torch.Generator().manual_seed(3))
     b = td.ddpm.sample(eps_fn, (64, 2), sched, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
-    c = G.guided_ddpm_sample(eps_fn, grad_fn, 0, 2.0, (64, 2), sched, generator=torch.Generator().manual_seed(3))
+    c = G.guided_ddpm_sample(eps_fn, (64, 2), sched, grad_fn=grad_fn, y=0, gamma=2.0, generator=torch.Generator().manual_seed(3))
     assert (gm.class_posterior(c).argmax(1) == 0).double().mean() > (gm.class_posterior(b).argmax(1) == 0).double().mean()
 
 

@@ -31,8 +31,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from . import ddpm, metrics
-from .utils import check_same_shape, expand_to, noise_like, progress, start_noise
+from . import ddpm, metrics, validation
+from .utils import check_same_shape, expand_to, noise_like, progress, sampler_start, table_on
 
 __all__ = [
     "cfg",
@@ -76,19 +76,41 @@ def _check_gamma(gamma, x: torch.Tensor | None = None):
 
 
 def _as_labels(y, batch: int, num_classes: int | None = None, *, allow_null: bool = False) -> torch.Tensor:
-    """An int or a LongTensor ``(B,)`` of class indices -> LongTensor ``(B,)`` (checked against ``num_classes``)."""
+    """An int or a LongTensor ``(B,)`` of class indices -> LongTensor ``(B,)`` (checked against ``num_classes``).
+
+    The range is checked for labels on the CPU; labels already on an accelerator are checked for dtype and shape
+    only (reading them would cost a device->host sync at every sampler step)."""
     y = torch.as_tensor(y)
-    if y.is_floating_point() or y.dtype == torch.bool:
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"labels y must be integer class indices; got dtype {y.dtype}")
     if y.ndim == 0:
         y = y.expand(batch)
     if y.shape != (batch,):
         raise ValueError(f"labels y must be an int or have shape ({batch},) to match the batch; got {tuple(y.shape)}")
-    if num_classes is not None and y.numel():
+    if num_classes is not None and y.numel() and y.device.type == "cpu":
         top = num_classes if allow_null else num_classes - 1
         if int(y.min()) < 0 or int(y.max()) > top:
             raise ValueError(f"labels y must lie in 0..{top}; got values from {int(y.min())} to {int(y.max())}")
     return y.long()
+
+
+def _on(value, x: torch.Tensor, cache: dict):
+    """A per-sample tensor (labels, strengths) moved to ``x``'s device once and kept for the following steps."""
+    if not isinstance(value, torch.Tensor) or value.device == x.device:
+        return value
+    key = (str(x.device), value.dtype)
+    if key not in cache:
+        cache[key] = value.to(x.device)
+    return cache[key]
+
+
+def _cfg(eps_uncond, eps_cond, g):
+    r""":math:`(1+\gamma)\varepsilon_y - \gamma\varepsilon_\varnothing`, unchecked (``g`` a number or broadcastable)."""
+    return (1 + g) * eps_cond - g * eps_uncond
+
+
+def _gamma_like(gamma, x):
+    return expand_to(gamma, x) if isinstance(gamma, torch.Tensor) else gamma
 
 
 # ------------------------------------------------------------------------------------------ the algebra
@@ -245,10 +267,13 @@ def classifier_guided_eps_fn(eps_fn, grad_fn, y, gamma, sched):
     ``eps_fn(x, t)`` of :func:`classifier_eps`, usable by any sampler (DDPM, DDIM, ...).
 
     ``grad_fn`` is e.g. ``lambda x, t, y: classifier_grad(clf, x, t, y)``."""
-    _check_gamma(gamma)
+    gamma = _check_gamma(gamma)
+    cache: dict = {}
 
     def guided_eps(x, t):
-        return classifier_eps(eps_fn(x, t), grad_fn(x, t, y), sched.alpha_bar[t.cpu()], gamma)
+        ab = expand_to(table_on(sched.alpha_bar, t.device)[t], x)
+        g = _gamma_like(_on(gamma, x, cache), x)
+        return eps_fn(x, t) - g * (1 - ab).sqrt() * grad_fn(x, t, y)
 
     return guided_eps
 
@@ -256,10 +281,11 @@ def classifier_guided_eps_fn(eps_fn, grad_fn, y, gamma, sched):
 def cfg_eps_fn_from(eps_cond_fn, eps_uncond_fn, gamma):
     r"""Combine two callables ``eps(x, t)`` into the CFG ``eps_fn``
     :math:`(1+\gamma)\varepsilon_y - \gamma\varepsilon_\varnothing`."""
-    _check_gamma(gamma)
+    gamma = _check_gamma(gamma)
+    cache: dict = {}
 
     def guided_eps(x, t):
-        return cfg(eps_uncond_fn(x, t), eps_cond_fn(x, t), gamma)
+        return _cfg(eps_uncond_fn(x, t), eps_cond_fn(x, t), _gamma_like(_on(gamma, x, cache), x))
 
     return guided_eps
 
@@ -272,15 +298,21 @@ def cfg_eps_fn(model, y, gamma, *, null_label: int | None = None):
     """
     if null_label is None:
         null_label = _null_label_of(model)
-    _check_gamma(gamma)
+    gamma = _check_gamma(gamma)
+    if isinstance(y, torch.Tensor) and y.ndim:
+        _as_labels(y, y.shape[0], null_label)  # checked once, here
+    labels: dict = {}
+    cache: dict = {}
 
     def guided_eps(x, t):
         B = x.shape[0]
-        yy = _as_labels(y, B, null_label).to(x.device)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([yy, torch.full_like(yy, null_label)]))
+        key = (B, str(x.device))
+        if key not in labels:  # [y; null] built once per batch size and device, not at every step
+            yy = _as_labels(y, B, null_label).to(x.device)
+            labels[key] = torch.cat([yy, torch.full_like(yy, null_label)])
+        out = model(torch.cat([x, x]), torch.cat([t, t]), labels[key])
         eps_cond, eps_uncond = out[:B], out[B:]
-        g = gamma.to(x.device) if isinstance(gamma, torch.Tensor) else gamma
-        return cfg(eps_uncond, eps_cond, g)
+        return _cfg(eps_uncond, eps_cond, _gamma_like(_on(gamma, x, cache), eps_cond))
 
     return guided_eps
 
@@ -295,34 +327,50 @@ def oracle_classifier_eps_fn(gm, sched, y: int, gamma):
     :math:`\varepsilon^*(x_t) - \gamma\sqrt{1-\bar\alpha_t}\nabla\log p(y\mid x_t)`."""
 
     def grad_fn(x, t, yy):
-        return oracle_class_grad(gm, x, sched.alpha_bar[t.cpu()].to(x.device), yy)
+        return oracle_class_grad(gm, x, table_on(sched.alpha_bar, t.device)[t], yy)
 
     return classifier_guided_eps_fn(gm.eps_fn(sched), grad_fn, y, gamma, sched)
 
 
 # ------------------------------------------------------------------------------------------ guided DDPM
 @torch.no_grad()
-def guided_ddpm_sample(eps_fn, grad_fn, y, gamma, shape, sched, *, var: str = "posterior",
-                       generator: torch.Generator | None = None, device=None, progress_bar: bool = False):
+def guided_ddpm_sample(eps_fn, shape, sched, *, grad_fn, y, gamma, x_T: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, progress_bar: bool = True, callback=None, device=None,
+                       var: str = "posterior"):
     r"""Classifier-guided ancestral sampling in Dhariwal & Nichol's *mean* form (their Algorithm 1):
-    :math:`x_{t-1}\sim\mathcal N\big(\mu_\theta(x_t,t) + \gamma\sigma_t^2\nabla\log p_\phi(y\mid x_t),\ \sigma_t^2 I\big)`.
+    :math:`x_{t-1}\sim\mathcal N\big(\mu_\theta(x_t,t) + \gamma\sigma_t^2\nabla\log p_\phi(y\mid x_t),\ \sigma_t^2 I\big)`,
+    with ``grad_fn(x, t, y)`` :math:`= \nabla_{x_t}\log p_\phi(y\mid x_t)` and ``gamma`` a number or per-sample ``(B,)``.
 
-    Noise is drawn exactly as in :func:`tinydiff.ddpm.sample`, so ``gamma = 0`` reproduces it sample for sample.
+    The signature of :func:`tinydiff.ddpm.sample` (all ``T`` steps; ``callback(i, t, x)``, the device of the model,
+    noise drawn on the CPU from ``generator`` exactly as there, so ``gamma = 0`` reproduces it sample for sample).
     (The :math:`\varepsilon`-form, :func:`classifier_guided_eps_fn`, shifts the mean by
     :math:`\gamma\beta_t/\sqrt{\alpha_t}\,\nabla\log p_\phi` instead: the same to first order in :math:`\beta_t`.)
     """
-    _check_gamma(gamma)
-    device = torch.device("cpu") if device is None else torch.device(device)
-    shape = tuple(shape)
-    x = start_noise(shape, generator=generator, device=device)
+    sched = validation.schedule("sched", sched)
+    gamma = _check_gamma(gamma)
+    if not callable(grad_fn):
+        raise TypeError(f"grad_fn must be a callable grad_fn(x, t, y); got {validation.describe(grad_fn)}")
+    x, device = sampler_start(eps_fn, shape, x_T=x_T, generator=generator, device=device, callback=callback)
+    _check_gamma(gamma, x)
+    coefs = ddpm.sample_coefs(sched, var)
     var_table = ddpm.reverse_variance(sched, var)
-    for t_int in progress(range(sched.T, 0, -1), desc="guided DDPM", disable=not progress_bar):
-        t = torch.full((shape[0],), t_int, dtype=torch.long, device=device)
-        z = noise_like(x, generator) if t_int > 1 else torch.zeros_like(x)
-        mean = ddpm.p_mean(x, eps_fn(x, t), t, sched)
-        s2 = float(var_table[t_int]) if t_int > 1 else 0.0
-        mean = guided_mean(mean, s2, grad_fn(x, t, y), gamma.to(device) if isinstance(gamma, torch.Tensor) else gamma)
-        x = mean + math.sqrt(s2) * z
+    s2 = [float(var_table[t]) if t > 1 else 0.0 for t in range(sched.T, 0, -1)]
+    g = _gamma_like(gamma.to(device) if isinstance(gamma, torch.Tensor) else gamma, x)
+    B, T = x.shape[0], sched.T
+    if callback is not None:
+        callback(0, T, x)
+    for i in progress(range(1, T + 1), desc="guided DDPM", disable=not progress_bar):
+        t_int = T + 1 - i
+        t = torch.full((B,), t_int, dtype=torch.long, device=device)
+        eps, grad = eps_fn(x, t), grad_fn(x, t, y)
+        if i == 1:
+            validation.output("eps_fn", eps, like=x)
+            validation.output("grad_fn", grad, like=x)
+        a, b, sig = coefs[i - 1]
+        mean = torch.sub(x * a, eps, alpha=b) + (g * s2[i - 1]) * grad
+        x = mean.add_(noise_like(x, generator), alpha=sig) if t_int > 1 else mean
+        if callback is not None:
+            callback(i, t_int - 1, x)
     return x
 
 

@@ -306,7 +306,7 @@ def _shape_sde(shape, sde):
 
 
 def _sigma_table(sigma, sde: VPSDE, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sigma_t, sigma_t^2)`` on the float64 grid ``ts``, computed once: ``sigma`` is a float c
+    r"""``(sigma_t, sigma_t^2)`` on the float64 grid ``ts``, computed once: ``sigma`` is a float c
     (:math:`\sigma_t = c\,g_t`, so :math:`\sigma_t^2 = c^2\beta(t)` exactly) or a callable ``sigma(t)`` (called
     once, on the whole grid)."""
     if callable(sigma):
