@@ -27,9 +27,9 @@ import math
 
 import torch
 
-from . import convert
+from . import convert, validation
 from .ddpm import q_sample
-from .utils import check_same_shape, progress
+from .utils import check_same_shape, device_of, noise_like, progress, sampler_start
 
 __all__ = [
     "gaussian_score",
@@ -51,29 +51,19 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _check_float(name: str, x) -> None:
+def _check_float(name: str, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point torch.Tensor; got {type(x).__name__}"
-                         f"{'' if not isinstance(x, torch.Tensor) else ' of dtype ' + str(x.dtype)}. "
+        raise ValueError(f"{name} must be a floating-point torch.Tensor; got {validation.describe(x)}. "
                          f"Use torch.as_tensor(..., dtype=torch.float32).")
-    if x.ndim < 1:
-        raise ValueError(f"{name} must have a batch dimension, shape (B, ...); got a scalar")
+    return validation.tensor(name, x, ndim=tuple(range(1, 9)))
 
 
 def _positive(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive, finite number; got {value!r}")
-    return v
+    return validation.number(f"{name} (a positive number)", value, low=0, strict_low=True)
 
 
 def _count(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-    return value
+    return validation.integer(name, value, low=low)
 
 
 def _alpha_bar(alpha_bar_t) -> torch.Tensor:
@@ -170,21 +160,27 @@ def ve_score_fn_from_eps_fn(eps_fn, sched, *, rtol: float = 1e-6):
               \sigma_t^2 = (1-\bar\alpha_t)/\bar\alpha_t.
 
     ``sigma`` must be one of the schedule's levels :math:`\sigma_t` (pick them with :func:`timesteps_for_sigmas`);
-    a discrete network knows no other noise level.
+    a discrete network knows no other noise level. The level table is built once (float64, on the host); a call
+    looks ``sigma`` (a Python number) up there and touches the device only to run the network.
     """
+    validation.schedule("sched", sched)
     table = sigma_from_alpha_bar(sched.alpha_bar[1:])
+    sqrt_ab = sched.alpha_bar.sqrt().tolist()
+    # sqrt(ab_t) * score_from_eps(eps, ab_t) = -eps * sqrt(ab_t) / sqrt(1 - ab_t) = -eps / sigma_t, one number per t
+    # (from convert.score_from_eps on the float64 table, once), so a call multiplies by a Python float
+    factor = (sched.alpha_bar[1:].sqrt() * convert.score_from_eps(torch.ones(sched.T, 1, dtype=torch.float64),
+                                                                   sched.alpha_bar[1:])[:, 0]).tolist()
 
     def score_fn(x, sigma):
-        t_int = int((table - float(sigma)).abs().argmin()) + 1
-        if abs(table[t_int - 1].item() - float(sigma)) > rtol * float(sigma):
+        sig = validation.number("sigma", sigma, low=0, strict_low=True)
+        t_int = int((table - sig).abs().argmin()) + 1
+        if abs(float(table[t_int - 1]) - sig) > rtol * sig:
             raise ValueError(
-                f"sigma = {float(sigma):.6g} is not a level of this schedule (nearest: sigma_{t_int} = "
-                f"{table[t_int - 1].item():.6g}); build the levels with timesteps_for_sigmas(sched, ...)"
+                f"sigma = {sig:.6g} is not a level of this schedule (nearest: sigma_{t_int} = "
+                f"{float(table[t_int - 1]):.6g}); build the levels with timesteps_for_sigmas(sched, ...)"
             )
-        ab = sched.alpha_bar[t_int]
         t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
-        xt = ab.sqrt().to(x.dtype) * x
-        return ab.sqrt().to(x.dtype) * convert.score_from_eps(eps_fn(xt, t), ab)
+        return factor[t_int - 1] * eps_fn(sqrt_ab[t_int] * x, t)
 
     return score_fn
 
@@ -220,14 +216,15 @@ def score_error_per_t(eps_fn, mixture, sched, ts, n: int, generator: torch.Gener
     - ``score_norm2``: :math:`\mathbb E\|s^*\|^2`, the scale to compare ``score_mse`` with;
     - ``t``: the timesteps.
 
-    Noise is drawn on the CPU from ``generator``; the network runs on ``device`` (default: the CPU).
+    Noise is drawn on the CPU from ``generator``; the network runs on ``device`` (default: the model's device, else
+    the CPU).
     """
     ts = torch.as_tensor(ts).flatten()
     if ts.is_floating_point() or not ts.numel():
         raise ValueError("ts must be a non-empty list of integer timesteps in 1..T")
     ts = sched.check_t(ts, ts.numel(), low=1)
     n = _count("n (samples per timestep)", n, 1)
-    dev = torch.device("cpu") if device is None else torch.device(device)
+    dev = device_of(eps_fn, fallback="cpu") if device is None else torch.device(device)
     out = {k: torch.zeros(len(ts), dtype=torch.float64) for k in ("score_mse", "eps_mse", "x0_mse", "score_norm2")}
     for i, t_int in enumerate(ts.tolist()):
         x0 = mixture.sample(n, generator, dtype=torch.float64)
@@ -254,44 +251,42 @@ def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size, noise: torch.
     return x + 0.5 * delta * score + math.sqrt(delta) * noise
 
 
-def _noise_like(x, generator):
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-
-
-def _checked_score(score_fn, x, *args):
-    s = score_fn(x, *args)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-        raise ValueError(f"score_fn must return a tensor shaped like x, {tuple(x.shape)}; got {shape}")
-    return s
-
-
 @torch.no_grad()
-def langevin(score_fn, x: torch.Tensor, step_size: float, n_steps: int, generator: torch.Generator | None = None,
-             *, return_trajectory: bool = False, progress_bar: bool = True):
+def langevin(score_fn, x: torch.Tensor, step_size: float, n_steps: int, *, generator: torch.Generator | None = None,
+             progress_bar: bool = True, callback=None, device=None):
     r"""Unadjusted Langevin dynamics:
     ``n_steps`` of :math:`x \leftarrow x + \tfrac{\delta}{2}\nabla\log p(x) + \sqrt{\delta}\,z`.
 
-    ``score_fn(x) -> score`` (shape of ``x``); ``x`` holds the starting points ``(B, ...)``, one chain per row.
-    For small :math:`\delta` and many steps the chains sample :math:`p` (the stationary law is biased by
-    :math:`O(\delta)`; for a Gaussian see :func:`ula_gaussian_variance`). Noise is drawn on the CPU from
-    ``generator`` and moved to ``x``'s device. With ``return_trajectory`` returns ``(x, [x_0, ..., x_n])``.
+    ``score_fn(x) -> score`` (shape of ``x``, checked at the first step); ``x`` holds the starting points
+    ``(B, ...)``, one chain per row. For small :math:`\delta` and many steps the chains sample :math:`p` (the
+    stationary law is biased by :math:`O(\delta)`; for a Gaussian see :func:`ula_gaussian_variance`).
+    The sampler signature with the chains ``x`` as the start point: noise is drawn on the CPU from ``generator``
+    and moved; ``device=None`` runs where the model in ``score_fn`` lives, else where ``x`` lives;
+    ``callback(i, t, x)`` gets ``i = 0..n_steps`` with the Langevin time :math:`t = i\delta` (the update is
+    Euler–Maruyama for :math:`dx = \tfrac12\nabla\log p\,dt + dw` with :math:`dt = \delta`).
     """
-    _check_float("x", x)
+    x = _check_float("x", x)
     delta = _positive("step_size (delta)", step_size)
     n_steps = _count("n_steps", n_steps, 0)
-    traj = [x.cpu()] if return_trajectory else None
-    for _ in progress(range(n_steps), desc="Langevin", disable=not progress_bar):
-        x = langevin_step(x, _checked_score(score_fn, x), delta, _noise_like(x, generator))
-        if return_trajectory:
-            traj.append(x.cpu())
-    return (x, traj) if return_trajectory else x
+    x, device = sampler_start(score_fn, None, x_T=x, generator=generator, device=device, callback=callback,
+                              name="score_fn", data_start=True)
+    half, root = 0.5 * delta, math.sqrt(delta)
+    if callback is not None:
+        callback(0, 0.0, x)
+    for i in progress(range(1, n_steps + 1), desc="Langevin", disable=not progress_bar):
+        score = score_fn(x)
+        if i == 1:
+            validation.output("score_fn", score, like=x)
+        x = torch.add(x, score, alpha=half).add_(noise_like(x, generator), alpha=root)
+        if callback is not None:
+            callback(i, i * delta, x)
+    return x
 
 
 @torch.no_grad()
 def annealed_langevin(score_fn, sigmas, x: torch.Tensor, *, steps_per_level: int, eps: float,
-                      generator: torch.Generator | None = None, return_trajectory: bool = False,
-                      progress_bar: bool = True):
+                      generator: torch.Generator | None = None, progress_bar: bool = True, callback=None,
+                      device=None):
     r"""Annealed Langevin dynamics (Song & Ermon, 2019, Algorithm 1) in the VE view
     :math:`\tilde x = x_0 + \sigma\varepsilon`.
 
@@ -300,10 +295,13 @@ def annealed_langevin(score_fn, sigmas, x: torch.Tensor, *, steps_per_level: int
     :math:`x \leftarrow x + \tfrac{\alpha_i}{2}\,s(x,\sigma_i) + \sqrt{\alpha_i}\,z`.
     ``score_fn(x, sigma) -> score`` with ``sigma`` a Python float (e.g. ``lambda x, s: mix.score(x, 1.0, s)``,
     or :func:`ve_score_fn_from_eps_fn` for a VP network). Start ``x`` from a wide distribution
-    (e.g. :math:`\mathcal N(0, \sigma_1^2 I)`). With ``return_trajectory`` also returns the state after each level.
+    (e.g. :math:`\mathcal N(0, \sigma_1^2 I)`). The sampler signature with ``x`` as the start point (see
+    :func:`langevin`): ``callback(i, sigma, x)`` gets ``i = 0`` with :math:`\sigma_1` and ``i = 1..L *
+    steps_per_level`` with the level of that step; ``callback=td.utils.Trajectory(every=steps_per_level)`` keeps
+    the start and the state after each level.
     """
-    _check_float("x", x)
-    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    x = _check_float("x", x)
+    sig = validation.tensor("sigmas", torch.as_tensor(sigmas, dtype=torch.float64), ndim=(0, 1)).reshape(-1)
     if not sig.numel() or not torch.isfinite(sig).all() or (sig <= 0).any():
         raise ValueError("sigmas must be a non-empty list of positive, finite noise levels")
     if sig.numel() > 1 and not (sig[1:] < sig[:-1]).all():
@@ -311,18 +309,28 @@ def annealed_langevin(score_fn, sigmas, x: torch.Tensor, *, steps_per_level: int
                          "anneal from much noise to little")
     steps = _count("steps_per_level", steps_per_level, 1)
     eps = _positive("eps (the step size at the last level)", eps)
-    sigma_L = sig[-1].item()
-    traj = [x.cpu()] if return_trajectory else None
-    bar = progress(total=sig.numel() * steps, desc="annealed Langevin", disable=not progress_bar)
-    for sigma in sig.tolist():
+    x, device = sampler_start(score_fn, None, x_T=x, generator=generator, device=device, callback=callback,
+                              name="score_fn", data_start=True)
+    levels = sig.tolist()
+    sigma_L = levels[-1]
+    if callback is not None:
+        callback(0, levels[0], x)
+    bar = progress(total=len(levels) * steps, desc="annealed Langevin", disable=not progress_bar)
+    i = 0
+    for sigma in levels:
         alpha = eps * sigma**2 / sigma_L**2
+        half, root = 0.5 * alpha, math.sqrt(alpha)
         for _ in range(steps):
-            x = langevin_step(x, _checked_score(score_fn, x, sigma), alpha, _noise_like(x, generator))
+            i += 1
+            score = score_fn(x, sigma)
+            if i == 1:
+                validation.output("score_fn", score, like=x)
+            x = torch.add(x, score, alpha=half).add_(noise_like(x, generator), alpha=root)
+            if callback is not None:
+                callback(i, sigma, x)
             bar.update(1)
-        if return_trajectory:
-            traj.append(x.cpu())
     bar.close()
-    return (x, traj) if return_trajectory else x
+    return x
 
 
 def ula_gaussian_variance(var, step_size) -> float:
