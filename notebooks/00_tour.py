@@ -210,24 +210,38 @@ td.plotting.scatter2d(learned.cpu(), axes[2], "DDPM with the trained MLP")
 plt.show()
 
 # %% [markdown]
-# Pictures can flatter. We *measure* instead: the sliced Wasserstein distance to fresh data, next to
-# its noise floor — the distance between two independent draws of the data itself, which is not zero
-# for finite samples. A sampler is as good as this test can tell when it reaches the floor.
+# Pictures can flatter. We *measure* instead, with statistics that see the modes
+# (`td.metrics.mixture_check`): a kernel distance (MMD) at fixed bandwidths of the size of a mode, the
+# weight of each mode, the spread of each mode in units of its standard deviation, and the fraction of
+# samples more than 3 standard deviations from every mode ("off-mode"). Each statistic has a **noise
+# floor**: its value between two independent draws of the data itself, of the same size, which is not zero
+# for finite samples. A statistic passes when it is within the floor's mean + 4 standard deviations
+# (20 data-vs-data draws). A check is only a check if it can fail, so we also run it on a *wrong* sampler:
+# the exact ε scaled by 0.8, which looks almost right in a scatter plot. (`tests/test_metrics.py` shows that
+# at this size it also rejects ε scaled by 1.25, DDPM without its noise term, and a ring with no modes.)
 
 # %%
-sw = td.metrics.sliced_wasserstein
-floor = td.metrics.noise_floor(sw, lambda n: mixture.sample(n), cfg.n_samples)
-d_exact, d_learned = sw(exact, data), sw(learned.cpu(), data)
-print(f"noise floor {floor:.3f} | exact eps {d_exact:.3f} | trained MLP {d_learned:.3f}")
+with torch.no_grad():
+    wrong = td.ddpm.sample(lambda x, t: 0.8 * mixture.eps_fn(sched)(x, t), (cfg.n_samples, 2), sched,
+                           generator=td.seed_everything(1))
+verdict = {name: td.metrics.mixture_check(x, mixture)
+           for name, x in [("exact eps", exact), ("0.8 x exact eps", wrong), ("trained MLP", learned.cpu())]}
+for name, v in verdict.items():
+    print(f"--- {name}: {'at the noise floor' if v.passed else 'rejected on ' + ', '.join(v.failed)}\n{v}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check_less("DDPM with the exact eps reproduces the mixture (within 3x the noise floor)", d_exact, 3 * floor)
-td.check_less("the trained MLP gets within 0.5 of the data (crude in quick, close in standard)", d_learned, 0.5)
+td.check_less("DDPM with the exact eps reproduces the mixture: every statistic within its noise floor",
+              len(verdict["exact eps"].failed), 1)
+td.check_less("... and the check can fail: 0.8 x the exact eps is rejected", -len(verdict["0.8 x exact eps"].failed), 0)
 
 # %% [markdown]
 # The exact denoiser reproduces the data to within sampling noise: the sampler is right. The trained
-# network comes close, and closer with more training (compare the `quick` and `standard` profiles).
+# network is *not* there yet, and the table says where: too many of its samples lie between the modes
+# (a small network smooths the sharp turns of ε* near the modes, and the sampler follows it there), and its
+# modes are too wide. In `quick` (600 training steps) about half its samples are off-mode, in `standard`
+# (4,000 steps) about a tenth (the data: 1 %); a 3-layer MLP trained for a few thousand steps does not
+# reach the floor. Lessons 02 and 04 come back to this: the sampler is exact, the learned ε is not.
 #
 # ## Where next
 #
