@@ -274,6 +274,28 @@ def test_step_costs_and_text_to_image_sample():
     assert abs(c_pix["params"] - c_lat["params"]) < 0.01 * c_pix["params"]  # same network, only in/out convs differ
     assert c_lat["activation_bytes"] < c_pix["activation_bytes"] / 4
     assert all(c[k] > 0 for c in (c_pix, c_lat) for k in ("train_step_s", "sample_s"))
-    x = td.latent.sample(lat, ae, ids, mask, sched, 0.5, latent_shape=(4, 4, 4), n_steps=3, gamma=2.0, null=null,
-                         generator=torch.Generator().manual_seed(0))
+    x = td.latent.sample(lat, (2, 4, 4, 4), sched, 3, autoencoder=ae, ids=ids, mask=mask, scale=0.5, gamma=2.0,
+                         null=null, generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 16, 16) and x.abs().max() <= 1
+
+
+def test_step_costs_measures_a_copy_and_builders_keep_the_callers_mode():
+    """step_costs trains a deep copy: the caller's weights and train/eval mode are untouched (it used to train the
+    caller's model and leave it in eval); eps_fn, encode, decode and cross_attention_maps restore the mode too."""
+    torch.manual_seed(0)
+    ids, mask = TOK.encode(CAPS[:2])
+    null = TOK.encode("")
+    sched = td.NoiseSchedule.linear(20, 1e-3, 0.2)
+    lat = td.latent.caption_unet(TOK.vocab_size, 4, base_channels=8, text_dim=16, text_layers=1)
+    ae = td.models.KLAutoencoder(3, 4, f=4, base_channels=8)
+    before = {k: v.clone() for k, v in lat.state_dict().items()}
+    for mode in (True, False):
+        lat.train(mode)
+        ae.train(mode)
+        td.latent.step_costs(lat, torch.randn(2, 4, 4, 4), ids, mask, sched, null=null, n_steps=2, repeats=1)
+        assert all(torch.equal(v, before[k]) for k, v in lat.state_dict().items())
+        fn = td.latent.eps_fn(lat, ids, mask, gamma=1.0, null=null)
+        fn(torch.randn(2, 4, 4, 4), torch.full((2,), 5))
+        td.latent.decode(ae, td.latent.encode(ae, torch.rand(2, 3, 16, 16) * 2 - 1))
+        td.latent.cross_attention_maps(lat, torch.randn(2, 4, 4, 4), torch.full((2,), 5), ids, mask)
+        assert all(m.training == mode for m in lat.modules()) and all(m.training == mode for m in ae.modules())

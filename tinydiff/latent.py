@@ -16,15 +16,17 @@ and to measure the cost of a training step or a sampling step (the compute argum
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 
 import torch
 from torch import nn
 
-from . import ddpm, guidance
+from . import ddpm, guidance, validation
 from .models.attention import CrossAttention, SpatialTransformer
-from .models.unet import UNet
 from .models.text import TextEncoder
+from .models.unet import UNet
+from .utils import eval_mode
 
 __all__ = [
     "scale_factor",
@@ -62,20 +64,22 @@ def scale_factor(z: torch.Tensor) -> float:
 
 @torch.no_grad()
 def encode(autoencoder, x: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
-    r""":math:`z_0 = s\,\mathcal E(x)` for images ``x`` ``(N, C, H, W)``, in batches (deterministic encoder)."""
-    autoencoder.eval()
+    r""":math:`z_0 = s\,\mathcal E(x)` for images ``x`` ``(N, C, H, W)``, in batches (deterministic encoder; run in
+    eval mode, the caller's train/eval mode is restored afterwards)."""
     dev = next(autoencoder.parameters()).device
-    return torch.cat([autoencoder.encode(x[i:i + batch_size].to(dev)).cpu()
-                      for i in range(0, x.shape[0], batch_size)]) * scale
+    with eval_mode(autoencoder):
+        return torch.cat([autoencoder.encode(x[i:i + batch_size].to(dev)).cpu()
+                          for i in range(0, x.shape[0], batch_size)]) * scale
 
 
 @torch.no_grad()
 def decode(autoencoder, z: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
-    r""":math:`x = \mathcal D(z_0/s)`, clamped to ``[-1, 1]``, in batches."""
-    autoencoder.eval()
+    r""":math:`x = \mathcal D(z_0/s)`, clamped to ``[-1, 1]``, in batches (in eval mode; the caller's mode is
+    restored)."""
     dev = next(autoencoder.parameters()).device
-    return torch.cat([autoencoder.decode(z[i:i + batch_size].to(dev) / scale).clamp(-1, 1).cpu()
-                      for i in range(0, z.shape[0], batch_size)])
+    with eval_mode(autoencoder):
+        return torch.cat([autoencoder.decode(z[i:i + batch_size].to(dev) / scale).clamp(-1, 1).cpu()
+                          for i in range(0, z.shape[0], batch_size)])
 
 
 def snr(sched, data_var: float = 1.0) -> torch.Tensor:
@@ -149,42 +153,59 @@ def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, gamma: float) -
 def eps_fn(model: CaptionUNet, ids: torch.Tensor, mask: torch.Tensor, *, gamma: float = 0.0, null=None):
     r"""A sampler-ready ``eps_fn(z, t)`` for the captions ``ids``/``mask`` ``(B, M)``: the conditional
     prediction, or with ``gamma > 0`` the guided one (:func:`guided_eps`; both branches in one batch).
-    :math:`\tau_\theta(y)` is computed once, not at every step."""
+    :math:`\tau_\theta(y)` is computed once, not at every step. The network runs in eval mode (dropout off)
+    without changing the caller's model: its train/eval mode is restored after each call."""
+    gamma = validation.number("gamma", gamma)
     if gamma and null is None:
         raise ValueError("guidance (gamma > 0) needs the null caption: pass null=tokenizer.encode('')")
-    model.eval()
     dev = next(model.parameters()).device
     ids, mask = ids.to(dev), mask.to(dev)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         ctx = model.text(ids, mask)
         if gamma:
             n_ids, n_mask = null[0].to(dev).expand_as(ids), null[1].to(dev).expand_as(mask)
             ctx = torch.cat([ctx, model.text(n_ids, n_mask)])
             mask = torch.cat([mask, n_mask])
 
-    def fn(z, t):
-        if z.shape[0] != ids.shape[0]:
-            raise ValueError(f"eps_fn was built for {ids.shape[0]} captions; got a batch of {z.shape[0]} latents")
+    def unet(z, t):
         if not gamma:
             return model.unet(z, t, context=ctx, context_mask=mask)
         e = model.unet(torch.cat([z, z]), torch.cat([t, t]), context=ctx, context_mask=mask)
         eps_cond, eps_uncond = e.chunk(2)
-        return guided_eps(eps_uncond, eps_cond, gamma)
+        return guidance._cfg(eps_uncond, eps_cond, gamma)
 
+    def fn(z, t):
+        if z.shape[0] != ids.shape[0]:
+            raise ValueError(f"eps_fn was built for {ids.shape[0]} captions; got a batch of {z.shape[0]} latents")
+        if not model.training:
+            return unet(z, t)
+        with eval_mode(model):
+            return unet(z, t)
+
+    fn.device = dev  # samplers follow the model's device (utils.device_of)
     return fn
 
 
 @torch.no_grad()
-def sample(model: CaptionUNet, autoencoder, ids: torch.Tensor, mask: torch.Tensor, sched, scale: float, *,
-           latent_shape, n_steps: int = 50, gamma: float = 0.0, null=None, generator=None, device=None) -> torch.Tensor:
-    r"""Text-to-image: DDIM (lesson 03, ``eta = 0``) on latents of ``latent_shape`` ``(c, h, w)`` for the captions
-    ``ids``/``mask``, guided with ``gamma``, then :math:`x = \mathcal D(z_0/s)`. Returns images ``(B, C, H, W)``
-    on the CPU."""
+def sample(model: CaptionUNet, shape, sched, n_steps: int = 50, *, autoencoder, ids: torch.Tensor,
+           mask: torch.Tensor, scale: float, gamma: float = 0.0, null=None, x_T: torch.Tensor | None = None,
+           generator=None, progress_bar: bool = True, callback=None, device=None) -> torch.Tensor:
+    r"""Text-to-image: DDIM (lesson 03, ``eta = 0``) on latents of ``shape`` ``(B, c, h, w)`` for the ``B`` captions
+    ``ids``/``mask``, guided with ``gamma`` (:func:`eps_fn`), then :math:`x = \mathcal D(z_0/s)` with the
+    ``autoencoder``. Returns images ``(B, C, H, W)`` on the CPU.
+
+    The one sampler signature (:func:`tinydiff.ddim.sample`): ``callback(i, t, z)`` sees the latents, the device
+    follows the model, noise is drawn on the CPU from ``generator``."""
     from . import ddim
 
+    shape = validation.shape("shape", shape if x_T is None or shape is not None else tuple(x_T.shape))
+    if shape[0] != ids.shape[0]:
+        raise ValueError(f"shape {shape} must hold one latent per caption: ids has {ids.shape[0]} captions")
+    scale = validation.number("scale", scale, low=0, strict_low=True)
     fn = eps_fn(model, ids, mask, gamma=gamma, null=null)
-    z = ddim.sample(fn, (ids.shape[0], *latent_shape), sched, n_steps, generator=generator, device=device)
-    return decode(autoencoder, z.cpu(), scale)
+    z = ddim.sample(fn, shape, sched, n_steps, x_T=x_T, generator=generator, progress_bar=progress_bar,
+                    callback=callback, device=device)
+    return decode(autoencoder, z, scale)
 
 
 # ------------------------------------------------------------------------------------ looking inside
@@ -232,9 +253,8 @@ def store_cross_attention(model: nn.Module):
 def cross_attention_maps(model: CaptionUNet, z: torch.Tensor, t, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     r"""Where each word is looked at: the cross-attention weights :math:`\mathrm{softmax}(QK^\top/\sqrt d)` of every
     layer, averaged over heads and over the layers of the finest resolution that has them, reshaped to
-    ``(B, M, h, w)`` (``M`` tokens; padded tokens get 0)."""
-    model.eval()
-    with store_cross_attention(model) as layers:
+    ``(B, M, h, w)`` (``M`` tokens; padded tokens get 0). Run in eval mode; the caller's mode is restored."""
+    with eval_mode(model), store_cross_attention(model) as layers:
         model(z, t, ids, mask)
         maps = [m.last_attention.mean(1) for m in layers]  # (B, N, M) each
     n = max(a.shape[1] for a in maps)
@@ -293,7 +313,11 @@ def step_costs(model: CaptionUNet, x: torch.Tensor, ids: torch.Tensor, mask: tor
     r"""What one model costs on a batch ``x`` (pixels or latents) with captions ``ids``/``mask``: parameters,
     seconds per training step (loss, backward, AdamW), :func:`activation_bytes` of a training forward pass,
     ``peak_bytes`` on CUDA, and seconds per sample for ``n_steps`` guided steps (both CFG branches) plus one
-    ``decoder`` pass when one is given (latent diffusion decodes once per sample, not once per step)."""
+    ``decoder`` pass when one is given (latent diffusion decodes once per sample, not once per step).
+
+    Everything is measured on a deep copy of ``model`` (the training steps change the copy's weights, never the
+    caller's, and the caller's train/eval mode is untouched)."""
+    model = copy.deepcopy(model)
     dev = x.device
     ids, mask = ids.to(dev), mask.to(dev)
     opt = torch.optim.AdamW(model.parameters())
