@@ -190,22 +190,55 @@ def device_of(fn, x_T: torch.Tensor | None = None, *, fallback=None) -> torch.de
 
     The denoiser's device is found on an ``nn.Module`` (its first parameter or buffer), on a bound method of one
     (``model.forward``), on a ``functools.partial``, on an attribute ``fn.device``, or on an ``nn.Module`` or
-    ``Denoiser`` captured by a closure (``lambda x, t: model(x, t)``), looked up one level deep.
+    ``Denoiser`` captured by a closure or named as a global (``lambda x, t: model(x, t)`` in a notebook), looked up
+    through nested closures (a guided ``eps_fn`` built from another one). Where no model is found, tensors are the evidence: a captured tensor, or
+    the tensors an object keeps (the exact mixture oracle ``gm.eps_fn(sched)`` holds CPU tables, so it samples on
+    the CPU, where its results are compared with other CPU numbers).
     """
     if x_T is not None:
         return x_T.device
-    found = _device_of(fn)
-    if found is None:
-        for cell in getattr(fn, "__closure__", None) or ():
-            try:
-                found = _device_of(cell.cell_contents)
-            except ValueError:  # an empty cell
-                continue
-            if found is not None:
-                break
+    found = _search(fn, strong=True) or _search(fn, strong=False)
     if found is not None:
         return found
     return torch.device(fallback) if fallback is not None else device()
+
+
+def _search(obj, *, strong: bool, depth: int = 3):
+    """The device of ``obj``, or of what its closure captures (``depth`` levels of nested closures)."""
+    found = _device_of(obj) if strong else _tensor_device(obj)
+    if found is not None or depth == 0:
+        return found
+    import functools
+
+    if isinstance(obj, functools.partial):
+        parts = [obj.func, *obj.args, *obj.keywords.values()]
+    else:
+        parts = []
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                parts.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+        code, env = getattr(obj, "__code__", None), getattr(obj, "__globals__", None)
+        if code is not None and env is not None:  # a notebook's `lambda x, t: net(x, t)` names a global
+            parts += [env[name] for name in code.co_names if name in env and not isinstance(env[name], type)
+                      and not getattr(env[name], "__name__", "").startswith(("torch", "numpy", "tinydiff"))]
+    for part in parts:
+        found = _search(part, strong=strong, depth=depth - 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _tensor_device(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.device
+    if callable(obj) or isinstance(obj, (str, bytes, int, float, type)):
+        return None
+    for value in getattr(obj, "__dict__", {}).values():
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
 
 
 def _device_of(obj):
@@ -228,36 +261,38 @@ def _device_of(obj):
     return None
 
 
-class Trajectory:
-    """A ready-made sampler ``callback`` that keeps every state: ``traj = Trajectory(); sample(..., callback=traj)``.
+class Trajectory(list):
+    """A ready-made sampler ``callback`` that keeps the states: ``traj = Trajectory(); sample(..., callback=traj)``.
 
     Every sampler calls ``callback(i, t, x)`` with ``i = 0`` for the start point and ``i = 1..n_steps`` after each
-    step (``t`` the time reached). The states are kept on their device (no host copy in the loop); ``traj.xs`` is the
-    list, ``traj.ts`` the times, ``traj.stack()`` one CPU tensor ``(n_steps + 1, *shape)``. ``every=k`` keeps only
-    the states with ``i % k == 0`` (the final state is the sampler's return value).
+    step (``t`` the time reached). The trajectory is the list itself (``traj[0]`` the start, ``traj[-1]`` the
+    sampler's result, ``traj[::100]``, ``torch.stack(traj)``), with the times in ``traj.ts`` and the step indices in
+    ``traj.steps``. The states are kept on their device (a copy, no host transfer in the loop); ``traj.stack()``
+    gives one CPU tensor ``(len(traj), *shape)``. ``every=k`` keeps only the states with ``i % k == 0``
+    (``Trajectory(every=steps_per_level)`` keeps annealed Langevin's state after each level).
     """
 
     def __init__(self, every: int = 1):
-        self.every = max(1, int(every))
-        self.xs: list[torch.Tensor] = []
+        super().__init__()
+        from . import validation
+
+        self.every = validation.integer("every", every, low=1)
         self.ts: list = []
+        self.steps: list[int] = []
 
     def __call__(self, i: int, t, x: torch.Tensor) -> None:
         if i % self.every == 0:
-            self.xs.append(x.detach().clone())
+            self.append(x.detach().clone())
             self.ts.append(t)
+            self.steps.append(i)
+
+    @property
+    def xs(self) -> list:
+        """The kept states (the list itself)."""
+        return self
 
     def stack(self) -> torch.Tensor:
-        return torch.stack([x.cpu() for x in self.xs])
-
-    def __getitem__(self, index):
-        """CPU copies of the kept states: ``traj[-1]`` one state, ``traj[::100]`` a list (for plots and animations)."""
-        if isinstance(index, slice):
-            return [x.cpu() for x in self.xs[index]]
-        return self.xs[index].cpu()
-
-    def __len__(self) -> int:
-        return len(self.xs)
+        return torch.stack([x.cpu() for x in self])
 
 
 @contextlib.contextmanager
