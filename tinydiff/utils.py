@@ -190,10 +190,10 @@ def device_of(fn, x_T: torch.Tensor | None = None, *, fallback=None) -> torch.de
 
     The denoiser's device is found on an ``nn.Module`` (its first parameter or buffer), on a bound method of one
     (``model.forward``), on a ``functools.partial``, on an attribute ``fn.device``, or on an ``nn.Module`` or
-    ``Denoiser`` captured by a closure or named as a global (``lambda x, t: model(x, t)`` in a notebook), looked up
-    through nested closures (a guided ``eps_fn`` built from another one). Where no model is found, tensors are the evidence: a captured tensor, or
-    the tensors an object keeps (the exact mixture oracle ``gm.eps_fn(sched)`` holds CPU tables, so it samples on
-    the CPU, where its results are compared with other CPU numbers).
+    ``Denoiser`` captured by a closure or named as a global (``lambda x, t: model(x, t)`` in a notebook), looked
+    up through nested closures (a guided ``eps_fn`` built from another one). Where no model is found, tensors are
+    the evidence: a captured tensor, or the tensors an object keeps (the exact mixture oracle
+    ``gm.eps_fn(sched)`` holds CPU tables, so it samples on the CPU, where its results meet other CPU numbers).
     """
     if x_T is not None:
         return x_T.device
