@@ -403,3 +403,27 @@ def test_reflow_straightens_the_flow_and_makes_one_step_sampling_work(gm):
                     progress_bar=False)
         S[name] = flow.straightness(traj.stack(), times).mean()
     assert S["reflow"] < 0.1 * S["exact"], S
+
+
+# ------------------------------------------------------------------------------------- the one denoiser interface
+def test_agrees_with_the_denoiser_interface_and_the_sigma_solver(gm, sched):
+    """tinydiff.denoisers (written independently, through convert's general (alpha, sigma) formulas) agrees:
+    the oracle's velocity on LinearPath, a velocity network's x0 and eps, and Euler in the VE sigma
+    (solvers.euler) = DDIM = Euler of the flow in t on the bridge times."""
+    path = td.denoisers.LinearPath()
+    x, t = _points(seed=20)
+    torch.testing.assert_close(gm.denoiser(path).velocity(x, t), flow.mixture_velocity(gm, x, t), atol=1e-10, rtol=0)
+    net = lambda xx, tt: 0.3 * xx + tt[:, None]  # noqa: E731
+    d = td.denoisers.Denoiser(net, path, "velocity")
+    torch.testing.assert_close(d.x0(x, t), flow.x0_from_velocity(x, net(x, t), t), atol=1e-12, rtol=0)
+    torch.testing.assert_close(d.eps(x, t), flow.eps_from_velocity(x, net(x, t), t), atol=1e-12, rtol=0)
+    ts = td.ddim.timesteps(T, 8, "trailing")
+    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    vp = gm.denoiser(td.denoisers.DiscreteVP(sched))
+    a_T = sched.alpha_bar[ts[0]].sqrt()
+    x_sigma = td.solvers.euler(vp.x0_sigma(), td.solvers.sigmas_of_timesteps(td.denoisers.DiscreteVP(sched), ts),
+                               x_T / a_T, progress_bar=False)
+    grid = torch.cat([ts, ts.new_zeros(1)])
+    x_flow = flow.sample(flow.mixture_velocity_fn(gm), x_T.shape, times=flow.linear_times(sched, grid),
+                         x_T=flow.to_linear(x_T, a_T, (1 - a_T**2).sqrt())[0], progress_bar=False)
+    torch.testing.assert_close(x_flow, x_sigma, atol=1e-10, rtol=0)
