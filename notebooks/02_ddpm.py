@@ -847,7 +847,8 @@ def posterior_cases(i):
 
 def _coefs(s, t, x, prev):
     ab, abp = s.alpha_bar[t], s.alpha_bar[t - 1] if prev else s.alpha_bar[t]
-    return _expand(abp.sqrt() * s.beta[t] / (1 - ab), x), _expand(s.alpha[t].sqrt() * (1 - abp) / (1 - ab), x)
+    ex = td.utils.expand_to  # this exercise's own helpers: each exercise cell runs on its own
+    return ex(abp.sqrt() * s.beta[t] / (1 - ab), x), ex(s.alpha[t].sqrt() * (1 - abp) / (1 - ab), x)
 
 
 posterior_mistakes = {
@@ -886,11 +887,12 @@ def step_cases(i):
 
 step_mistakes = {
     "sigma_t is the square root of the variance: multiply z by sqrt(posterior_variance[t])":
-        lambda xt, e, t, z, s: td.ddpm.p_mean(xt, e, t, s) + _expand(s.posterior_variance[t], xt) * z,
+        lambda xt, e, t, z, s: td.ddpm.p_mean(xt, e, t, s) + td.utils.expand_to(s.posterior_variance[t], xt) * z,
     "Algorithm 2 samples: add sigma_t z to the mean (for t > 1)":
         lambda xt, e, t, z, s: td.ddpm.p_mean(xt, e, t, s),
     "the mean divides by sqrt(alpha_t) (one step), not sqrt(alpha_bar_t)":
-        lambda xt, e, t, z, s: td.ddpm.step(xt, e, t, s, noise=z) * _expand((s.alpha[t] / s.alpha_bar[t]).sqrt(), xt),
+        lambda xt, e, t, z, s: td.ddpm.step(xt, e, t, s, noise=z) * td.utils.expand_to((s.alpha[t] / s.alpha_bar[t]).sqrt(),
+                                                                                      xt),
 }
 
 # %%

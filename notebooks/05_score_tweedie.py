@@ -582,8 +582,9 @@ def my_langevin_step(x, score, step_size, noise):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-langevin_cases = [(torch.randn(5, 2, generator=gen_ex), torch.randn(5, 2, generator=gen_ex),
-                   delta, torch.randn(5, 2, generator=gen_ex)) for delta in (0.5, 0.1, 0.01, 1e-4, 2.0)]
+gen_lv = torch.Generator().manual_seed(2)  # this exercise's own generator: each exercise cell runs on its own
+langevin_cases = [(torch.randn(5, 2, generator=gen_lv), torch.randn(5, 2, generator=gen_lv),
+                   delta, torch.randn(5, 2, generator=gen_lv)) for delta in (0.5, 0.1, 0.01, 1e-4, 2.0)]
 td.exercises.check(my_langevin_step, td.score.langevin_step, langevin_cases, mistakes={
     "the drift is delta/2 times the score, not delta times it": lambda x, sc, d, z: x + d * sc + math.sqrt(d) * z,
     "the noise is sqrt(delta) z, not sqrt(2 delta) z (that pairs with a drift of delta)":
@@ -598,7 +599,7 @@ td.exercises.check(my_langevin_step, td.score.langevin_step, langevin_cases, mis
 # %%
 mu_g, var_g, delta_g = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5, 0.5
 chains = td.score.langevin(lambda z: td.score.gaussian_score(z, mu_g, var_g),
-                           torch.zeros(cfg.n_chains, 2, dtype=torch.float64), delta_g, 60, g)
+                           torch.zeros(cfg.n_chains, 2, dtype=torch.float64), delta_g, 60, generator=g)
 v_pred = td.score.ula_gaussian_variance(var_g, delta_g)
 z_mean = ((chains.mean(0) - mu_g) / math.sqrt(v_pred / cfg.n_chains)).abs().max()
 z_var = ((chains.var(0) - v_pred) / (v_pred * math.sqrt(2 / cfg.n_chains))).abs().max()
@@ -625,7 +626,7 @@ td.check_less("Langevin on N(mu, sigma^2): stationary variance = sigma^2 / (1 - 
 # %%
 sigma_max, sigma_min = 4.0, 0.02
 start = sigma_max * torch.randn(cfg.n_chains, 2, generator=g, dtype=torch.float64)
-plain = td.score.langevin(lambda z: mix.score(z), start, 0.1 * 0.15**2, cfg.plain_steps, g)
+plain = td.score.langevin(lambda z: mix.score(z), start, 0.1 * 0.15**2, cfg.plain_steps, generator=g)
 exact = mix.sample(cfg.n_chains, g, dtype=torch.float64)
 tv_plain = td.score.total_variation(td.score.component_fractions(mix, plain), mix.weights)
 tv_floor = sum(td.score.total_variation(td.score.component_fractions(mix, mix.sample(cfg.n_chains, g)), mix.weights)
@@ -645,9 +646,10 @@ print(f"TV(mode fractions, true weights): plain Langevin {tv_plain:.3f}; noise f
 
 # %%
 sigmas = td.score.geometric_sigmas(sigma_max, sigma_min, cfg.levels)
-annealed, levels = td.score.annealed_langevin(lambda z, sig: mix.score(z, 1.0, sig), sigmas, start,
-                                              steps_per_level=cfg.steps_per_level, eps=0.3 * sigma_min**2,
-                                              generator=g, return_trajectory=True)
+levels = td.utils.Trajectory(every=cfg.steps_per_level)  # the start and the state after each level
+annealed = td.score.annealed_langevin(lambda z, sig: mix.score(z, 1.0, sig), sigmas, start,
+                                      steps_per_level=cfg.steps_per_level, eps=0.3 * sigma_min**2,
+                                      generator=g, callback=levels)
 frac_annealed = td.score.component_fractions(mix, annealed)
 tv_annealed = td.score.total_variation(frac_annealed, mix.weights)
 sw = td.metrics.sliced_wasserstein(annealed, exact, generator=g)
@@ -733,7 +735,7 @@ sig_ladder = td.score.sigma_from_alpha_bar(sched.alpha_bar[ts_ladder]).flip(0)
 from_net = td.score.annealed_langevin(td.score.ve_score_fn_from_eps_fn(net_eps, sched), sig_ladder, start,
                                       steps_per_level=cfg.steps_per_level, eps=0.3 * sig_ladder[-1].item()**2,
                                       generator=g)
-ddpm_net = td.ddpm.sample(net_eps, (cfg.n_chains, 2), sched, generator=g, progress_bar=True).double()
+ddpm_net = td.ddpm.sample(net, (cfg.n_chains, 2), sched, generator=g).cpu().double()  # runs on net's device
 
 
 def report(name, x):

@@ -1,0 +1,17 @@
+"""Solutions to the exercises of notebooks/07_vqvae.py."""
+
+import torch
+
+
+def my_nearest_code(z, codebook):
+    d2 = (z**2).sum(1, keepdim=True) - 2 * z @ codebook.T + (codebook**2).sum(1)[None]  # ||z - e||^2
+    return d2.argmin(1)
+
+
+def my_straight_through(z_e, z_q):
+    return z_e + (z_q - z_e).detach()  # value z_q, gradient of z_e
+
+
+def my_perplexity(counts):
+    p = counts.double() / counts.sum()
+    return torch.exp(-torch.special.xlogy(p, p).sum())
