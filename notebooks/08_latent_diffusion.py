@@ -299,6 +299,7 @@ td.exercises.check(
     lambda i: (torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(i)) * (i + 0.5) + i,),
     mistakes={"returned the standard deviation instead of its inverse": lambda z: float(z.double().std()),
               "used the root mean square (forgot to subtract the mean)": lambda z: float(1 / z.double().pow(2).mean().sqrt())},
+    rtol=1e-3,  # the population std (numpy's default, ddof = 0) and the sample std differ by 1/(2n) = 1.2e-4 here
 )
 
 # %% [markdown]
