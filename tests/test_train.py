@@ -518,3 +518,23 @@ def test_kill_9_mid_run_then_resume_is_bitwise_identical(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(straight.ema.parameters(), b["ema"]))
     assert straight.losses == b["losses"] and len(b["losses"]) == steps
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]  # a killed write leaves nothing behind
+
+
+def test_a_checkpoint_whose_weights_gave_the_first_nan_is_replaced_by_the_one_before(tmp_path):
+    """Losses 0..5 are finite, so the checkpoint at step 6 is written; the loss at step 6 (computed from exactly those
+    weights) is NaN: the checkpoint named afterwards must be the one of step 3."""
+    ckpt = tmp_path / "run.pt"
+
+    def nan_at_6(m, batch):
+        nan_at_6.calls += 1
+        return ddpm_loss(m, batch) * (float("nan") if nan_at_6.calls == 7 else 1.0)
+
+    nan_at_6.calls = 0
+    with pytest.raises(TrainingDiverged, match=r"at step 6:.*noticed at step 9.*step 3, before the divergence"):
+        tiny_fit(loss_fn=nan_at_6, steps=20, ckpt=ckpt, ckpt_every=3, check_every=9)
+    assert load_checkpoint(ckpt)["step"] == 3
+    nan_at_6.calls = 0
+    with pytest.raises(TrainingDiverged, match=r"No checkpoint before the divergence") as info:
+        tiny_fit(loss_fn=nan_at_6, steps=20, ckpt=tmp_path / "b.pt", ckpt_every=6, check_every=9)
+    assert not (tmp_path / "b.pt").exists() and (tmp_path / "b.pt.diverged").exists()
+    assert "resume" not in str(info.value)

@@ -486,20 +486,35 @@ def _finite_weights(model) -> bool:
 
 
 def _diverged(value, at, noticed, lr, ckpt, weights=False):
+    """Raise TrainingDiverged naming a checkpoint whose weights gave a finite loss. ``ckpt`` is only written after
+    the losses before it were checked, but its own weights may be the ones that gave the first non-finite loss (when
+    ``at`` equals its step): then the checkpoint before it (``.last-good``) takes its place, so that calling ``fit``
+    again with the same ``ckpt`` resumes from good weights."""
     what = "the weights became NaN or inf" if weights else f"the loss became {value} at step {at}"
     msg = (f"{what}: training diverged (noticed at step {noticed}). Lower the learning rate (lr={lr:g}), keep "
            "gradient clipping on, or check the data for NaN/inf.")
     if ckpt is not None and os.path.exists(ckpt):
-        try:
-            step = int(load_checkpoint(ckpt)["step"])
-            msg += (f" The last good state (finite weights, step {step}, before the divergence) is in {ckpt!r}: "
-                    f"call fit again with the same ckpt and a lower lr to resume from it")
-            if os.path.exists(_last_good(ckpt)):
-                msg += f" (the checkpoint before it is kept in {_last_good(ckpt)!r})"
-            msg += "."
-        except CheckpointError:
-            pass
+        step = _step_of(ckpt)
+        if step is not None and step >= at:
+            previous = _last_good(ckpt)
+            if os.path.exists(previous) and (_step_of(previous) or at) < at:
+                os.replace(previous, ckpt)
+            else:
+                os.replace(ckpt, ckpt + ".diverged")
+                msg += (f" No checkpoint before the divergence exists (the weights at step {step} are kept in "
+                        f"{ckpt + '.diverged'!r}); calling fit again with a lower lr starts from scratch.")
+        step = _step_of(ckpt) if os.path.exists(ckpt) else None
+        if step is not None:
+            msg += (f" The last good state (finite weights and losses, step {step}, before the divergence) is in "
+                    f"{ckpt!r}: call fit again with the same ckpt and a lower lr to resume from it.")
     raise TrainingDiverged(msg)
+
+
+def _step_of(path):
+    try:
+        return int(load_checkpoint(path)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _keep_previous(ckpt):
