@@ -44,7 +44,8 @@ __all__ = [
     "BLACK", "PREDICTIONS", "COUPLINGS", "LAMBDA_VANILLA", "LAMBDA_CONSISTENCY", "coefficients", "couple",
     "offset", "literal_residual", "consistency_residual", "x0_residual", "phi_exact", "phi_inputs",
     "masked_mse", "vanilla_loss", "consistency_loss", "consistency_loss_latent", "joint_loss",
-    "bayes_prediction", "relight_losses", "rms",
+    "bayes_prediction", "relight_losses", "rms", "loss_fn", "relight", "psnr_ssim", "linearity_error",
+    "photometric_stereo", "angular_error", "lpips",
 ]
 
 BLACK = -1.0  #: model-space black b (x = 2I - 1 at I = 0)
@@ -220,3 +221,105 @@ def relight_losses(model_fn, prediction: str, x0, cond, light, light_1, light_2,
     return {"vanilla": vanilla, "consistency": consistency,
             "loss": joint_loss(vanilla, consistency, lambda_vanilla=lambda_vanilla,
                                lambda_consistency=lambda_consistency)}
+
+
+def loss_fn(sched, prediction: str = "x0", *, lambda_consistency: float = LAMBDA_CONSISTENCY, use_mask: bool = True,
+            lambda_vanilla: float = LAMBDA_VANILLA):
+    r"""A ``loss_fn(model, batch)`` for :func:`tinydiff.train.fit` over :class:`~tinydiff.data.relight.RelightBatches`:
+    :math:`t \sim U\{1..T\}` and :func:`relight_losses`; with ``lambda_consistency = 0`` the vanilla objective.
+    For equal compute the vanilla-only run should use a 3x larger batch (the consistency term costs two more
+    evaluations per sample)."""
+    validation.choice("prediction", prediction, PREDICTIONS)
+    lambda_consistency = validation.number("lambda_consistency", lambda_consistency, low=0)
+
+    def fn(model, batch):
+        x0, cond, light, l1, l2, mask = batch
+        t = torch.randint(1, sched.T + 1, (x0.shape[0],)).to(x0.device)
+        ab = sched.alpha_bar.to(x0.device)[t]
+        out = relight_losses(model, prediction, x0, cond, light, l1, l2, ab, t, mask=mask if use_mask else None,
+                             lambda_vanilla=lambda_vanilla, lambda_consistency=lambda_consistency)
+        return out["loss"]
+
+    return fn
+
+
+@torch.no_grad()
+def relight(model_fn, cond, light, sched, n_steps: int = 10, *, prediction: str = "x0", generator=None):
+    r"""Relight: DDIM (:math:`\eta = 0`, ``n_steps``) with the conditional denoiser ``model_fn(x_t, t, cond, light)``
+    (of kind ``prediction``), from noise drawn on the CPU from ``generator``; returns :math:`\hat x_0` in model
+    space. (In this world :math:`x_0` is a deterministic function of the conditioning, so the sampler mostly
+    reads off the model's :math:`\hat x_0`; it is what IC-Light runs at inference.)"""
+    from . import ddim
+
+    validation.choice("prediction", prediction, PREDICTIONS)
+
+    def eps_fn(x, t):
+        ab = sched.alpha_bar.to(x.device)[t]
+        return convert.x0_eps_from(prediction, model_fn(x, t, cond, light), x, ab.sqrt(), (1 - ab).sqrt())[1].to(x.dtype)
+
+    shape = (cond.shape[0], 3, *cond.shape[-2:])
+    return ddim.sample(eps_fn, shape, sched, n_steps, generator=generator, progress_bar=False,
+                       device=cond.device).to(cond.dtype)
+
+
+def psnr_ssim(pred, true) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-image PSNR (dB) and SSIM of display images ``(B, 3, H, W)`` in ``[0, 1]`` (scikit-image's
+    ``peak_signal_noise_ratio`` and ``structural_similarity`` with ``data_range=1``; SSIM's window is the
+    largest odd size up to 7 that fits)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    p = pred.detach().double().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    q = true.detach().double().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    win = min(7, p.shape[1] - (1 - p.shape[1] % 2), p.shape[2] - (1 - p.shape[2] % 2))
+    ps = [peak_signal_noise_ratio(b, a, data_range=1.0) for a, b in zip(p, q)]
+    ss = [structural_similarity(b, a, data_range=1.0, channel_axis=-1, win_size=win) for a, b in zip(p, q)]
+    return torch.tensor(ps), torch.tensor(ss)
+
+
+def linearity_error(x_12, x_1, x_2, mask=None, black: float = BLACK) -> float:
+    r"""RMS of the model-space transport residual :math:`x_{12} - x_1 - x_2 + b` of three relightings, on the
+    mask (0 for a model whose relightings add like light)."""
+    return rms(x0_residual(x_12, x_1, x_2, black), mask)
+
+
+def photometric_stereo(images, light_vectors) -> torch.Tensor:
+    r"""Normals from relightings by least squares: per pixel, the grey intensities :math:`I_k = a\,n\cdot s_k`
+    under ``K`` lights with first moments ``light_vectors`` ``(K, 3)`` give :math:`g = a n` from
+    :math:`\min_g \sum_k (s_k\cdot g - I_k)^2`; returns :math:`n = g/\|g\|` ``(B, 3, H, W)``.
+    ``images`` ``(K, B, 3, H, W)`` linear HDR."""
+    images = validation.tensor("images", images, ndim=5)
+    S = validation.tensor("light_vectors", light_vectors, ndim=2).double()
+    if S.shape != (images.shape[0], 3):
+        raise ValueError(f"light_vectors must be ({images.shape[0]}, 3), one per relighting; got {tuple(S.shape)}")
+    grey = images.double().mean(2)  # (K, B, H, W)
+    K, B, H, W = grey.shape
+    g = torch.linalg.lstsq(S, grey.reshape(K, -1)).solution  # (3, B*H*W)
+    g = g.reshape(3, B, H, W).permute(1, 0, 2, 3)
+    return torch.nn.functional.normalize(g, dim=1).to(images.dtype)
+
+
+def angular_error(n_est, n_true, mask) -> torch.Tensor:
+    r"""Per-pixel angle in degrees between unit normals, :math:`\arccos(n\cdot\hat n)`, on the mask (a 1-D tensor)."""
+    cos = (n_est.double() * n_true.double()).sum(1, keepdim=True).clamp(-1, 1)
+    return torch.rad2deg(torch.arccos(cos))[mask.bool()]
+
+
+def lpips(pred, true):
+    r"""LPIPS (Zhang et al. 2018) of display images in ``[0, 1]``: distances between deep features of a pretrained
+    AlexNet, weighted by linear layers fitted to human judgements. Computed only where the ``lpips`` package
+    *and* its backbone's weights are already on this machine (nothing is ever downloaded); otherwise returns
+    ``(None, reason)``. On success returns ``(per-image distances, "")``."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("lpips") is None:
+        return None, "the lpips package is not installed"
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+    if not os.path.isdir(hub) or not any(f.startswith("alexnet") for f in os.listdir(hub)):
+        return None, f"AlexNet's weights are not in {hub} (they would be downloaded; this book never downloads)"
+    import lpips as _lpips  # noqa: PLC0415
+
+    net = _lpips.LPIPS(net="alex", verbose=False)
+    with torch.no_grad():
+        d = net(pred.float() * 2 - 1, true.float() * 2 - 1)
+    return d.flatten(), ""

@@ -35,7 +35,8 @@ from .. import validation
 
 __all__ = [
     "BLACK", "GREY", "Objects", "front_half_directions", "make_objects", "irradiance", "render", "random_lights",
-    "split_light", "tone_map", "to_model", "from_model", "merge", "condition", "light_features",
+    "split_light", "tone_map", "to_model", "from_model", "merge", "condition", "light_features", "RelightBatches",
+    "lobe_lights", "light_vector",
 ]
 
 BLACK = -1.0  #: model-space value of zero light (x = 2 I - 1 at I = 0)
@@ -186,6 +187,29 @@ def random_lights(n: int, res: int = 16, *, n_sources: int | tuple[int, int] = 1
     return out.reshape(n, 3, res, res).to(dtype)
 
 
+def lobe_lights(mu: torch.Tensor, res: int = 16, *, kappa: float = 20.0, power: float = 1.0,
+                dtype=torch.float32) -> torch.Tensor:
+    r"""White lights ``(K, 3, res, res)``, one lobe :math:`\propto\exp(\kappa(\omega\cdot\mu_k - 1))` per unit
+    direction ``mu`` ``(K, 3)`` (z > 0), each of power :math:`\sum_k L_k\Delta\Omega_k` = ``power``."""
+    mu = validation.tensor("mu", mu, ndim=2).to(torch.float64)
+    if mu.shape[1] != 3:
+        raise ValueError(f"mu must hold unit directions (K, 3); got {validation.describe(mu)}")
+    dirs, d_omega = front_half_directions(res)
+    lobe = torch.exp(kappa * (torch.nn.functional.normalize(mu, dim=1) @ dirs.T - 1))
+    lobe = power * lobe / (lobe * d_omega).sum(-1, keepdim=True)
+    return lobe[:, None].expand(-1, 3, -1).reshape(-1, 3, res, res).to(dtype).contiguous()
+
+
+def light_vector(light: torch.Tensor) -> torch.Tensor:
+    r"""The first moment :math:`s = \sum_k \bar L_k\,\Delta\Omega_k\,\omega_k` ``(B, 3)`` of an environment map
+    (:math:`\bar L` = mean over colours): where no part of the light is behind the surface,
+    :math:`E(n) = n\cdot s` exactly (the clamp is inactive), the model of photometric stereo."""
+    light = _check_light(light)
+    dirs, d_omega = front_half_directions(light.shape[-1], dtype=torch.float64)
+    w = light.double().mean(1).flatten(1) * d_omega
+    return (w @ dirs).to(light.dtype)
+
+
 def split_light(light: torch.Tensor, *, generator: torch.Generator | None = None, cells: int = 4):
     r"""The random-mask decomposition :math:`L = L_1 + L_2`: :math:`L_1 = M_e\odot L`, :math:`L_2 = (1-M_e)\odot L`
     with :math:`M_e` a random binary ``cells x cells`` grid upsampled to the map (one mask per sample, shared
@@ -243,3 +267,24 @@ def light_features(light: torch.Tensor, size: int = 4) -> torch.Tensor:
     _, d_omega = front_half_directions(res, dtype=light.dtype)
     weighted = light * d_omega.to(light.device).reshape(1, 1, res, res)
     return F.avg_pool2d(weighted, res // size, divisor_override=1).flatten(1)
+
+
+class RelightBatches:
+    r"""Training batches for :func:`tinydiff.train.fit`: ``batches(batch_size, generator)`` draws objects from
+    ``objects``, a fresh light with ``n_sources`` lobes for each, its random-mask split, and renders the truth.
+    Returns ``(x0, cond, light, light_1, light_2, mask)`` with ``x0 = to_model(render(objects, light))`` and
+    ``cond = condition(objects)`` (model space); ``light_1 + light_2 == light`` exactly."""
+
+    def __init__(self, objects: Objects, light_res: int = 16, n_sources: int | tuple[int, int] = 1,
+                 with_background: bool = False):
+        self.objects, self.light_res, self.n_sources = objects, light_res, n_sources
+        self.with_background = with_background
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None):
+        idx = torch.randint(0, len(self.objects), (batch_size,), generator=generator)
+        obj = self.objects[idx]
+        light = random_lights(batch_size, self.light_res, n_sources=self.n_sources, generator=generator,
+                              dtype=obj.normals.dtype)
+        l1, l2, _ = split_light(light, generator=generator)
+        x0 = to_model(render(obj, light))
+        return x0, condition(obj, with_background=self.with_background), light, l1, l2, obj.mask
