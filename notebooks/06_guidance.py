@@ -298,6 +298,14 @@ for i, gam in enumerate(gammas_cfg):
 # NBVAL_CHECK_OUTPUT
 td.check_less("gamma=0 (control): CFG mean within 4 standard errors of p(x|y)", z_mean[0], 4.0)
 td.check_less("gamma=3: CFG mean is more than 6 standard errors away from the tilted density", 6.0, z_mean[2])
+# the comparison is only as good as tilted_log_density itself: its gradient (autograd) must be the guided score
+# score + (1 + gamma) grad log p(y|x), from the oracle's closed-form score and class gradient (independent code)
+x_probe = gm.sample(256, g).double()
+for gam in (1.0, 3.0):
+    xg = x_probe.clone().requires_grad_(True)
+    (grad_tilt,) = torch.autograd.grad(G.tilted_log_density(gm, 0, gam)(xg).sum(), xg)
+    td.check(f"gamma={gam:g}: grad of tilted_log_density = score + (1 + gamma) grad log p(y|x)", grad_tilt,
+             G.guided_score(gm.score(x_probe), G.oracle_class_grad(gm, x_probe, 1.0, 0), 1 + gam), atol=1e-9)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
@@ -362,7 +370,27 @@ td.check("classifier_grad (autograd) = central finite differences", auto, fd.det
 #   (`td.guidance.classifier_guided_eps_fn`).
 #
 # The mean form shifts by $\gamma\sigma_t^2\nabla\log p_\phi$, the $\varepsilon$ form (in a DDPM step) by
-# $\gamma\frac{\beta_t}{\sqrt{\alpha_t}}\nabla\log p_\phi$: the same to first order in $\beta_t$.
+# $\gamma\frac{\beta_t}{\sqrt{\alpha_t}}\nabla\log p_\phi$. With $\sigma_t^2 = \beta_t$ these agree to first order
+# in $\beta_t$ (the ratio is $\sqrt{\alpha_t}$). With the default $\sigma_t^2 = \tilde\beta_t$ they do **not**: the
+# ratio of the shifts is $\tilde\beta_t\sqrt{\alpha_t}/\beta_t = \sqrt{\alpha_t}(1-\bar\alpha_{t-1})/(1-\bar\alpha_t)$,
+# close to 1 only at large $t$ and 0.455 at $t = 2$, so the two forms guide the last steps differently.
+# Measured on the package's functions:
+
+# %%
+t_r = torch.tensor([2, 10, 100, 1000])
+x_r, e_r, gr_r = (torch.randn(4, 2, generator=g, dtype=torch.float64) for _ in range(3))
+var_r = sched.posterior_variance[t_r]
+shift_mean = G.guided_mean(td.ddpm.p_mean(x_r, e_r, t_r, sched), var_r, gr_r, 1.0) - td.ddpm.p_mean(x_r, e_r, t_r, sched)
+shift_eps = (td.ddpm.p_mean(x_r, G.classifier_eps(e_r, gr_r, sched.alpha_bar[t_r], 1.0), t_r, sched)
+             - td.ddpm.p_mean(x_r, e_r, t_r, sched))
+ratio_r = (shift_mean / shift_eps)[:, 0]
+print("t:", t_r.tolist(), " shift of the mean form / shift of the eps form:", [f"{v:.3f}" for v in ratio_r.tolist()])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check("mean-form / eps-form shift = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) (sigma^2 = tilde beta)",
+         ratio_r, sched.alpha[t_r].sqrt() * (1 - sched.alpha_bar[t_r - 1]) / (1 - sched.alpha_bar[t_r]), atol=1e-9)
+td.check_less("... which is far from 1 at t = 2 (below 0.5): not 'the same to first order'", ratio_r[0].item(), 0.5)
 
 # %%
 cos = []
@@ -380,8 +408,8 @@ gamma_l, n_l = 3.0, cfg.n_learned
 grad_learned = lambda x, t, y: G.classifier_grad(clf2d, x, t, y)
 eps_uncond = gm.eps_fn(sched)
 g_same = torch.Generator().manual_seed(1)
-x_mean_form = G.guided_ddpm_sample(eps_uncond, grad_learned, 0, gamma_l, (n_l, 2), sched, generator=g_same,
-                                   progress_bar=True)
+x_mean_form = G.guided_ddpm_sample(eps_uncond, (n_l, 2), sched, grad_fn=grad_learned, y=0, gamma=gamma_l,
+                                   generator=g_same)
 x_eps_form = td.ddim.sample(G.classifier_guided_eps_fn(eps_uncond, grad_learned, 0, gamma_l, sched), (n_l, 2), sched,
                             cfg.oracle_steps, eta=0.0, generator=g, progress_bar=True)
 x_plain = td.ddim.sample(eps_uncond, (n_l, 2), sched, cfg.oracle_steps, eta=1.0, generator=g)
@@ -396,8 +424,8 @@ for name, xs in [("unguided", x_plain), ("mean form, γ=3", x_mean_form), ("ε f
 sched_short = td.NoiseSchedule.linear(T=50, beta_end=0.2)
 grad_exact_short = lambda x, t, y: G.oracle_class_grad(gm, x, sched_short.alpha_bar[t.cpu()], y)
 x_plain_short = td.ddpm.sample(gm.eps_fn(sched_short), (64, 2), sched_short, generator=torch.Generator().manual_seed(2))
-x_gamma0 = G.guided_ddpm_sample(gm.eps_fn(sched_short), grad_exact_short, 0, 0.0, (64, 2), sched_short,
-                                generator=torch.Generator().manual_seed(2))
+x_gamma0 = G.guided_ddpm_sample(gm.eps_fn(sched_short), (64, 2), sched_short, grad_fn=grad_exact_short, y=0,
+                                gamma=0.0, generator=torch.Generator().manual_seed(2))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -470,8 +498,8 @@ per = cfg.per_class
 gammas_dig = [0.0, 0.5, 1.0, 2.0, 4.0]
 y_gen = torch.arange(10).repeat_interleave(per).repeat(len(gammas_dig))
 gamma_gen = torch.tensor(gammas_dig).repeat_interleave(10 * per)
-x_gen = td.ddim.sample(G.cfg_eps_fn(model, y_gen.to(dev), gamma_gen.to(dev)), (len(y_gen), 64), sched,
-                       cfg.digit_sampling_steps, eta=1.0, generator=g, device=dev, progress_bar=True)
+x_gen = td.ddim.sample(G.cfg_eps_fn(model, y_gen, gamma_gen), (len(y_gen), 64), sched,
+                       cfg.digit_sampling_steps, eta=1.0, generator=g)
 img_gen = x_gen.clamp(-1, 1).view(-1, 1, 8, 8).cpu()
 x_test, y_test = x_dig[test_idx], y_dig[test_idx]
 rows_cfg = G.tradeoff(judge, img_gen, y_gen, gammas_dig, x_test, y_test)
@@ -493,8 +521,7 @@ gamma_gen2 = torch.tensor(gammas_cgd).repeat_interleave(10 * per)
 eps_null = lambda x, t: model(x, t, torch.full((x.shape[0],), 10, device=x.device))
 grad_digits = lambda x, t, y: G.classifier_grad(lambda u, s: noisy_clf(u.view(-1, 1, 8, 8), s), x, t, y)
 x_gen2 = td.ddim.sample(G.classifier_guided_eps_fn(eps_null, grad_digits, y_gen2.to(dev), gamma_gen2.to(dev), sched),
-                        (len(y_gen2), 64), sched, cfg.digit_sampling_steps, eta=1.0, generator=g, device=dev,
-                        progress_bar=True)
+                        (len(y_gen2), 64), sched, cfg.digit_sampling_steps, eta=1.0, generator=g)
 img_gen2 = x_gen2.clamp(-1, 1).view(-1, 1, 8, 8).cpu()
 rows_cg = G.tradeoff(judge, img_gen2, y_gen2, gammas_cgd, x_test, y_test)
 for r in rows_cg:
@@ -588,7 +615,8 @@ td.exercises.check(my_cfg_from_scale, G.cfg_diffusers, ex_cases,
 
 # %% [markdown]
 # **2.** Write classifier guidance on the noise prediction:
-# $\hat\varepsilon = \varepsilon - \gamma\sqrt{1-\bar\alpha_t}\,\nabla\log p(y\mid x_t)$.
+# $\hat\varepsilon = \varepsilon - \gamma\sqrt{1-\bar\alpha_t}\,\nabla\log p(y\mid x_t)$. Here `alpha_bar_t` is a
+# Python float (use `math.sqrt`, or `** 0.5`) and `gamma` a number; `eps` and `grad_log_py` are tensors `(B, D)`.
 
 # %%
 def my_classifier_eps(eps, grad_log_py, alpha_bar_t, gamma):
