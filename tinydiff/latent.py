@@ -188,11 +188,12 @@ def eps_fn(model: CaptionUNet, ids: torch.Tensor, mask: torch.Tensor, *, gamma: 
 
 @torch.no_grad()
 def sample(model: CaptionUNet, shape, sched, n_steps: int = 50, *, autoencoder, ids: torch.Tensor,
-           mask: torch.Tensor, scale: float, gamma: float = 0.0, null=None, x_T: torch.Tensor | None = None,
+           mask: torch.Tensor, scale: float = 1.0, gamma: float = 0.0, null=None, x_T: torch.Tensor | None = None,
            generator=None, progress_bar: bool = True, callback=None, device=None) -> torch.Tensor:
     r"""Text-to-image: DDIM (lesson 03, ``eta = 0``) on latents of ``shape`` ``(B, c, h, w)`` for the ``B`` captions
     ``ids``/``mask``, guided with ``gamma`` (:func:`eps_fn`), then :math:`x = \mathcal D(z_0/s)` with the
-    ``autoencoder``. Returns images ``(B, C, H, W)`` on the CPU.
+    ``autoencoder``. Returns images ``(B, C, H, W)`` on the CPU; with ``autoencoder=None`` the latents
+    :math:`z_0` themselves, on the sampler's device.
 
     The one sampler signature (:func:`tinydiff.ddim.sample`): ``callback(i, t, z)`` sees the latents, the device
     follows the model, noise is drawn on the CPU from ``generator``."""
@@ -205,7 +206,7 @@ def sample(model: CaptionUNet, shape, sched, n_steps: int = 50, *, autoencoder, 
     fn = eps_fn(model, ids, mask, gamma=gamma, null=null)
     z = ddim.sample(fn, shape, sched, n_steps, x_T=x_T, generator=generator, progress_bar=progress_bar,
                     callback=callback, device=device)
-    return decode(autoencoder, z, scale)
+    return z if autoencoder is None else decode(autoencoder, z, scale)
 
 
 # ------------------------------------------------------------------------------------ looking inside
