@@ -2,6 +2,7 @@
 coupling, checked exactly on the Bayes-optimal denoiser, and the zero-initialised input widening."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -350,3 +351,70 @@ def test_phi_net_shapes_and_learned_phi_loss_runs():
     loss = rl.consistency_loss_latent(phi, z[0], *z[1:3], *z[3:6], a.float(), s.float())
     loss.backward()
     assert phi.net[0].weight.grad is not None and phi.net[0].in_channels == 18
+
+
+# ---------------------------------------------------------------------------------------------- training and metrics
+
+def test_relight_batches_render_the_truth_and_split_exactly():
+    obj = world.make_objects(20, 16, generator=_gen(30))
+    x0, cond, light, l1, l2, mask = world.RelightBatches(obj)(8, _gen(31))
+    assert torch.equal(l1 + l2, light) and x0.shape == (8, 3, 16, 16) and cond.shape == (8, 4, 16, 16)
+    idx = torch.randint(0, 20, (8,), generator=_gen(31))  # the same draw as inside
+    torch.testing.assert_close(x0, world.to_model(world.render(obj[idx], light)), atol=1e-6, rtol=0)
+    assert torch.equal(mask, obj.mask[idx])
+
+
+def test_loss_fn_trains_an_x0_model_and_vanilla_skips_the_extra_evaluations():
+    sched = td.NoiseSchedule.linear(1000)
+    obj = world.make_objects(16, 16, generator=_gen(32))
+    calls = []
+    torch.manual_seed(0)
+    net = RelightUNet(base_channels=8)
+    counting = lambda x, t, c, L: (calls.append(x.shape[0]), net(x, t, c, L))[1]  # noqa: E731
+    batch = world.RelightBatches(obj)(4, _gen(33))
+    rl.loss_fn(sched, lambda_consistency=0.0)(counting, batch)
+    assert calls == [4]
+    rl.loss_fn(sched)(counting, batch)
+    assert calls == [4, 4, 8]  # vanilla, then L1 and L2 in one batch
+    res = td.train.fit(net, rl.loss_fn(sched), world.RelightBatches(obj), steps=30, batch_size=8, lr=3e-3,
+                       progress_bar=False, device="cpu", ema_decay=None)
+    assert sum(res.losses[-5:]) / 5 < 0.8 * sum(res.losses[:5]) / 5  # 0.08 -> 0.05 in 30 steps
+    out = rl.relight(res.model, world.condition(obj[:4]), world.random_lights(4, generator=_gen(34)), sched, 3,
+                     generator=_gen(35))
+    assert out.shape == (4, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_psnr_matches_its_formula_and_ssim_of_identical_images_is_one():
+    g = _gen(36)
+    a = torch.rand(3, 3, 16, 16, generator=g, dtype=torch.float64)
+    b = (a + 0.05 * torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64)).clamp(0, 1)
+    p, s = rl.psnr_ssim(b, a)
+    torch.testing.assert_close(p, 10 * torch.log10(1 / (a - b).square().mean((1, 2, 3))), atol=1e-9, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # skimage divides by a zero error: PSNR = inf
+        p2, s2 = rl.psnr_ssim(a, a)
+    assert torch.isinf(p2).all() and torch.allclose(s2, torch.ones(3, dtype=torch.float64))
+    assert (s < 1).all() and (s > 0).all()
+
+
+def test_linearity_error_is_zero_for_true_renders_and_photometric_stereo_is_exact_without_clamping():
+    obj, (x12, x1, x2), _ = _scene(seed=37)
+    assert rl.linearity_error(x12, x1, x2, obj.mask) < 1e-13
+    assert rl.linearity_error(x12, x1, x2) > 0.1  # the background
+    dirs = torch.nn.functional.normalize(torch.tensor([[0.0, 0, 1], [0.3, 0, 1], [-0.3, 0, 1], [0, 0.3, 1],
+                                                       [0, -0.3, 1]], dtype=torch.float64), dim=1)
+    lights = world.lobe_lights(dirs, 16, kappa=400.0, dtype=torch.float64)
+    _, d_omega = world.front_half_directions(16)
+    torch.testing.assert_close((lights * d_omega.reshape(16, 16)).sum((2, 3)), torch.ones(5, 3, dtype=torch.float64))
+    imgs = torch.stack([world.render(obj, Lk[None].expand(len(obj), -1, -1, -1), background=False) for Lk in lights])
+    front = obj.mask.bool() & (obj.normals[:, 2:3] > 0.8)
+    err = rl.angular_error(rl.photometric_stereo(imgs, world.light_vector(lights)), obj.normals, front)
+    assert err.max() < 1e-5  # degrees; arccos near 1 turns 1e-16 into ~1e-6 deg
+    wide = world.lobe_lights(dirs, 16, kappa=4.0, dtype=torch.float64)  # broad lobes reach behind the surfaces
+    imgs = torch.stack([world.render(obj, Lk[None].expand(len(obj), -1, -1, -1), background=False) for Lk in wide])
+    assert rl.angular_error(rl.photometric_stereo(imgs, world.light_vector(wide)), obj.normals, obj.mask).max() > 1
+
+
+def test_lpips_is_skipped_with_a_reason_when_unavailable():
+    d, why = rl.lpips(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
+    assert (d is None and why) or (d is not None and d.shape == (2,))
