@@ -139,8 +139,9 @@ for i in range(steps):
     t = torch.full((cfg.n_fwd,), i * dt, dtype=torch.float64)
     x = x + sde.drift(x, t) * dt + sde.diffusion(t)[:, None] * math.sqrt(dt) * torch.randn(x.shape, generator=g_hand,
                                                                                            dtype=x.dtype)
-x_td, traj = td.sde.simulate_forward(x0_point, sde, t_end=t_end, steps=steps, generator=torch.Generator().manual_seed(1),
-                                     return_trajectory=True)
+traj = td.utils.Trajectory()
+x_td = td.sde.simulate_forward(None, x0_point, sde, steps, t_end=t_end, generator=torch.Generator().manual_seed(1),
+                               callback=traj)
 m_end, s_end = sde.marginal(t_end)
 print(f"simulated mean {x.mean():.4f} vs m(t) x0 = {1.5 * m_end:.4f};  simulated std {x.std():.4f} vs s(t) = {s_end:.4f}")
 
@@ -182,8 +183,8 @@ td.check_less("simulated std = s(t) (within 5 standard errors + 0.01)", abs(x.st
 # %%
 ring = td.data.GaussianMixture.ring(8, radius=2.0, std=0.3)
 score = td.sde.mixture_score_fn(ring, sde)
-x_rev, traj_rev = td.sde.sample_reverse_sde(score, sde, (cfg.n, 2), steps=cfg.sde_steps, generator=g, device=dev,
-                                            return_trajectory=True, progress_bar=True)
+traj_rev = td.utils.Trajectory()
+x_rev = td.sde.sample_reverse_sde(score, (cfg.n, 2), sde, cfg.sde_steps, generator=g, callback=traj_rev)
 x_rev = x_rev.cpu()
 ref = ring.sample(cfg.n, g)
 mmd = td.metrics.mmd_rbf(x_rev, ref)
@@ -273,8 +274,9 @@ floor_tv = sum(td.metrics.histogram_tv(m_fp * mix1.sample(cfg.fp_n, g) + s_fp * 
                                    edges, density_t) for _ in range(3)) / 3
 tv, paths = {}, {}
 for name, kw in systems.items():
-    xt, tr = td.sde.simulate_forward(x0_1d, sde, t_end=t_fp, steps=cfg.sde_steps, generator=g, return_trajectory=True,
-                                     **kw)
+    tr = td.utils.Trajectory()
+    xt = td.sde.simulate_forward(kw.get("score_fn"), x0_1d, sde, cfg.sde_steps, t_end=t_fp, sigma=kw["sigma"],
+                                 generator=g, callback=tr)
     tv[name] = td.metrics.histogram_tv(xt, edges, density_t)
     paths[name] = (xt, torch.stack(tr)[:, :25, 0])
     print(f"{name:30s} TV(histogram, PDE density) = {tv[name]:.4f}   (sampling-noise floor {floor_tv:.4f})")
@@ -318,12 +320,12 @@ td.check_less("... and the check can fail: the unmoved data is far off (TV > 3 x
 
 # %%
 xT_ode = torch.randn(256, 2, generator=g, dtype=torch.float64)
-x_ref, nfe_ref = td.sde.sample_ode_scipy(score, sde, x_T=xT_ode, rtol=1e-10, atol=1e-10, return_nfe=True)
-x_rk, nfe_rk = td.sde.sample_ode_scipy(score, sde, x_T=xT_ode, rtol=1e-5, atol=1e-5, return_nfe=True)
+x_ref, nfe_ref = td.sde.sample_ode_scipy(score, None, sde, x_T=xT_ode, rtol=1e-10, atol=1e-10, return_nfe=True)
+x_rk, nfe_rk = td.sde.sample_ode_scipy(score, None, sde, x_T=xT_ode, rtol=1e-5, atol=1e-5, return_nfe=True)
 rmse = lambda a: (a - x_ref).pow(2).sum(1).mean().sqrt().item()  # noqa: E731
 nfes = [10, 20, 40, 80, 160, 320, 640]
-err_euler = [rmse(td.sde.sample_ode_euler(score, sde, x_T=xT_ode, steps=n)) for n in nfes]
-err_heun = [rmse(td.sde.sample_ode_heun(score, sde, x_T=xT_ode, steps=n // 2)) for n in nfes]
+err_euler = [rmse(td.sde.sample_ode_euler(score, None, sde, n, x_T=xT_ode)) for n in nfes]
+err_heun = [rmse(td.sde.sample_ode_heun(score, None, sde, n // 2, x_T=xT_ode)) for n in nfes]
 print(f"reference RK45 (tol 1e-10) used {nfe_ref} NFE; RK45 at tol 1e-5: {nfe_rk} NFE, error {rmse(x_rk):.2e}")
 for n, a, b in zip(nfes, err_euler, err_heun):
     print(f"NFE {n:4d}   Euler {a:.2e}   Heun {b:.2e}")
@@ -339,10 +341,10 @@ plt.title("PF-ODE: error vs NFE")
 plt.show()
 
 # %%
-x_ode = td.sde.sample_ode_heun(score, sde, (cfg.n, 2), steps=50, generator=g).cpu()
+x_ode = td.sde.sample_ode_heun(score, (cfg.n, 2), sde, 50, generator=g).cpu()
 mmd_ode = td.metrics.mmd_rbf(x_ode, ring.sample(cfg.n, g))
-z_enc = td.sde.sample_ode_scipy(score, sde, x_T=ref[:64].double(), t_max=1e-3, t_min=1.0, rtol=1e-9, atol=1e-9)
-x_dec = td.sde.sample_ode_scipy(score, sde, x_T=z_enc, rtol=1e-9, atol=1e-9)
+z_enc = td.sde.sample_ode_scipy(score, None, sde, x_T=ref[:64].double(), t_max=1e-3, t_min=1.0, rtol=1e-9, atol=1e-9)
+x_dec = td.sde.sample_ode_scipy(score, None, sde, x_T=z_enc, rtol=1e-9, atol=1e-9)
 print(f"PF-ODE (Heun, 100 NFE) samples: MMD^2 to data {mmd_ode:.5f}  (noise floor {floor_mmd:.5f})")
 print(f"encode data -> noise -> decode: largest error {(x_dec - ref[:64].double()).abs().max():.2e}")
 
@@ -427,9 +429,9 @@ for _ in td.utils.progress(range(cfg.pc_repeats), desc="PC table"):
     ref_pc = ring.sample(cfg.pc_n, g)   # every sampler of a repeat starts from the same x_T and meets the same data
     xT = torch.randn(cfg.pc_n, 2, generator=g)
     for n_steps, row in table.items():
-        row["EM"].append(sw_of(td.sde.sample_reverse_sde(score, sde, x_T=xT, steps=n_steps, generator=g), ref_pc))
-        row["PC"].append(sw_of(td.sde.sample_pc(score, sde, x_T=xT, steps=n_steps, snr=0.1, generator=g), ref_pc))
-        row["EM 2x"].append(sw_of(td.sde.sample_reverse_sde(score, sde, x_T=xT, steps=2 * n_steps, generator=g), ref_pc))
+        row["EM"].append(sw_of(td.sde.sample_reverse_sde(score, None, sde, n_steps, x_T=xT, generator=g), ref_pc))
+        row["PC"].append(sw_of(td.sde.sample_pc(score, None, sde, n_steps, x_T=xT, snr=0.1, generator=g), ref_pc))
+        row["EM 2x"].append(sw_of(td.sde.sample_reverse_sde(score, None, sde, 2 * n_steps, x_T=xT, generator=g), ref_pc))
 floor_pc = td.metrics.noise_floor(td.metrics.sliced_wasserstein, lambda n: ring.sample(n, g), cfg.pc_n,
                                   repeats=max(2, cfg.pc_repeats), n_projections=cfg.n_proj,
                                   generator=torch.Generator().manual_seed(5))
@@ -477,9 +479,9 @@ td.check_less("... and lower than for the score shifted by 0.1", loss_true, loss
 # %%
 net = td.models.MLPDenoiser(dim=2, hidden=cfg.hidden, depth=3, time_scale=1000.0)
 train_data = ring.sample(50000, g)
-result = td.train.fit(net, lambda model, x0: td.sde.dsm_loss(td.sde.score_fn_from_eps_fn(model, sde), x0, sde),
+result = td.train.fit(net, lambda model, x0: td.sde.dsm_loss(td.sde.continuous_score_fn(model, sde), x0, sde),
                       train_data, steps=cfg.train_steps, batch_size=cfg.batch, lr=2e-3, device=dev)
-learned = td.sde.score_fn_from_eps_fn(result.sampler_model, sde)
+learned = td.sde.continuous_score_fn(result.sampler_model, sde)
 
 
 @torch.no_grad()
@@ -507,7 +509,7 @@ ax[2].set_title("relative squared score error")
 plt.tight_layout()
 plt.show()
 
-x_learned = td.sde.sample_ode_heun(learned, sde, (cfg.n, 2), steps=50, generator=g, device=dev).cpu()
+x_learned = td.sde.sample_ode_heun(learned, (cfg.n, 2), sde, 50, generator=g).cpu()
 print(f"PF-ODE samples with the learned score: MMD^2 to data {td.metrics.mmd_rbf(x_learned, ref):.5f} "
       f"(noise floor {floor_mmd:.5f}, exact score {mmd_ode:.5f})")
 td.plotting.scatter2d(x_learned, title="PF-ODE with the learned score")
@@ -536,7 +538,7 @@ for i in range(steps_h):
     drift = sde.drift(xh, t) - sde.beta(t)[:, None].float() * score(xh, t.float())   # f - g^2 score
     xh = xh - drift * h + sde.diffusion(t)[:, None].float() * math.sqrt(h) * torch.randn(xh.shape, generator=g1)
 g2 = torch.Generator().manual_seed(7)
-x_pkg = td.sde.sample_reverse_sde(score, sde, x_T=torch.randn(256, 2, generator=g2), steps=steps_h, generator=g2)
+x_pkg = td.sde.sample_reverse_sde(score, None, sde, steps_h, x_T=torch.randn(256, 2, generator=g2), generator=g2)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -507,9 +507,9 @@ td.check("guided eps_fn = (1 + gamma) eps(z, y) - gamma eps(z, null)", e_g, 4.0 
 # %%
 def sample_captions(model_, captions, gamma, scale, seed=0):  # a shorthand for this notebook's settings
     ids_, mask_ = tok.encode(captions)
-    return td.latent.sample(model_, ae, ids_, mask_, sched, scale, latent_shape=(4, cfg.size // 4, cfg.size // 4),
-                            n_steps=cfg.ddim_steps, gamma=gamma, null=null, generator=torch.Generator().manual_seed(seed),
-                            device=dev)
+    return td.latent.sample(model_, (ids_.shape[0], 4, cfg.size // 4, cfg.size // 4), sched, cfg.ddim_steps,
+                            autoencoder=ae, ids=ids_, mask=mask_, scale=scale, gamma=gamma, null=null,
+                            generator=torch.Generator().manual_seed(seed))
 
 
 reference = td.data.shapes.make_shapes(cfg.n_eval, cfg.size, seed=4, exclude=HELD_OUT).images  # fresh real images
