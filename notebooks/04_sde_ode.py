@@ -194,6 +194,8 @@ sw = td.metrics.sliced_wasserstein(x_rev, ref, n_projections=cfg.n_proj, generat
 floor_sw = td.metrics.noise_floor(td.metrics.sliced_wasserstein, lambda n: ring.sample(n, g), cfg.n,
                                   n_projections=cfg.n_proj)
 print(f"MMD^2 reverse SDE vs data {mmd:.5f}   noise floor {floor_mmd:.5f}   pure noise vs data {mmd_noise:.5f}")
+verdict_rev = td.metrics.mixture_check(x_rev, ring)  # mode weights, spreads, off-mode mass, MMD at fixed bandwidths
+print(f"mode statistics of the reverse-SDE samples vs their noise floors:\n{verdict_rev}")
 print(f"sliced W2 reverse SDE vs data {sw:.4f}   noise floor {floor_sw:.4f}")
 
 fig, ax = plt.subplots(1, 4, figsize=(12, 3))
@@ -204,9 +206,10 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check_less("reverse SDE with the exact score: MMD^2 to the data within 1e-3 of the noise floor",
-              mmd - abs(floor_mmd), 1e-3)
-td.check_less("... while pure noise is far from the data (MMD^2 > 0.01)", -mmd_noise, -0.01)
+td.check_less("reverse SDE with the exact score: every mode statistic within its noise floor",
+              len(verdict_rev.failed), 1)
+td.check_less("... while pure noise is rejected by the same check",
+              -len(td.metrics.mixture_check(torch.randn(cfg.n, 2, generator=g), ring).failed), 0)
 td.check("its mean and covariance are the mixture's", torch.tensor(td.metrics.gaussian_fit_error(
     x_rev, ring.mean(), ring.covariance())), torch.zeros(2), atol=0.25)
 
@@ -343,6 +346,8 @@ plt.show()
 # %%
 x_ode = td.sde.sample_ode_heun(score, (cfg.n, 2), sde, 50, generator=g).cpu()
 mmd_ode = td.metrics.mmd_rbf(x_ode, ring.sample(cfg.n, g))
+verdict_ode = td.metrics.mixture_check(x_ode, ring)
+print(f"mode statistics of the PF-ODE samples:\n{verdict_ode}")
 z_enc = td.sde.sample_ode_scipy(score, None, sde, x_T=ref[:64].double(), t_max=1e-3, t_min=1.0, rtol=1e-9, atol=1e-9)
 x_dec = td.sde.sample_ode_scipy(score, None, sde, x_T=z_enc, rtol=1e-9, atol=1e-9)
 print(f"PF-ODE (Heun, 100 NFE) samples: MMD^2 to data {mmd_ode:.5f}  (noise floor {floor_mmd:.5f})")
@@ -353,7 +358,8 @@ print(f"encode data -> noise -> decode: largest error {(x_dec - ref[:64].double(
 td.check_less("Heun beats Euler at equal NFE = 160 (by 3x)", err_heun[4], err_euler[4] / 3)
 td.check("Euler is first order: doubling the NFE halves the error", err_euler[5] / err_euler[6], 2.0, atol=0.3)
 td.check_less("Heun is second order: doubling the NFE divides the error by > 3", -err_heun[5] / err_heun[6], -3.0)
-td.check_less("PF-ODE samples with the exact score: MMD^2 within 1e-3 of the noise floor", mmd_ode - abs(floor_mmd), 1e-3)
+td.check_less("PF-ODE samples with the exact score: every mode statistic within its noise floor",
+              len(verdict_ode.failed), 1)
 td.check("the PF-ODE is invertible: decode(encode(x)) = x", x_dec, ref[:64].double(), atol=1e-5)
 
 # %% [markdown]
@@ -410,7 +416,9 @@ td.check_less("Hutchinson is unbiased: |mean - exact| < 4 standard errors",
 #
 # A reverse-SDE step (the *predictor*) makes a discretisation error. At the new time $t$ we know the target
 # $p_t$ through its score, so we can *correct* with a few steps of Langevin dynamics,
-# $x\leftarrow x+\epsilon\nabla\log p_t(x)+\sqrt{2\epsilon}\,z$, which leaves $p_t$ invariant. We take
+# $x\leftarrow x+\epsilon\nabla\log p_t(x)+\sqrt{2\epsilon}\,z$, which leaves $p_t$ invariant in the limit
+# $\epsilon\to0$ (for a finite step it has a slightly wider stationary law, $O(\epsilon)$ off; lesson 05 §6
+# measures that bias on a Gaussian). We take
 # $\epsilon_t = 2(r\,s(t))^2$ with a "signal-to-noise" $r=0.1$. First the invariance, then the effect on few-step
 # sampling, measured with the sliced Wasserstein distance on the same noise for every sampler.
 
@@ -512,17 +520,36 @@ plt.show()
 x_learned = td.sde.sample_ode_heun(learned, (cfg.n, 2), sde, 50, generator=g).cpu()
 print(f"PF-ODE samples with the learned score: MMD^2 to data {td.metrics.mmd_rbf(x_learned, ref):.5f} "
       f"(noise floor {floor_mmd:.5f}, exact score {mmd_ode:.5f})")
+verdict_learned = td.metrics.mixture_check(x_learned, ring)
+print(f"mode statistics of the PF-ODE samples with the learned score:\n{verdict_learned}")
+# the baseline a learned score must beat: the score of the single Gaussian with the mixture's mean and covariance
+rel_gauss = {}
+for t_b in (0.1, 0.25, 0.5, 1.0):
+    m_b, s_b = (v.item() for v in sde.marginal(t_b))
+    xx_b = m_b * ring.sample(4000, g).double() + s_b * torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    cov_b = m_b**2 * ring.covariance() + s_b**2 * torch.eye(2, dtype=torch.float64)
+    s_gauss = -(xx_b - m_b * ring.mean()) @ torch.linalg.inv(cov_b)
+    s_true = score(xx_b, torch.full((4000,), t_b, dtype=torch.float64)).double()
+    rel_gauss[t_b] = ((s_gauss - s_true).pow(2).sum(1).mean() / s_true.pow(2).sum(1).mean()).item()
+print("relative squared error of the best single-Gaussian score:", {t: f"{v:.3f}" for t, v in rel_gauss.items()})
 td.plotting.scatter2d(x_learned, title="PF-ODE with the learned score")
 plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check_less("the learned score beats the zero field at t = 0.5 (relative error < 0.8)", rel[0.5], 0.8)
-td.check_less("... and at t = 1 (relative error < 0.8)", rel[1.0], 0.8)
+td.check_less("where p_t has modes (t = 0.1), the learned score beats the best single Gaussian (< half its error)",
+              rel[0.1], 0.5 * rel_gauss[0.1])
+td.check_less("... and at t = 0.25 (< a tenth of its error)", rel[0.25], 0.1 * rel_gauss[0.25])
 
 # %% [markdown]
 # The learned field matches the true one best at large $t$, where $p_t$ is smooth; at small $t$ the score is
 # sharp (of size $1/\text{std}$ near each component) and a small network trained briefly is least accurate there.
+# A small error at $t \ge 0.5$ proves little: there $p_t$ is so nearly Gaussian that the score of the single
+# Gaussian with the mixture's mean and covariance is as accurate (printed above), so the checks compare with that
+# baseline where the modes still matter, at $t = 0.1$ and $0.25$. The samples say the same: the PF-ODE driven by
+# the learned score gives visibly smeared modes, and the mode check rejects them (in our `quick` and `standard`
+# runs the widest mode came out 30–45 % too wide, with 4–8 times the data's off-mode mass). A score that is good
+# on average can still be off in exactly the thin regions that shape the modes.
 #
 # ## 8 · The same thing in tinydiff
 # The reverse-SDE loop, written by hand from the equation, against `td.sde.sample_reverse_sde` on the same noise:
