@@ -57,6 +57,24 @@ def _reverse_sde(gm, sde, n, steps, *, scale=1.0, noise=True, seed=1, t_min=1e-3
     return x
 
 
+def _pf_ode_heun(gm, sde, n, steps, *, scale=1.0, seed=1, t_min=1e-3):
+    """Heun's method for the PF-ODE dx/dt = f - g^2/2 * scale * score from t = 1 to t_min."""
+    score = td.sde.mixture_score_fn(gm, sde)
+    x = torch.randn(n, gm.D, generator=_gen(seed), dtype=torch.float64)
+    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+
+    def v(x, t):
+        tt = torch.full((n,), t, dtype=torch.float64)
+        return sde.drift(x, tt) - 0.5 * sde.diffusion(tt).reshape(-1, 1) ** 2 * scale * score(x, tt)
+
+    for i in range(steps):
+        t0, t1 = float(ts[i]), float(ts[i + 1])
+        d0 = v(x, t0)
+        x_pred = x + (t1 - t0) * d0
+        x = x + 0.5 * (t1 - t0) * (d0 + v(x_pred, t1))
+    return x
+
+
 def _ring_without_modes(n, radius, std, seed=1):
     g = _gen(seed)
     ang = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
@@ -100,6 +118,16 @@ def test_notebook_04_check_separates_right_from_wrong_at_quick_size():
     wrong = {"0.8 score": _reverse_sde(gm, sde, n, steps, scale=0.8),
              "1.25 score": _reverse_sde(gm, sde, n, steps, scale=1.25),
              "no noise": _reverse_sde(gm, sde, n, steps, noise=False),
+             "ring without modes": _ring_without_modes(n, 2.0, 0.3)}
+    _assert_separates(right, wrong, gm)
+
+
+def test_notebook_04_pf_ode_check_separates_right_from_wrong_at_quick_size():
+    """notebooks/04_sde_ode.py §4: the PF-ODE by Heun with 50 steps, n = cfg.n (quick 1000). The ODE has no noise
+    term to drop; the other wrong variants apply."""
+    gm, sde, n = td.data.GaussianMixture.ring(8, radius=2.0, std=0.3), td.sde.VPSDE(), 1000
+    right = {"exact score": _pf_ode_heun(gm, sde, n, 50)}
+    wrong = {"0.8 score": _pf_ode_heun(gm, sde, n, 50, scale=0.8), "1.25 score": _pf_ode_heun(gm, sde, n, 50, scale=1.25),
              "ring without modes": _ring_without_modes(n, 2.0, 0.3)}
     _assert_separates(right, wrong, gm)
 
