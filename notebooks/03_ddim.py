@@ -149,7 +149,8 @@ for s, k, lam in zip(sigmas, kappa_hand, lambda_hand):
 td.check("kappa_t by hand = td.ddim.kappa", kappa_hand, td.ddim.kappa(t_, s_, sigmas, sched), atol=1e-12)
 td.check("lambda_t by hand = td.ddim.lambda_", lambda_hand, td.ddim.lambda_(t_, s_, sigmas, sched), atol=1e-12)
 mean_coef, var = td.ddim.marginal_coefs(t_, s_, sigmas, sched)
-td.check("marginal condition, mean: kappa sqrt(ab_t) + lambda = sqrt(ab_{t-1})", mean_coef,
+td.check("consistency (true for any kappa, by the definition of lambda): kappa sqrt(ab_t) + lambda = sqrt(ab_{t-1})",
+         mean_coef,
          ab_s.sqrt().expand(5), atol=1e-12)
 td.check("marginal condition, variance: kappa^2 (1 - ab_t) + sigma^2 = 1 - ab_{t-1}", var,
          (1 - ab_s).expand(5), atol=1e-12)
@@ -234,6 +235,9 @@ plt.show()
 # | DDPM | $\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$ | the posterior: DDPM's $\kappa_t, \lambda_t$ |
 # | DDIM | $0$ | deterministic: an *implicit* model, $x_0$ a function of $x_T$ |
 # | larger covariance | $\beta_t$ | DDPM's other variance; inside the family only where $\beta_t \le 1-\bar\alpha_{t-1}$ |
+#
+# (The third row is *not* the DDIM paper's $\hat\sigma$ sampler, although the two share $\sigma_t^2 = \beta_t$:
+# $\hat\sigma$ keeps DDPM's posterior mean and adds the larger noise on top, so it leaves the family. §7 measures both.)
 #
 # The DDIM paper interpolates with one number, $\sigma_t(\eta) = \eta\,\sqrt{\tilde\beta_t}$ (for skips, with
 # $\bar\alpha_{t-1}$ replaced by $\bar\alpha_s$): $\eta = 0$ is DDIM, $\eta = 1$ is DDPM, and
@@ -461,6 +465,43 @@ td.check_less("oracle, 50 steps: deterministic DDIM (eta = 0) beats DDPM-like et
 td.check_less("oracle, eta = 0: 50 steps beat 10 steps", table[(50, 0.0)], table[(10, 0.0)])
 
 # %% [markdown]
+# **Two samplers with $\sigma_t^2 = \beta_t$.** For a jump $t\to s$ the matching $\beta$ is $1-\bar\alpha_t/\bar\alpha_s$.
+# The *family member* (§3) uses it as its $\sigma_t^2$ (clipped to $1-\bar\alpha_s$ where it does not fit) and shrinks
+# the direction term to $\sqrt{1-\bar\alpha_s-\sigma_t^2}\,\hat\varepsilon$, so its marginals stay right. The DDIM
+# paper's $\hat\sigma$ row comes from a different sampler (in the authors' code, `ddpm_steps`): DDPM's posterior
+# mean for the jump, $\tilde\mu(x_t, \hat x_0)$, *plus* noise of variance $1-\bar\alpha_t/\bar\alpha_s$ — the mean
+# already carries the right spread, and the noise comes on top. Both by hand, at 10 steps, on the same oracle:
+
+# %%
+steps_b = td.ddim.timesteps(sched.T, 10).tolist() + [0]
+x_fam = torch.randn(n_tab, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+x_hat = x_fam.clone()
+g_b = torch.Generator().manual_seed(12)
+for t_b, s_b in zip(steps_b[:-1], steps_b[1:]):
+    ab_t, ab_s = sched.alpha_bar[t_b], sched.alpha_bar[s_b]
+    beta_b = 1 - ab_t / ab_s
+    z = torch.randn(n_tab, 2, generator=g_b, dtype=torch.float64)
+    for which in ("family", "paper"):
+        x = x_fam if which == "family" else x_hat
+        e = eps_star(x, torch.full((n_tab,), t_b))
+        x0_hat = (x - (1 - ab_t).sqrt() * e) / ab_t.sqrt()
+        if which == "family":
+            sig2 = torch.minimum(beta_b, 1 - ab_s)
+            x_fam = ab_s.sqrt() * x0_hat + (1 - ab_s - sig2).sqrt() * e + sig2.sqrt() * z
+        else:
+            mean = ab_s.sqrt() * beta_b / (1 - ab_t) * x0_hat + (1 - beta_b).sqrt() * (1 - ab_s) / (1 - ab_t) * x
+            x_hat = mean + (beta_b.sqrt() * z if s_b > 0 else 0.0)
+mmd_beta = {"family member, sigma^2 = beta": td.metrics.mmd_rbf(x_fam, ref, bandwidth=bw),
+            "DDIM paper's sigma-hat": td.metrics.mmd_rbf(x_hat, ref, bandwidth=bw)}
+for k, v in mmd_beta.items():
+    print(f"10 steps, {k:30s}: MMD^2 x 1000 = {1000 * v:.2f}   (eta = 1: {1000 * table[(10, 1.0)]:.2f})")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("10 steps: the paper's sigma-hat is more than 5x worse than the family member with sigma^2 = beta",
+              5 * mmd_beta["family member, sigma^2 = beta"], mmd_beta["DDIM paper's sigma-hat"])
+
+# %% [markdown]
 # ## 8. The same table on digits, with a trained network
 #
 # Now a real model, trained with lesson 02's loss on the 8×8 digits and sampled with DDIM. To afford the whole
@@ -470,7 +511,9 @@ td.check_less("oracle, eta = 0: 50 steps beat 10 steps", table[(50, 0.0)], table
 # (`Classifier.features`, its pooled last layer), and the Fréchet distance between the Gaussian fits of the
 # features of generated and real images (`td.metrics.frechet_distance`) is the score. The real digits are
 # split: 1,197 images are the reference; the other 600 (or fewer in small profiles) give the noise floor, the
-# score of real images that the network never saw.
+# score of a second set of real images. (They are not held out from training: the denoiser and the classifier
+# were trained on all 1,797 digits. The floor measures the metric's own scatter between real sets, not
+# generalisation.)
 
 # %%
 digits, labels = td.data.load_digits(8)
@@ -545,8 +588,9 @@ plt.show()
 # - At $S = 1000$ all three rows are inside the noise floor: with the exact denoiser no sampler error is left,
 #   and $\eta = 1$ at $S = T$ is exactly DDPM (§3).
 # - In the paper (CIFAR-10) the rows also converge at $S = 1000$, with $\eta = 0$ still slightly ahead of
-#   $\eta = 1$; the best 1000-step number there belongs to $\hat\sigma$ ($\sigma_t^2 = \beta_t$, Exercise 4), which
-#   is catastrophic at 10 steps. With a perfect denoiser every row converges to the data, as it does
+#   $\eta = 1$; the best 1000-step number there belongs to $\hat\sigma$ (DDPM's posterior mean plus noise of
+#   variance $\beta$, not a member of the family; §7), which is catastrophic at 10 steps — as it is here, while the
+#   family member with the same $\sigma_t^2=\beta_t$ is close to $\eta = 1$. With a perfect denoiser every row converges to the data, as it does
 #   here, so differences at $S = 1000$ can only come from the network's error.
 #
 # **On digits** (a small MLP trained for about a minute on a CPU):
@@ -646,9 +690,11 @@ td.exercises.check(my_trailing, lambda T, n: td.ddim.timesteps(T, n, "trailing")
                              lambda T, n: td.ddim.timesteps(T, n, "leading")})
 
 # %% [markdown]
-# **Exercise 4 (open).** Add a row $\sigma_t^2 = \beta_t$ to the oracle table of §7 (clip it to the allowed
-# $\sqrt{1-\bar\alpha_s}$ where it does not fit, using `td.ddim.step` with per-step `eta`), and compare with the
-# DDIM paper's $\hat\sigma$ row. Why is it so much worse with few steps?
+# **Exercise 4 (open).** §7 ran two samplers with $\sigma_t^2 = \beta_t$ at 10 steps: the family member and the
+# paper's $\hat\sigma$. (a) Compute the variance of $x_s$ given $x_0$ for each, for one jump $t\to s$, from the
+# formulas in §7 (for $\hat\sigma$: the variance of $\tilde\mu(x_t,x_0)$ plus $1-\bar\alpha_t/\bar\alpha_s$) and compare
+# both with $1-\bar\alpha_s$, the variance of $q(x_s\mid x_0)$. (b) Why does the excess of $\hat\sigma$ matter at 10
+# steps and not at 1000? (c) Extend the §7 cell to 50 and 1000 steps and check your answer.
 #
 # ## Summary
 #
