@@ -590,8 +590,8 @@ plt.show()
 # - In the paper (CIFAR-10) the rows also converge at $S = 1000$, with $\eta = 0$ still slightly ahead of
 #   $\eta = 1$; the best 1000-step number there belongs to $\hat\sigma$ (DDPM's posterior mean plus noise of
 #   variance $\beta$, not a member of the family; §7), which is catastrophic at 10 steps — as it is here, while the
-#   family member with the same $\sigma_t^2=\beta_t$ is close to $\eta = 1$. With a perfect denoiser every row converges to the data, as it does
-#   here, so differences at $S = 1000$ can only come from the network's error.
+#   family member with the same $\sigma_t^2=\beta_t$ is close to $\eta = 1$. With a perfect denoiser every row
+#   converges to the data, as it does here, so differences at $S = 1000$ can only come from the network's error.
 #
 # **On digits** (a small MLP trained for about a minute on a CPU):
 # - Every cell is far above the noise floor (real digits' own score): the network's error dominates, so this
