@@ -1,7 +1,5 @@
 """Solutions to the exercises of notebooks/02_ddpm.py."""
 
-import torch
-
 
 def _per_sample(c, x):
     """A table entry per sample (B,) reshaped to broadcast over x's other dimensions, in x's dtype."""

@@ -197,7 +197,7 @@ def off_mode_fraction(x: torch.Tensor, mixture, *, radius: float = 3.0) -> float
 
 
 def mixture_statistics(x: torch.Tensor, mixture, ref: torch.Tensor, *, bandwidths=(0.05, 0.1, 0.2, 0.4)) -> dict:
-    """The four scalar statistics that :func:`mixture_check` compares with their noise floors:
+    r"""The four scalar statistics that :func:`mixture_check` compares with their noise floors:
 
     - ``mmd``: :func:`mmd_multiscale` between ``x`` and the reference draw ``ref``;
     - ``weights``: total variation :math:`\tfrac12\sum_k|\hat w_k - w_k|` of :func:`mode_weights` vs the oracle's;
