@@ -200,7 +200,7 @@ plt.show()
 net = result.sampler_model.to(dev)
 with torch.no_grad():
     exact = td.ddpm.sample(mixture.eps_fn(sched), (cfg.n_samples, 2), sched, generator=td.seed_everything(1))
-    learned = td.ddpm.sample(net, (cfg.n_samples, 2), sched, generator=td.seed_everything(1), device=dev)
+    learned = td.ddpm.sample(net, (cfg.n_samples, 2), sched, generator=td.seed_everything(1))  # on net's device
 data = mixture.sample(cfg.n_samples, td.seed_everything(2))
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 4))
