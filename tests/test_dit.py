@@ -95,6 +95,23 @@ def test_adaln_formula_equals_layernorm_without_affine_plus_modulation():
     torch.testing.assert_close(D.modulate(x, torch.zeros_like(shift), torch.zeros_like(scale)), x, atol=0, rtol=0)
 
 
+def test_dit_block_equals_its_equations():
+    blk = _random_weights(D.DiTBlock(32, 4, cond="adaln_zero"), std=0.2).double()
+    g = torch.Generator().manual_seed(5)
+    x, c = torch.randn(3, 16, 32, generator=g, dtype=torch.float64), torch.randn(3, 32, generator=g, dtype=torch.float64)
+    mod = torch.nn.functional.silu(c) @ blk.adaLN_modulation[1].weight.T + blk.adaLN_modulation[1].bias
+    b1, g1, a1, b2, g2, a2 = mod.chunk(6, dim=1)
+    h = x + a1[:, None] * blk.attn(D.adaln(x, b1, g1))
+    h = h + a2[:, None] * blk.mlp(D.adaln(h, b2, g2))
+    torch.testing.assert_close(blk(x, c), h, atol=1e-12, rtol=0)
+    # the attention inside is softmax(QK^T / sqrt(d)) V over the heads
+    z = torch.randn(2, 5, 32, generator=g, dtype=torch.float64)
+    q, k, v = blk.attn.qkv(z).chunk(3, -1)
+    heads = [(q[..., 8 * i:8 * i + 8] @ k[..., 8 * i:8 * i + 8].transpose(1, 2) / 8 ** 0.5).softmax(-1)
+             @ v[..., 8 * i:8 * i + 8] for i in range(4)]
+    torch.testing.assert_close(blk.attn(z), blk.attn.proj(torch.cat(heads, -1)), atol=1e-12, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------ initialisation
 @pytest.mark.parametrize("cond", D.CONDITIONING)
 def test_output_is_exactly_zero_at_init(cond):
