@@ -251,3 +251,16 @@ def test_dit_xl2_costs_what_the_paper_says():
         m = D.DiT.from_preset("XL/2", input_size=32, in_channels=4, num_classes=1000, learn_sigma=True)
     assert round(D.flops(m) / 2e9, 1) == 118.6  # DiT Table 4 counts multiply-adds
     assert round(D.param_count(m) / 1e6) == 675
+
+
+def test_dit_trains_under_bf16_autocast_and_on_latents():
+    # the autocast path that fit takes on CUDA, exercised on the CPU; and lesson 08's 4-channel latents
+    sched = td.NoiseSchedule.linear(T=100)
+    m = D.DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, heads=4, num_classes=None)
+    z0 = torch.randn(16, 4, 8, 8)
+    res = td.train.fit(m, lambda mod, b: td.ddpm.loss(mod, b, sched), z0, steps=3, batch_size=8, amp=True,
+                       progress_bar=False, device="cpu")
+    assert all(np.isfinite(res.losses))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(z0[:2], torch.tensor([3, 50]))
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 4, 8, 8)
