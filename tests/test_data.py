@@ -137,10 +137,14 @@ def test_toy_sets_are_deterministic_and_sized(name):
 
 
 def test_toy_set_errors():
-    with pytest.raises(ValueError, match="unknown toy set"):
+    with pytest.raises(ValueError, match="name must be one of 'checkerboard'"):
         td.data.toy_2d("spirals?", 10)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="n must lie in 1.."):
         td.data.toy_2d("moons", 0)
+    with pytest.raises(ValueError, match="n must be an int"):
+        td.data.toy_2d("moons", float("inf"))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        td.data.toy_2d("moons", 4, generator=3)
 
 
 @pytest.mark.parametrize("size", [8, 16])

@@ -120,3 +120,64 @@ def test_classifier_shapes_and_time_conditioning():
     with pytest.raises(ValueError, match="pass the timestep"):
         clf(x)
     assert Classifier(in_channels=3, num_classes=5, base_channels=8)(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+
+
+def test_networks_refuse_inputs_they_would_ignore_or_misread():
+    import pytest
+
+    unet = td.models.UNet(1, base_channels=8, channel_mults=(1,))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 4])
+    with pytest.raises(ValueError, match="without context_dim, so it cannot take context="):
+        unet(x, t, context=torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="time_conditional=False, so it cannot take t"):
+        td.models.Classifier(1, 3, base_channels=8)(x, t)
+    with pytest.raises(ValueError, match="without context_dim"):
+        td.models.SpatialTransformer(8)(torch.randn(2, 8, 4, 4), context=torch.randn(2, 3, 8))
+    cross = td.models.UNet(1, base_channels=8, channel_mults=(1,), attn_levels=(0,), context_dim=6, heads=2)
+    with pytest.raises(ValueError, match=r"context must have shape \(B, M, 6\)"):
+        cross(x, t, context=torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match="context must have batch size 2"):
+        cross(x, t, context=torch.randn(3, 3, 6))
+    with pytest.raises(ValueError, match="context_mask must be a bool"):
+        cross(x, t, context=torch.randn(2, 3, 6), context_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="x must be real"):
+        unet(x.to(torch.complex64), t)
+    with pytest.raises(ValueError, match="x must hold numbers, not booleans"):
+        unet(x > 0, t)
+    with pytest.raises(ValueError, match="t must hold real timesteps"):
+        unet(x, torch.tensor([True, False]))
+    with pytest.raises(TypeError, match="t must be timesteps"):
+        unet(x, None)
+    with pytest.raises(ValueError, match="x must hold at least 1 sample"):
+        unet(x[:0], t[:0])
+    mlp = td.models.MLPDenoiser(hidden=8, depth=1, time_dim=8, num_classes=3)
+    with pytest.raises(ValueError, match="y must hold integer class indices"):
+        mlp(torch.randn(2, 2), t, y=torch.tensor([0.5, 1.0]))
+    # half- and double-precision and integer batches run through a float32 network in its dtype
+    ref = mlp(torch.randn(2, 2, generator=torch.Generator().manual_seed(0)), t)
+    half = mlp(torch.randn(2, 2, generator=torch.Generator().manual_seed(0)).half(), t)
+    assert half.dtype == torch.float32 and torch.allclose(half, ref, atol=1e-2)
+    assert mlp(torch.ones(2, 2, dtype=torch.long), t).dtype == torch.float32
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: td.models.UNet(base_channels=8.0), "base_channels must be an int"),
+    (lambda: td.models.UNet(channel_mults="12"), "channel_mults must be a tuple of ints"),
+    (lambda: td.models.UNet(channel_mults=(1, 2), attn_levels=(2,)), "attn_levels must lie in 0..1"),
+    (lambda: td.models.UNet(dropout=1.0), r"dropout must lie in \[0, 1\)"),
+    (lambda: td.models.UNet(time_scale=float("nan")), "time_scale must be a finite number"),
+    (lambda: td.models.MLPDenoiser(dim=-3), "dim must lie in 1.."),
+    (lambda: td.models.MLPDenoiser(time_dim=7), "time_dim .* must be even"),
+    (lambda: td.models.MLPDenoiser(hidden=None), "hidden must be an int"),
+    (lambda: td.models.MLPClassifier(num_classes=1), "num_classes must lie in 2.."),
+    (lambda: td.models.TextEncoder(10, dim="64"), "dim must be an int"),
+    (lambda: td.models.KLAutoencoder(kl_weight=-1.0), "kl_weight must be >= 0"),
+    (lambda: td.models.Encoder(1, 2, f=True), "downsampling factor f must be a power of two"),
+    (lambda: td.models.group_norm(0), "channels must lie in 1.."),
+    (lambda: td.models.timestep_embedding(torch.arange(3), 7), "dim .* must be even"),
+    (lambda: td.models.timestep_embedding(torch.arange(3), 8, max_period=-1.0), "max_period must be > 1"),
+    (lambda: td.models.KLAutoencoder().latent_shape((8, 8)), r"image_shape must be \(C, H, W\)"),
+])
+def test_network_constructors_name_the_bad_argument(build, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        build()

@@ -90,21 +90,32 @@ def test_custom_schedule_from_betas():
 @pytest.mark.parametrize(
     "build, match",
     [
-        (lambda: td.NoiseSchedule.linear(0), "positive int"),
-        (lambda: td.NoiseSchedule.linear(10.0), "positive int"),
-        (lambda: td.NoiseSchedule.linear(10, beta_start=0.0), r"\(0, 1\)"),
-        (lambda: td.NoiseSchedule.linear(10, beta_end=1.5), r"\(0, 1\)"),
+        (lambda: td.NoiseSchedule.linear(0), "T must lie in 1.."),
+        (lambda: td.NoiseSchedule.linear(10.0), "T must be an int"),
+        (lambda: td.NoiseSchedule.linear(True), "T must be an int"),
+        (lambda: td.NoiseSchedule.linear(10, beta_start=0.0), "beta_start must be > 0"),
+        (lambda: td.NoiseSchedule.linear(10, beta_end=1.5), r"beta_end must lie in \(0, 1\)"),
         (lambda: td.NoiseSchedule.linear(10, beta_start=0.1, beta_end=0.01), "must not exceed"),
-        (lambda: td.NoiseSchedule.linear(10, beta_start=float("nan")), r"\(0, 1\)"),
-        (lambda: td.NoiseSchedule.cosine(10, s=-0.1), "s must be"),
+        (lambda: td.NoiseSchedule.linear(10, beta_start=float("nan")), "beta_start must be a finite number"),
+        (lambda: td.NoiseSchedule.linear(10, beta_start="0.001"), "beta_start must be a real number"),
+        (lambda: td.NoiseSchedule.cosine(10, s=-0.1), "s must be >= 0"),
+        (lambda: td.NoiseSchedule.cosine(10, s=float("inf")), "s must be a finite number"),
         (lambda: td.NoiseSchedule.cosine(10, max_beta=1.0), "max_beta"),
+        (lambda: td.NoiseSchedule(None), "beta must be a tensor"),
+        (lambda: td.NoiseSchedule(torch.tensor([0.0, 0.1j])), "beta must be real"),
+        (lambda: td.NoiseSchedule.linear(10).check_t(None, 4), "t must hold integer timesteps"),
+        (lambda: td.NoiseSchedule.linear(10).check_t(torch.tensor([1, 2]), 4), r"t must have shape \(4,\)"),
+        (lambda: td.NoiseSchedule.linear(10).check_t(11, 4), "t must lie in 0..10"),
+        (lambda: td.NoiseSchedule.linear(10).check_t(2.5, 4), "t must hold integer timesteps"),
+        (lambda: td.schedules.alpha_bar_cumprod(torch.tensor([0.9, 1.5])), r"alpha must hold values .* in \(0, 1\]"),
+        (lambda: td.schedules.alpha_bar_logcumsum([0.9, 0.8]), "alpha must be a torch.Tensor"),
         (lambda: td.NoiseSchedule(torch.tensor([0.1, 0.2])), r"beta\[0\] must be 0"),
         (lambda: td.NoiseSchedule(torch.tensor([0.0])), "T >= 1"),
         (lambda: td.NoiseSchedule(torch.tensor([0.0, 0.5, 1.0])), "strictly between 0 and 1"),
     ],
 )
 def test_bad_schedule_parameters_raise(build, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         build()
 
 

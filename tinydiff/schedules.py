@@ -15,14 +15,14 @@ import math
 
 import torch
 
-from .utils import as_timesteps
+from . import validation as V
 
 __all__ = ["NoiseSchedule", "alpha_bar_cumprod", "alpha_bar_logcumsum"]
 
 
 def alpha_bar_cumprod(alpha: torch.Tensor) -> torch.Tensor:
     r""":math:`\bar\alpha_t = \prod_{s\le t} \alpha_s` by a running product."""
-    return torch.cumprod(alpha, dim=0)
+    return torch.cumprod(_alpha(alpha), dim=0)
 
 
 def alpha_bar_logcumsum(alpha: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,15 @@ def alpha_bar_logcumsum(alpha: torch.Tensor) -> torch.Tensor:
     numbers slightly below 1 is harmless in float64; the log-sum form is the one that stays accurate when
     :math:`\bar\alpha_t` gets tiny or the schedule is given as log-SNRs.
     """
-    return torch.cumsum(torch.log(alpha), dim=0).exp()
+    return torch.cumsum(torch.log(_alpha(alpha)), dim=0).exp()
+
+
+def _alpha(alpha):
+    alpha = V.tensor("alpha", alpha, ndim=1)
+    if not bool(((alpha > 0) & (alpha <= 1)).all()):
+        raise ValueError(f"alpha must hold values alpha_t = 1 - beta_t in (0, 1]; got {V.describe(alpha)} with "
+                         f"values from {alpha.min().item():.3g} to {alpha.max().item():.3g}")
+    return alpha
 
 
 class NoiseSchedule:
@@ -49,7 +57,10 @@ class NoiseSchedule:
     """
 
     def __init__(self, beta: torch.Tensor, *, name: str = "custom"):
-        beta = torch.as_tensor(beta, dtype=torch.float64).flatten()
+        if not isinstance(name, str):
+            raise ValueError(f"name must be a string; got {V.describe(name)}")
+        beta = V.tensor("beta", beta if isinstance(beta, torch.Tensor) else _as_tensor("beta", beta),
+                        min_batch=0).to(torch.float64).flatten()
         if beta.numel() < 2:
             raise ValueError("a schedule needs T >= 1: pass beta of length T + 1 with beta[0] == 0")
         if beta[0] != 0:
@@ -78,8 +89,8 @@ class NoiseSchedule:
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
         r"""DDPM's linear schedule: :math:`\beta_t` evenly spaced from ``beta_start`` (t=1) to ``beta_end`` (t=T)."""
         T = _check_T(T)
-        if not (0 < beta_start < 1 and 0 < beta_end < 1):
-            raise ValueError(f"beta_start and beta_end must lie in (0, 1); got {beta_start}, {beta_end}")
+        beta_start = _open_unit("beta_start", beta_start)
+        beta_end = _open_unit("beta_end", beta_end)
         if beta_start > beta_end:
             raise ValueError(f"beta_start ({beta_start}) must not exceed beta_end ({beta_end}): noise grows with t")
         beta = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
@@ -91,10 +102,8 @@ class NoiseSchedule:
         :math:`f(t) = \cos^2\!\big(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\big)`, with
         :math:`\beta_t = \min(1 - \bar\alpha_t/\bar\alpha_{t-1},\ \text{max\_beta})`."""
         T = _check_T(T)
-        if not s >= 0:
-            raise ValueError(f"the offset s must be >= 0; got {s}")
-        if not 0 < max_beta < 1:
-            raise ValueError(f"max_beta must lie in (0, 1); got {max_beta}")
+        s = V.number("s", s, low=0.0)  # the offset; finite (s = inf would make every alpha_bar NaN)
+        max_beta = _open_unit("max_beta", max_beta)
 
         def f(u):
             return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -106,7 +115,9 @@ class NoiseSchedule:
     # ----------------------------------------------------------------------------------------------
     def check_t(self, t, batch: int, *, low: int = 0) -> torch.Tensor:
         """Validate timesteps for this schedule (``low..T``) and return a LongTensor ``(batch,)``."""
-        return as_timesteps(t, batch, self.T, low=low)
+        batch = V.integer("batch", batch, low=0)
+        low = V.integer("low", low, low=0, high=self.T)
+        return V.timesteps("t", t, self.T, low=low, batch=batch)
 
     def snr(self) -> torch.Tensor:
         r"""Signal-to-noise ratio :math:`\bar\alpha_t / (1 - \bar\alpha_t)` (``inf`` at t = 0)."""
@@ -123,6 +134,20 @@ class NoiseSchedule:
 
 
 def _check_T(T) -> int:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T (the number of diffusion steps) must be a positive int; got {T!r}")
-    return T
+    return V.integer("T", T, low=1)  # the number of diffusion steps
+
+
+def _open_unit(name, value) -> float:
+    value = V.number(name, value, low=0.0, strict_low=True)
+    if value >= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1); got {value}")
+    return value
+
+
+def _as_tensor(name, value):
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a tensor of length T + 1; got {V.describe(value)}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor of length T + 1; got {V.describe(value)}") from None

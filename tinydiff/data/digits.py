@@ -15,8 +15,13 @@ def load_digits(size: int = 8, *, return_labels: bool = True):
     """
     from sklearn.datasets import load_digits as _sk_digits
 
+    from .. import validation as V
+
+    size = V.integer("size", size)
     if size not in (8, 16, 32):
         raise ValueError(f"size must be 8, 16 or 32; got {size}")
+    if not isinstance(return_labels, bool):
+        raise ValueError(f"return_labels must be True or False; got {V.describe(return_labels)}")
     d = _sk_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0  # pixel values 0..16 -> [-1, 1]
     if size != 8:

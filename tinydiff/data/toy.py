@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .. import validation as V
 from .mixture import GaussianMixture
 
 __all__ = ["toy_2d", "TOY_2D"]
@@ -44,11 +45,10 @@ TOY_2D = {"moons": _moons, "swiss_roll": _swiss_roll, "checkerboard": _checkerbo
 def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` points ``(n, 2)`` float32 of a 2-D toy set: one of ``moons``, ``swiss_roll``, ``checkerboard``,
     ``eight_gaussians``; roughly centred with unit scale."""
-    if name not in TOY_2D:
-        raise ValueError(f"unknown toy set {name!r}; choose one of {sorted(TOY_2D)}")
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive number of points; got {n}")
-    return TOY_2D[name](int(n), generator).float()
+    name = V.choice("name", name, sorted(TOY_2D))
+    n = V.integer("n", n, low=1)
+    generator = V.generator("generator", generator)
+    return TOY_2D[name](n, generator).float()
 
 
 # ------------------------------------------------------------------------------------ digits

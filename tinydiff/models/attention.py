@@ -15,11 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validation as V
+from .embeddings import _count, _input, _optional_count
+
 __all__ = ["CrossAttention", "SpatialTransformer", "group_norm"]
 
 
 def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
     """GroupNorm with the largest group count ``<= groups`` that divides ``channels``."""
+    channels, groups = _count("channels", channels), _count("groups", groups)
     g = math.gcd(channels, groups)
     return nn.GroupNorm(g, channels)
 
@@ -34,6 +38,8 @@ class CrossAttention(nn.Module):
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, dim_head: int = 32):
         super().__init__()
+        query_dim, context_dim = _count("query_dim", query_dim), _optional_count("context_dim", context_dim)
+        heads, dim_head = _count("heads", heads), _count("dim_head", dim_head)
         inner = heads * dim_head
         self.heads, self.dim_head = heads, dim_head
         self.query_dim, self.context_dim = query_dim, context_dim
@@ -50,16 +56,22 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         """``mask`` ``(B, M)`` is True for context tokens that may be attended to (e.g. not padding)."""
-        if x.ndim != 3 or x.shape[-1] != self.query_dim:
-            raise ValueError(f"x must have shape (B, N, {self.query_dim}); got {tuple(x.shape)}")
+        x = _input("x", x, self, ndim=3, channels=self.query_dim, where=2, want=f"(B, N, {self.query_dim})")
         if context is None:
+            if mask is not None and mask.shape[-1] != x.shape[1] if isinstance(mask, torch.Tensor) else mask is not None:
+                raise ValueError(f"mask must have shape (B, N={x.shape[1]}) for self-attention; got {V.describe(mask)}")
             context = x
         else:
             want = self.context_dim or self.query_dim
-            if context.ndim != 3 or context.shape[-1] != want or context.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"context must have shape (B={x.shape[0]}, M, {want}); got {tuple(context.shape)}"
-                )
+            context = V.tensor("context", context, ndim=3, batch=x.shape[0])
+            if context.shape[-1] != want:
+                raise ValueError(f"context must have shape (B={x.shape[0]}, M, {want}); got {V.describe(context)}")
+            context = context.to(x.dtype)
+        if mask is not None:
+            mask = V.tensor("mask", mask, ndim=2, floating=False, batch=x.shape[0])
+            if mask.shape[1] != context.shape[1] or mask.is_floating_point():
+                raise ValueError(f"mask must be a bool (B, M={context.shape[1]}) tensor (True = attend); got "
+                                 f"{V.describe(mask)}")
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
         if self.store_attention:
@@ -85,7 +97,10 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, context_dim: int | None = None, heads: int = 4, dim_head: int | None = None):
         super().__init__()
+        channels, heads = _count("channels", channels), _count("heads", heads)
+        context_dim, dim_head = _optional_count("context_dim", context_dim), _optional_count("dim_head", dim_head)
         dim_head = dim_head or max(channels // heads, 8)
+        self.channels = channels
         self.context_dim = context_dim
         self.norm = group_norm(channels)
         self.proj_in = nn.Conv2d(channels, channels, 1)
@@ -101,6 +116,10 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         if self.context_dim is not None and context is None:
             raise ValueError("this block cross-attends to a context: pass context=(B, M, context_dim) tokens")
+        if self.context_dim is None and (context is not None or mask is not None):
+            raise ValueError("this block was built without context_dim, so it cannot take context= (it would be "
+                             "ignored)")
+        x = _input("x", x, self, ndim=4, channels=self.channels, want=f"(B, {self.channels}, H, W)")
         B, C, H, W = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, HW, C)
         h = h + self.attn1(self.norm1(h))

@@ -21,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validation as V
 from .attention import group_norm
+from .embeddings import _count, _input
 
 __all__ = ["Encoder", "Decoder", "KLAutoencoder", "VQAutoencoder", "kl_to_standard_normal"]
 
 
 def _levels(f: int) -> int:
-    if not isinstance(f, int) or f < 1 or f & (f - 1):
+    if isinstance(f, bool) or not isinstance(f, int) or f < 1 or f & (f - 1):
         raise ValueError(f"the downsampling factor f must be a power of two (1, 2, 4, 8, ...); got {f!r}")
     return int(math.log2(f))
 
@@ -43,6 +45,9 @@ class Encoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, f: int = 4, base_channels: int = 32):
         super().__init__()
         n = _levels(f)
+        in_channels, out_channels = _count("in_channels", in_channels), _count("out_channels", out_channels)
+        base_channels = _count("base_channels", base_channels)
+        self.in_channels = in_channels
         chans = [base_channels * min(2**i, 4) for i in range(n + 1)]
         layers = [_Block(in_channels, chans[0])]
         for i in range(n):
@@ -51,7 +56,7 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.net(x)
+        return self.net(_input("x", x, self, ndim=4, channels=self.in_channels, want=f"(B, {self.in_channels}, H, W)"))
 
 
 class Decoder(nn.Module):
@@ -60,6 +65,9 @@ class Decoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, f: int = 4, base_channels: int = 32):
         super().__init__()
         n = _levels(f)
+        in_channels, out_channels = _count("in_channels", in_channels), _count("out_channels", out_channels)
+        base_channels = _count("base_channels", base_channels)
+        self.in_channels = in_channels
         chans = [base_channels * min(2**i, 4) for i in range(n + 1)][::-1]
         layers = [_Block(in_channels, chans[0])]
         for i in range(n):
@@ -68,34 +76,42 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
-        return self.net(z)
+        return self.net(_input("z", z, self, ndim=4, channels=self.in_channels, want=f"(B, {self.in_channels}, h, w)"))
 
 
 def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     r""":math:`\mathrm{KL}(\mathcal N(\mu,\sigma^2)\,\|\,\mathcal N(0,1)) = \tfrac12(\mu^2 + \sigma^2 - 1 - \log\sigma^2)`,
     elementwise (same shape as ``mean``)."""
+    mean, logvar = V.tensor("mean", mean, min_batch=0), V.tensor("logvar", logvar, min_batch=0)
+    if mean.shape != logvar.shape:
+        raise ValueError(f"mean and logvar must have the same shape; got {tuple(mean.shape)} and {tuple(logvar.shape)}")
     return 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar)
 
 
 class _Autoencoder(nn.Module):
     def __init__(self, in_channels, latent_channels, f, base_channels):
         super().__init__()
+        _levels(f)
+        in_channels, latent_channels = _count("in_channels", in_channels), _count("latent_channels", latent_channels)
+        base_channels = _count("base_channels", base_channels)
         self.in_channels, self.latent_channels, self.f = in_channels, latent_channels, f
         self.base_channels = base_channels
 
     def _check_x(self, x):
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        x = _input("x", x, self, ndim=4, channels=self.in_channels, want=f"(B, {self.in_channels}, H, W)")
         if x.shape[-1] % self.f or x.shape[-2] % self.f:
-            raise ValueError(f"H and W must be divisible by f={self.f}; got {tuple(x.shape[-2:])}")
+            raise ValueError(f"H and W of x must be divisible by f={self.f}; got {tuple(x.shape[-2:])}")
+        return x
 
     def _check_z(self, z):
-        if z.ndim != 4 or z.shape[1] != self.latent_channels:
-            raise ValueError(f"z must have shape (B, {self.latent_channels}, h, w); got {tuple(z.shape)}")
+        return _input("z", z, self, ndim=4, channels=self.latent_channels, want=f"(B, {self.latent_channels}, h, w)")
 
     def latent_shape(self, image_shape) -> tuple:
         """``(C, H, W) -> (c, H/f, W/f)``: the shape the diffusion model works on."""
-        C, H, W = image_shape
+        shape = V.shape("image_shape", image_shape)
+        if len(shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W); got {image_shape!r}")
+        C, H, W = shape
         return (self.latent_channels, H // self.f, W // self.f)
 
     def forward(self, x):
@@ -114,15 +130,14 @@ class KLAutoencoder(_Autoencoder):
     def __init__(self, in_channels: int = 3, latent_channels: int = 4, f: int = 4, base_channels: int = 32,
                  kl_weight: float = 1e-4):
         super().__init__(in_channels, latent_channels, f, base_channels)
-        if kl_weight < 0:
-            raise ValueError(f"kl_weight must be >= 0; got {kl_weight}")
+        kl_weight = V.number("kl_weight", kl_weight, low=0.0)
         self.kl_weight = kl_weight
         self.encoder = Encoder(in_channels, 2 * latent_channels, f, base_channels)
         self.decoder = Decoder(latent_channels, in_channels, f, base_channels)
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, logvar)`` of :math:`q(z\\mid x)`, each ``(B, c, H/f, W/f)`` (logvar clamped to [-20, 10])."""
-        self._check_x(x)
+        x = self._check_x(x)
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-20.0, 10.0)
 
@@ -134,10 +149,10 @@ class KLAutoencoder(_Autoencoder):
         return mean + (0.5 * logvar).exp() * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_z(z)
-        return self.decoder(z)
+        return self.decoder(self._check_z(z))
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_x(x)
         mean, logvar = self.moments(x)
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
         return F.mse_loss(self.decoder(z), x) + self.kl_weight * kl_to_standard_normal(mean, logvar).mean()
@@ -161,17 +176,16 @@ class VQAutoencoder(_Autoencoder):
         self.decoder = Decoder(latent_channels, in_channels, f, base_channels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_x(x)
-        return self.encoder(x)
+        return self.encoder(self._check_x(x))
 
     def quantize(self, z: torch.Tensor):
         """The quantiser's output (``z_q``, ``loss``, ``indices``, ``perplexity``) for latents ``z``."""
-        self._check_z(z)
-        return self.quantizer(z)
+        return self.quantizer(self._check_z(z))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.quantize(z).z_q)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_x(x)
         q = self.quantize(self.encode(x))
         return F.mse_loss(self.decoder(q.z_q), x) + q.loss

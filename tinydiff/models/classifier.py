@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import group_norm
-from .embeddings import _TimeLabelEmbedding
+from .embeddings import _count, _input, _time_scale, _TimeLabelEmbedding
 from .unet import ResBlock
 
 __all__ = ["Classifier"]
@@ -25,6 +25,10 @@ class Classifier(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, base_channels: int = 32,
                  time_conditional: bool = False, time_scale: float = 1.0):
         super().__init__()
+        in_channels, num_classes = _count("in_channels", in_channels), _count("num_classes", num_classes)
+        base_channels, time_scale = _count("base_channels", base_channels), _time_scale(time_scale)
+        if not isinstance(time_conditional, bool):
+            raise ValueError(f"time_conditional must be True or False; got {time_conditional!r}")
         self.in_channels, self.time_conditional = in_channels, time_conditional
         c = base_channels
         self.embed = _TimeLabelEmbedding(c, 2 * c, None, time_scale) if time_conditional else None
@@ -37,12 +41,14 @@ class Classifier(nn.Module):
         self._c = c
 
     def features(self, x: torch.Tensor, t=None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        x = _input("x", x, self, ndim=4, channels=self.in_channels, want=f"(B, {self.in_channels}, H, W)")
         if self.time_conditional:
             if t is None:
                 raise ValueError("this classifier is noise-conditional: pass the timestep t")
             emb = self.embed(t, None, x.shape[0], x.device)
+        elif t is not None:
+            raise ValueError("this classifier was built with time_conditional=False, so it cannot take t (it would be "
+                             "ignored): build it with time_conditional=True for noised images")
         else:
             emb = x.new_zeros(x.shape[0], 2 * self._c)
         h = self.block1(self.conv1(x), emb)

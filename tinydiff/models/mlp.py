@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import _TimeLabelEmbedding, timestep_embedding
+from .. import validation as V
+
+from .embeddings import _count, _input, _optional_count, _time_scale, _TimeLabelEmbedding, timestep_embedding
 
 __all__ = ["MLPDenoiser", "MLPClassifier"]
 
@@ -23,6 +25,11 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 64,
                  num_classes: int | None = None, time_scale: float = 1.0):
         super().__init__()
+        dim, hidden, depth = _count("dim", dim), _count("hidden", hidden), _count("depth", depth, low=0)
+        time_dim, num_classes = _count("time_dim", time_dim, low=2), _optional_count("num_classes", num_classes)
+        if time_dim % 2:
+            raise ValueError(f"time_dim (the sinusoidal embedding size) must be even; got {time_dim}")
+        time_scale = _time_scale(time_scale)
         self.dim = dim
         self.embed = _TimeLabelEmbedding(time_dim, hidden, num_classes, time_scale)
         self.inp = nn.Linear(dim, hidden)
@@ -32,8 +39,7 @@ class MLPDenoiser(nn.Module):
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (B, {self.dim}); got {tuple(x.shape)}")
+        x = _input("x", x, self, ndim=2, channels=self.dim, want=f"(B, {self.dim})")
         emb = self.embed(t, y, x.shape[0], x.device)
         h = self.inp(x)
         for block in self.blocks:
@@ -49,8 +55,7 @@ class MLPClassifier(nn.Module):
     def __init__(self, dim: int = 2, num_classes: int = 2, hidden: int = 128, depth: int = 2, time_dim: int = 32,
                  time_scale: float = 1.0):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a classifier needs num_classes >= 2; got {num_classes}")
+        num_classes = V.integer("num_classes", num_classes, low=2)
         self.body = MLPDenoiser(dim, hidden, depth, time_dim, time_scale=time_scale)
         self.body.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, num_classes))
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import validation as V
+from .embeddings import _count
+
 __all__ = ["TextEncoder"]
 
 
@@ -23,6 +26,8 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4, max_len: int = 8):
         super().__init__()
+        vocab_size, dim, layers = _count("vocab_size", vocab_size), _count("dim", dim), _count("layers", layers)
+        heads, max_len = _count("heads", heads), _count("max_len", max_len)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.vocab_size, self.dim, self.max_len = vocab_size, dim, max_len
@@ -34,16 +39,19 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if ids.ndim != 2 or ids.dtype != torch.long:
-            raise ValueError(f"ids must be a LongTensor (B, M) of token ids; got {ids.dtype} {tuple(ids.shape)}")
+        ids = V.tensor("ids", ids, ndim=2, floating=False)
+        if ids.is_floating_point() or ids.dtype == torch.bool or ids.shape[1] == 0:
+            raise ValueError(f"ids must be a LongTensor (B, M) of token ids; got {V.describe(ids)}")
+        ids = ids.long()
         if ids.shape[1] > self.max_len:
             raise ValueError(f"at most max_len={self.max_len} tokens; got {ids.shape[1]}")
         if int(ids.max()) >= self.vocab_size or int(ids.min()) < 0:
             raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1} (the tokenizer's vocabulary)")
         if mask is None:
             mask = torch.ones_like(ids, dtype=torch.bool)
-        if mask.shape != ids.shape:
-            raise ValueError(f"mask must have the shape of ids {tuple(ids.shape)}; got {tuple(mask.shape)}")
+        mask = V.tensor("mask", mask, floating=False)
+        if mask.shape != ids.shape or mask.is_floating_point():
+            raise ValueError(f"mask must be a bool tensor of the shape of ids {tuple(ids.shape)}; got {V.describe(mask)}")
         if not bool(mask.any(1).all()):
             raise ValueError("every caption needs at least one real token (mask all False); encode '' as [<bos>]")
         mask = mask.bool()

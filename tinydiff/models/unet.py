@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SpatialTransformer, group_norm
-from .embeddings import _TimeLabelEmbedding
+from .. import validation as V
+from .embeddings import _count, _input, _optional_count, _time_scale, _TimeLabelEmbedding
 
 __all__ = ["UNet", "ResBlock"]
 
@@ -23,6 +24,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0):
         super().__init__()
+        cin, cout, emb_dim = _count("cin", cin), _count("cout", cout), _count("emb_dim", emb_dim)
+        dropout = _dropout(dropout)
+        self.cin, self.emb_dim = cin, emb_dim
         self.norm1, self.conv1 = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, cout)
         self.norm2, self.drop = group_norm(cout), nn.Dropout(dropout)
@@ -30,10 +34,46 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, emb):
+        if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == self.cin):
+            x = _input("x", x, self, ndim=4, channels=self.cin, want=f"(B, {self.cin}, H, W)")
+        if not (isinstance(emb, torch.Tensor) and emb.shape == (x.shape[0], self.emb_dim)):
+            emb = V.tensor("emb", emb, ndim=2, batch=x.shape[0])
+            if emb.shape[1] != self.emb_dim:
+                raise ValueError(f"emb must have shape (B, {self.emb_dim}); got {V.describe(emb)}")
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.emb(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.drop(F.silu(self.norm2(h))))
         return self.skip(x) + h
+
+
+def _dropout(p):
+    p = V.number("dropout", p, low=0.0)
+    if p >= 1.0:
+        raise ValueError(f"dropout must lie in [0, 1); got {p}")
+    return p
+
+
+def _ints(name, value, *, low, high=None, nonempty=False):
+    """A tuple of ints in ``low..high`` such as ``channel_mults=(1, 2)`` or ``attn_levels=(1,)``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a tuple of ints like (1, 2); got {V.describe(value)}")
+    out = tuple(V.integer(name, v, low=low, high=high) for v in value)
+    if nonempty and not out:
+        raise ValueError(f"{name} must hold at least one level; got ()")
+    return out
+
+
+def _context(context, mask, batch, dim):
+    """Check cross-attention tokens ``(B, M, dim)`` and their mask ``(B, M)`` (metadata only)."""
+    context = V.tensor("context", context, ndim=3, batch=batch)
+    if context.shape[-1] != dim:
+        raise ValueError(f"context must have shape (B, M, {dim}); got {V.describe(context)}")
+    if mask is not None:
+        mask = V.tensor("context_mask", mask, ndim=2, floating=False, batch=batch)
+        if mask.shape != context.shape[:2] or mask.is_floating_point():
+            raise ValueError(f"context_mask must be a bool (B, M) = {tuple(context.shape[:2])} tensor; got "
+                             f"{V.describe(mask)}")
+    return context
 
 
 class UNet(nn.Module):
@@ -55,6 +95,13 @@ class UNet(nn.Module):
                  channel_mults=(1, 2), num_res_blocks: int = 1, attn_levels=(), num_classes: int | None = None,
                  context_dim: int | None = None, heads: int = 4, dropout: float = 0.0, time_scale: float = 1.0):
         super().__init__()
+        in_channels, base_channels = _count("in_channels", in_channels), _count("base_channels", base_channels)
+        out_channels = _optional_count("out_channels", out_channels)
+        channel_mults = _ints("channel_mults", channel_mults, low=1, nonempty=True)
+        num_res_blocks, heads = _count("num_res_blocks", num_res_blocks), _count("heads", heads)
+        attn_levels = _ints("attn_levels", attn_levels, low=0, high=len(channel_mults) - 1)
+        num_classes, context_dim = _optional_count("num_classes", num_classes), _optional_count("context_dim", context_dim)
+        dropout, time_scale = _dropout(dropout), _time_scale(time_scale)
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.levels = len(channel_mults)
@@ -108,13 +155,17 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t, y=None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        x = _input("x", x, self, ndim=4, channels=self.in_channels, want=f"(B, {self.in_channels}, H, W)")
         f = 2 ** (self.levels - 1)
         if x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(f"H and W must be divisible by {f} for this {self.levels}-level UNet; got {tuple(x.shape[-2:])}")
         if self.context_dim is not None and context is None:
             raise ValueError("this UNet was built with context_dim, so it needs context=(B, M, context_dim)")
+        if self.context_dim is None and (context is not None or context_mask is not None):
+            raise ValueError("this UNet was built without context_dim, so it cannot take context= (it would be "
+                             "ignored): build it with context_dim=... to cross-attend to a context")
+        if context is not None:
+            context = _context(context, context_mask, x.shape[0], self.context_dim)
         emb = self.embed(t, y, x.shape[0], x.device)
         h = self.inp(x)
         skips = [h]
