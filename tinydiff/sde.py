@@ -77,16 +77,19 @@ def check_time(t, *, batch: int | None = None, name: str = "t") -> torch.Tensor:
 
     Raises ``ValueError`` if a value is outside ``[0, 1]`` (or not finite), or the shape does not match.
     """
-    t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)  # Python floats stay exact
-    if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+    if t is None or isinstance(t, (bool, complex, str)):
+        raise ValueError(f"{name} must be a float (or a float tensor) of continuous times in [0, 1]; "
+                         f"got {validation.describe(t)}")
+    if not isinstance(t, torch.Tensor):
+        t = validation.tensor(name, torch.as_tensor(t, dtype=torch.float64), ndim=None)  # Python floats stay exact
+    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name} must be a float (or a float tensor) of continuous times in [0, 1]; got dtype {t.dtype}")
     t = t.detach().to(torch.float64)
-    if not bool(torch.isfinite(t).all()) or (t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0)):
-        lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
-        raise ValueError(
-            f"{name} must lie in [0, 1] (continuous time; a discrete step k of T is t = k / T); "
-            f"got values from {lo:.4g} to {hi:.4g}"
-        )
+    if t.numel() and t.device.type != "meta" and not bool(((t >= 0.0) & (t <= 1.0)).all()):  # NaN fails both
+        num = t[~t.isnan()]
+        got = f"values from {float(num.min()):.4g} to {float(num.max()):.4g}" if num.numel() else "only NaN"
+        raise ValueError(f"{name} must lie in [0, 1] (continuous time; a discrete step k of T is t = k / T); got "
+                         f"{got}{' and NaN' if num.numel() < t.numel() and num.numel() else ''}")
     if batch is not None:
         if t.ndim == 0:
             t = t.expand(batch)
