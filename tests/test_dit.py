@@ -264,3 +264,17 @@ def test_dit_trains_under_bf16_autocast_and_on_latents():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(z0[:2], torch.tensor([3, 50]))
     assert out.dtype == torch.bfloat16 and out.shape == (2, 4, 8, 8)
+
+
+def test_a_v_predicting_dit_plugs_into_the_denoiser_interface():
+    sched = td.NoiseSchedule.linear(T=100)
+    m = _random_weights(D.DiT(input_size=8, patch_size=2, hidden_size=16, depth=1, heads=2, prediction="v"), std=0.05)
+    den = td.denoisers.Denoiser(lambda x, t: m(x, t, torch.full((x.shape[0],), 3)), td.denoisers.DiscreteVP(sched),
+                                m.prediction)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([5, 20, 50, 90])
+    ab = sched.alpha_bar[t].float().view(-1, 1, 1, 1)
+    v = m(x, t, torch.full((4,), 3))
+    # eps from v: eps = sqrt(ab) v + sqrt(1 - ab) x_t  (x_t = sqrt(ab) x0 + sqrt(1-ab) eps, v = sqrt(ab) eps - sqrt(1-ab) x0)
+    torch.testing.assert_close(den.eps(x, t), ab.sqrt() * v + (1 - ab).sqrt() * x, atol=1e-5, rtol=1e-5)
+    out = td.ddim.sample(den, (4, 1, 8, 8), sched, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all()
