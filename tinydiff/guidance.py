@@ -25,9 +25,6 @@ sampler takes (``td.ddpm.sample``, ``td.ddim.sample``, ...).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
@@ -70,9 +67,7 @@ def _check_gamma(gamma, x: torch.Tensor | None = None):
         if x is not None and (gamma.ndim != 1 or gamma.shape[0] != x.shape[0]):
             raise ValueError(f"a per-sample gamma must have shape ({x.shape[0]},); got {tuple(gamma.shape)}")
         return gamma
-    if isinstance(gamma, bool) or not isinstance(gamma, (numbers.Real, torch.Tensor)) or not math.isfinite(float(gamma)):
-        raise ValueError(f"the guidance strength gamma must be a finite real number (0 = no guidance); got {gamma!r}")
-    return float(gamma)
+    return validation.number("gamma (the guidance strength, 0 = no guidance)", gamma)
 
 
 def _as_labels(y, batch: int, num_classes: int | None = None, *, allow_null: bool = False) -> torch.Tensor:
@@ -177,10 +172,9 @@ def guided_mean(mean: torch.Tensor, var, grad_log_py: torch.Tensor, gamma) -> to
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None) -> torch.Tensor:
     r"""Algorithm 1, line 3: replace each label by the null label :math:`\varnothing` (index ``null_label``) with
     probability ``p_uncond``, independently. The coin flips are drawn on the CPU from ``generator``."""
-    if not isinstance(p_uncond, numbers.Real) or not 0.0 <= float(p_uncond) <= 1.0:
-        raise ValueError(f"p_uncond is a probability and must lie in [0, 1]; got {p_uncond!r} (the paper uses 0.1 or 0.2)")
-    if isinstance(null_label, bool) or not isinstance(null_label, int) or null_label < 1:
-        raise ValueError(f"null_label must be the int num_classes (the index after the last class); got {null_label!r}")
+    p_uncond = validation.number("p_uncond (a probability; the paper uses 0.1 or 0.2)", p_uncond, low=0, high=1)
+    null_label = validation.integer("null_label (the int num_classes, the index after the last class)", null_label,
+                                    low=1)
     y = torch.as_tensor(y)
     y = _as_labels(y, y.shape[0] if y.ndim else 1, null_label)
     drop = torch.rand(y.shape[0], generator=generator).to(y.device) < p_uncond

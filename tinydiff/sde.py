@@ -107,9 +107,8 @@ class VPSDE:
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        beta_min, beta_max = float(beta_min), float(beta_max)
-        if not (math.isfinite(beta_min) and math.isfinite(beta_max)) or beta_min <= 0:
-            raise ValueError(f"beta_min must be a finite number > 0; got beta_min={beta_min}, beta_max={beta_max}")
+        beta_min = validation.number("beta_min", beta_min, low=0, strict_low=True)
+        beta_max = validation.number("beta_max", beta_max, low=0, strict_low=True)
         if beta_min > beta_max:
             raise ValueError(
                 f"beta_min ({beta_min}) must not exceed beta_max ({beta_max}): the noise rate grows with t. "
@@ -161,8 +160,7 @@ class VPSDE:
         :math:`\Delta t = 1/T`, the Euler–Maruyama step :math:`x + f\Delta t + g\sqrt{\Delta t}\,\varepsilon`;
         so :math:`\bar\alpha_t \approx m(t/T)^2` with an error of order :math:`1/T`.
         """
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"T (the number of discrete steps) must be a positive int; got {T!r}")
+        T = validation.integer("T (the number of discrete steps)", T, low=1)
         if self.beta_max / T >= 1:
             raise ValueError(f"T = {T} is too small: beta(1)/T = {self.beta_max / T:.3g} must be < 1; use T > {self.beta_max:g}")
         t = torch.arange(1, T + 1, dtype=torch.float64) / T
@@ -605,9 +603,12 @@ def log_likelihood(x: torch.Tensor, score_fn, sde: VPSDE, *, exact_trace: bool =
     """
     if x.ndim < 2:
         raise ValueError(f"x must have shape (B, ...) with a batch dimension; got {tuple(x.shape)}")
-    if probe not in ("rademacher", "gaussian"):
-        raise ValueError(f"probe must be 'rademacher' or 'gaussian'; got {probe!r}")
+    probe = validation.choice("probe", probe, ("rademacher", "gaussian"))
     t_min = _check_t_min(t_min)
+    rtol = validation.number("rtol", rtol, low=0, strict_low=True)
+    atol = validation.number("atol", atol, low=0, strict_low=True)
+    x = validation.tensor("x", x, finite=True)
+    sde = validation.sde("sde", sde)
     dtype, dev, shp = x.dtype, x.device, x.shape
     B, n = shp[0], x[0].numel()
     if exact_trace:
