@@ -56,8 +56,42 @@ def test_held_out_combinations_are_excluded_and_only_selects_them():
 
 
 def test_bad_dataset_arguments_raise():
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="n must lie in 1.."):
         make_shapes(0)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        make_shapes(4, seed="0")
+    with pytest.raises(ValueError, match="chunk must lie in 1.."):
+        make_shapes(4, chunk=0)
+    with pytest.raises(TypeError, match="only must be a list of rules"):
+        make_shapes(4, only=3)
+    with pytest.raises(ValueError, match="shape must lie in 0..2"):
+        td.data.shapes.caption(7, 0, 0)
+    with pytest.raises(ValueError, match="position must be an int"):
+        td.data.shapes.caption(0, 0, None)
+    with pytest.raises(TypeError, match="text must be a caption string"):
+        parse_caption(None)
+    shape, colour = torch.tensor([0, 1]), torch.tensor([0, 2])
+    centre, radius = torch.tensor([[8.0, 8.0], [4.0, 4.0]]), torch.tensor([3.0, 2.0])
+    with pytest.raises(ValueError, match="colour must have batch size 2"):
+        td.data.shapes.render(shape, colour[:1], centre, radius, 16)
+    with pytest.raises(ValueError, match="shape must hold indices in 0..2"):
+        td.data.shapes.render(shape + 5, colour, centre, radius, 16)
+    with pytest.raises(ValueError, match="colour must hold integer indices"):
+        td.data.shapes.render(shape, colour + 0.5, centre, radius, 16)
+    with pytest.raises(ValueError, match="radius must be finite"):
+        td.data.shapes.render(shape, colour, centre, radius * float("nan"), 16)
+    with pytest.raises(ValueError, match="supersample must be an int"):
+        td.data.shapes.render(shape, colour, centre, radius, 16, supersample=2.5)
+    with pytest.raises(ValueError, match="max_len must be an int"):
+        Tokenizer(max_len="8")
+    with pytest.raises(TypeError, match="captions must be a string or a list of strings"):
+        Tokenizer().encode(None)
+    clf = td.data.shapes.attribute_classifier(4)
+    with pytest.raises(ValueError, match=r"images must be images of shape \(B, 3, H, W\)"):
+        td.data.shapes.classifier_loss(clf, (torch.zeros(2, 1, 16, 16), torch.zeros(2, 3, dtype=torch.long)))
+    with pytest.raises(ValueError, match="model must return logits of shape"):
+        td.data.shapes.classifier_loss(lambda x: x.flatten(1)[:, :3], (torch.zeros(2, 3, 16, 16),
+                                                                       torch.zeros(2, 3, dtype=torch.long)))
     with pytest.raises(ValueError, match="divisible by 4"):
         make_shapes(4, 18)
     with pytest.raises(ValueError, match="unknown colour"):
@@ -129,3 +163,10 @@ def test_attribute_classifier_finds_the_shape():
     u = torch.arange(16.0)
     torch.testing.assert_close((w.sum(1) * u).sum(1), torch.full((60,), 7.5), atol=0.5, rtol=0)  # centred in x
     torch.testing.assert_close((w.sum(2) * u).sum(1), torch.full((60,), 7.5), atol=0.5, rtol=0)  # and in y
+
+
+def test_predict_attributes_leaves_the_models_mode_alone():
+    clf = td.data.shapes.attribute_classifier(4).train()
+    d = make_shapes(4)
+    pred = td.data.shapes.predict_attributes(clf, d.images)
+    assert pred.shape == (4, 3) and clf.training and all(m.training for m in clf.modules())

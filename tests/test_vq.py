@@ -301,3 +301,35 @@ def test_bad_inputs_raise_helpful_errors():
         vq.compression((1, 9, 9), f=2, num_codes=8)
     with pytest.raises(ValueError, match="all zero"):
         vq.perplexity(torch.zeros(4))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: td.vq.raw_bits((1, 8, 8), "3"), "bits_per_value must be an int"),
+    (lambda: td.vq.raw_bits(None), "image_shape must be a tuple of positive ints"),
+    (lambda: td.vq.compression((1, 8, 8), 2.5, 8), "f must be an int"),
+    (lambda: td.vq.index_bits((4, 4), 0), "num_codes must be >= 1"),
+    (lambda: td.vq.vq_loss(torch.zeros(2, 4), torch.zeros(2, 4), placement="legacy"), "placement must be one of"),
+    (lambda: td.vq.vq_loss(torch.zeros(2, 4), torch.zeros(3, 4)), "z_e and e must have the same shape"),
+    (lambda: td.vq.nearest_code(torch.zeros(2, 4), [[0.0] * 4]), "codebook must be a torch.Tensor"),
+    (lambda: td.vq.VectorQuantizer(8, 4)(torch.zeros(2, 4, 2, 2) > 0), "z_e must hold numbers, not booleans"),
+    (lambda: td.vq.VectorQuantizer(8, 4)(torch.zeros(0, 4, 2, 2)), "z_e must hold at least 1 sample"),
+    (lambda: td.vq.VectorQuantizer(8, 4).reset_codes(torch.tensor([0, 9]), torch.zeros(2, 4)), "indices must lie in"),
+    (lambda: td.vq.VectorQuantizer(8, 4).reset_codes(torch.tensor([0, 1]), torch.zeros(3, 4)), "vectors must have shape"),
+    (lambda: td.vq.EMAVectorQuantizer(8, 4, decay="0.9"), "decay must be a real number"),
+    (lambda: td.vq.VQVAE(levels=1.5), "levels must be an int"),
+    (lambda: td.vq.make_vqvae_loss(seed=float("nan")), "seed must be an int"),
+    (lambda: td.vq.vqvae_loss(td.vq.VQVAE(hidden=8, dim=4), torch.zeros(4)), "batch must be images"),
+    (lambda: td.vq.straight_through_probe(lambda a, b: None, torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3)),
+     "fn returned None"),
+])
+def test_vq_refuses_bad_arguments_by_name(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_vqvae_runs_half_precision_batches_and_refuses_empty_ones():
+    model = td.vq.VQVAE(hidden=8, dim=4, num_codes=8)
+    x_hat, vq = model(torch.zeros(2, 1, 8, 8).half())
+    assert x_hat.dtype == torch.float32 and torch.isfinite(vq.perplexity)
+    with pytest.raises(ValueError, match="x must hold at least 1 sample"):
+        model(torch.zeros(0, 1, 8, 8))  # its perplexity would be NaN

@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validation as V
 from .models.attention import group_norm
+from .models.embeddings import _input
 from .models.unet import ResBlock
 
 __all__ = [
@@ -62,7 +64,7 @@ def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     r"""All squared distances
     :math:`\lVert z_i - e_j\rVert^2 = \lVert z_i\rVert^2 - 2 z_i^\top e_j + \lVert e_j\rVert^2`,
     ``z`` ``(N, dim)``, ``codebook`` ``(K, dim)`` -> ``(N, K)``."""
-    _check_vectors(z, codebook)
+    z, codebook = _check_vectors(z, codebook)
     return (z * z).sum(1, keepdim=True) - 2 * z @ codebook.t() + (codebook * codebook).sum(1)[None, :]
 
 
@@ -71,6 +73,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
     Distances are computed in float32 (or wider) whatever the input dtype, with autocast switched off: in bf16 the
     argmin picks wrong codes."""
+    z, codebook = _check_vectors(z, codebook)
     dtype = torch.promote_types(codebook.dtype, torch.float32)
     with torch.no_grad(), _full_precision(z):
         return squared_distances(z.detach().to(dtype), codebook.detach().to(dtype)).argmin(1)
@@ -86,6 +89,7 @@ def _full_precision(x: torch.Tensor):
 def straight_through(z_e: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
     r"""The straight-through estimator :math:`z_e + \mathrm{sg}(z_q - z_e)`: value :math:`z_q`,
     Jacobian with respect to :math:`z_e` the identity (the decoder's gradient is copied to the encoder)."""
+    z_e, z_q = _pair("z_e", z_e, "z_q", z_q)
     return z_e + (z_q - z_e).detach()
 
 
@@ -94,8 +98,14 @@ def straight_through_probe(fn, z_e: torch.Tensor, z_q: torch.Tensor, w: torch.Te
 
     Checks a straight-through implementation: the right one returns ``(z_q, w)``; returning ``z_q`` itself gives
     no gradient (reported as zeros), returning ``z_e`` the wrong value."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable fn(z_e, z_q); got {V.describe(fn)}")
+    z_e, z_q = _pair("z_e", z_e, "z_q", z_q)
+    w = V.tensor("w", w)
+    if w.shape != z_e.shape:
+        raise ValueError(f"w must have the shape of z_e {tuple(z_e.shape)}; got {V.describe(w)}")
     z_e = z_e.detach().clone().requires_grad_(True)
-    out = fn(z_e, z_q.detach())
+    out = V.output("fn", fn(z_e, z_q.detach()), like=z_e, finite=False)
     if not out.requires_grad:
         return out.detach(), torch.zeros_like(z_e)
     (grad,) = torch.autograd.grad((w * out).sum(), z_e, allow_unused=True)
@@ -106,12 +116,14 @@ def straight_through_probe(fn, z_e: torch.Tensor, z_q: torch.Tensor, w: torch.Te
 def codebook_loss(z_e: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     r"""The codebook term :math:`\lVert\mathrm{sg}(z_e) - e\rVert^2` (mean over entries):
     moves codes, not the encoder."""
+    z_e, e = _pair("z_e", z_e, "e", e)
     return F.mse_loss(e, z_e.detach())
 
 
 def commitment_loss(z_e: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     r"""The commitment term :math:`\lVert z_e - \mathrm{sg}(e)\rVert^2` (mean over entries):
     moves the encoder, not codes."""
+    z_e, e = _pair("z_e", z_e, "e", e)
     return F.mse_loss(z_e, e.detach())
 
 
@@ -124,6 +136,8 @@ def vq_loss(z_e: torch.Tensor, e: torch.Tensor, beta: float = 0.25, *, placement
     default, kept there for old checkpoints). Both have the same *value*; their gradients differ (lesson 07, §3).
     ``e`` are the selected codes :math:`e_k` (not straight-through), same shape as ``z_e``.
     """
+    beta = V.number("beta", beta, low=0.0)
+    placement = V.choice("placement", placement, ("paper", "swapped"))
     if placement == "paper":
         return codebook_loss(z_e, e) + beta * commitment_loss(z_e, e)
     if placement == "swapped":
@@ -134,7 +148,8 @@ def vq_loss(z_e: torch.Tensor, e: torch.Tensor, beta: float = 0.25, *, placement
 # ---------------------------------------------------------------------------------------- codebook health
 def code_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """Histogram of code indices (any shape): LongTensor ``(num_codes,)`` with the count of each code."""
-    indices = torch.as_tensor(indices)
+    num_codes = V.integer("num_codes", num_codes, low=1)
+    indices = V.tensor("indices", indices, floating=False, min_batch=0)
     if indices.is_floating_point() or indices.dtype == torch.bool:
         raise ValueError(f"indices must be integer code numbers; got dtype {indices.dtype}")
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_codes):
@@ -151,8 +166,8 @@ def perplexity(counts: torch.Tensor) -> torch.Tensor:
 
     ``counts`` ``(K,)`` from :func:`code_usage` (or any non-negative weights).
     Terms with :math:`p_k = 0` contribute 0."""
-    counts = torch.as_tensor(counts)
-    if counts.ndim != 1 or (counts < 0).any():
+    counts = V.tensor("counts", counts, floating=False, finite=True)
+    if counts.dtype == torch.bool or counts.ndim != 1 or (counts < 0).any():
         raise ValueError(
             f"counts must be a 1-D tensor of non-negative code counts (from code_usage); got {tuple(counts.shape)}"
         )
@@ -169,25 +184,34 @@ def _perplexity(counts):
 
 def dead_codes(counts: torch.Tensor, threshold: int = 1) -> torch.Tensor:
     """Indices of the codes used fewer than ``threshold`` times according to ``counts`` ``(K,)`` (dead codes)."""
-    return torch.nonzero(torch.as_tensor(counts) < threshold).flatten()
+    counts = V.tensor("counts", counts, ndim=1, floating=False)
+    threshold = V.number("threshold", threshold)
+    return torch.nonzero(counts < threshold).flatten()
 
 
 # ------------------------------------------------------------------------------------- the quantisers
 def _check_vectors(z, codebook):
-    if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
+    z, codebook = V.tensor("z", z, ndim=2), V.tensor("codebook", codebook, ndim=2)
+    if z.shape[1] != codebook.shape[1]:
         raise ValueError(
             f"need vectors z (N, dim) and a codebook (K, dim) with the same dim; got {tuple(z.shape)} and "
             f"{tuple(codebook.shape)}"
         )
+    return z, codebook
+
+
+def _pair(name_a, a, name_b, b):
+    """Two real tensors of one shape (numpy converted, ints promoted, bool/complex/empty refused)."""
+    a, b = V.tensor(name_a, a), V.tensor(name_b, b)
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a, b
 
 
 def _check_sizes(num_codes, dim, beta):
-    if int(num_codes) != num_codes or num_codes < 1:
-        raise ValueError(f"num_codes (the codebook size K) must be an integer >= 1; got {num_codes}")
-    if int(dim) != dim or dim < 1:
-        raise ValueError(f"dim (the length of each code vector) must be an integer >= 1; got {dim}")
-    if not (beta >= 0 and math.isfinite(beta)):
-        raise ValueError(f"beta (the commitment weight) must be a finite number >= 0, e.g. 0.25; got {beta}")
+    V.integer("num_codes", num_codes, low=1)  # the codebook size K
+    V.integer("dim", dim, low=1)  # the length of each code vector
+    V.number("beta", beta, low=0.0)  # the commitment weight, e.g. 0.25
 
 
 class VectorQuantizer(nn.Module):
@@ -213,6 +237,7 @@ class VectorQuantizer(nn.Module):
         return self.embedding.weight
 
     def _flatten(self, z_e):
+        z_e = V.tensor("z_e", z_e)
         if z_e.ndim != 4 or z_e.shape[1] != self.dim:
             raise ValueError(
                 f"z_e must have shape (B, dim, H, W) with dim = {self.dim} channels (this quantiser's code length); "
@@ -223,7 +248,7 @@ class VectorQuantizer(nn.Module):
 
     def quantize(self, indices: torch.Tensor) -> torch.Tensor:
         """Look up the codes of an index map ``(B, H, W)``: returns :math:`z_q` ``(B, dim, H, W)``."""
-        indices = torch.as_tensor(indices, device=self.codebook.device)
+        indices = V.tensor("indices", indices, floating=False).to(self.codebook.device)
         if indices.ndim != 3:
             raise ValueError(f"indices must be an index map of shape (B, H, W); got {tuple(indices.shape)}")
         code_usage(indices, self.num_codes)  # validates dtype and range
@@ -236,6 +261,7 @@ class VectorQuantizer(nn.Module):
         """Hook for the EMA quantiser; the plain quantiser learns its codes by gradient descent."""
 
     def forward(self, z_e: torch.Tensor) -> VQOutput:
+        z_e = V.tensor("z_e", z_e)
         flat = self._flatten(z_e)
         idx = nearest_code(flat, self.codebook)
         B, _, H, W = z_e.shape
@@ -252,7 +278,19 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def reset_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
         """Overwrite the codes ``which`` ``(M,)`` with ``vectors`` ``(M, dim)`` (used by :func:`restart_dead_codes`)."""
+        which, vectors = self._check_reset(which, vectors)
         self.codebook[which] = vectors.to(self.codebook)
+
+    def _check_reset(self, which, vectors):
+        which = V.tensor("which", which, ndim=1, floating=False, min_batch=0)
+        if which.is_floating_point() or which.dtype == torch.bool:
+            raise ValueError(f"which must hold integer code indices; got {V.describe(which)}")
+        code_usage(which, self.num_codes)  # range check
+        vectors = V.tensor("vectors", vectors, ndim=2, min_batch=0)
+        if vectors.shape != (which.shape[0], self.dim):
+            raise ValueError(f"vectors must have shape (len(which), dim) = ({which.shape[0]}, {self.dim}); got "
+                             f"{V.describe(vectors)}")
+        return which.long().to(self.codebook.device), vectors
 
     def extra_repr(self) -> str:
         return f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}"
@@ -274,8 +312,19 @@ def ema_codebook_step(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: to
     :math:`\tilde N_k > 0` (for :math:`\epsilon > 0`), so an unused code whose :math:`N_k` and :math:`m_k` decay to 0
     stays finite instead of becoming 0/0.
     """
+    cluster_size = V.tensor("cluster_size", cluster_size, ndim=1)
     K = cluster_size.shape[0]
-    onehot = F.one_hot(indices, K).to(z.dtype)  # (N, K)
+    z = V.tensor("z", z, ndim=2)
+    embed_sum = V.tensor("embed_sum", embed_sum, ndim=2).to(z.dtype)
+    if embed_sum.shape != (K, z.shape[1]):
+        raise ValueError(f"embed_sum must have shape (K, dim) = ({K}, {z.shape[1]}); got {V.describe(embed_sum)}")
+    indices = V.tensor("indices", indices, ndim=1, floating=False, batch=z.shape[0])
+    if indices.is_floating_point() or indices.dtype == torch.bool:
+        raise ValueError(f"indices must hold integer code indices; got {V.describe(indices)}")
+    code_usage(indices, K)  # range check
+    decay = V.number("decay", decay, low=0.0, high=1.0)
+    eps = V.number("eps", eps, low=0.0)
+    onehot = F.one_hot(indices.long(), K).to(z.dtype)  # (N, K)
     N = decay * cluster_size + (1 - decay) * onehot.sum(0)
     m = decay * embed_sum + (1 - decay) * onehot.t() @ z
     n = N.sum()
@@ -294,12 +343,10 @@ class EMAVectorQuantizer(VectorQuantizer):
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, decay: float = 0.99, eps: float = 1e-5):
         super().__init__(num_codes, dim, beta)
-        if not 0.0 < decay < 1.0:
+        decay = V.number("decay", decay, low=0.0, strict_low=True)
+        if not decay < 1.0:
             raise ValueError(f"decay must lie strictly between 0 and 1 (e.g. 0.99); got {decay}")
-        if not (eps >= 0 and math.isfinite(eps)):
-            raise ValueError(
-                f"eps (the Laplace smoothing of the counts) must be a finite number >= 0, e.g. 1e-5; got {eps}"
-            )
+        eps = V.number("eps", eps, low=0.0)  # the Laplace smoothing of the counts, e.g. 1e-5
         self.decay, self.eps = float(decay), float(eps)
         init = self.embedding.weight.detach().clone()
         del self.embedding
@@ -326,6 +373,7 @@ class EMAVectorQuantizer(VectorQuantizer):
     @torch.no_grad()
     def reset_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
         """Overwrite codes and restart their averages as if each had been seen once at its new value."""
+        which, vectors = self._check_reset(which, vectors)
         vectors = vectors.to(self.embed)
         self.embed[which] = vectors
         self.embed_sum[which] = vectors
@@ -347,10 +395,17 @@ def restart_dead_codes(quantizer: VectorQuantizer, z_e_batch: torch.Tensor, coun
     every restarted code is the nearest code of at least the vector it was placed on. Returns the indices of the
     restarted codes.
     """
+    if not isinstance(quantizer, VectorQuantizer):
+        raise TypeError(f"quantizer must be a tinydiff.vq.VectorQuantizer; got {V.describe(quantizer)}")
+    generator = V.generator("generator", generator)
+    threshold = V.number("threshold", threshold)
+    z_e_batch = V.tensor("z_e_batch", z_e_batch)
+    if z_e_batch.ndim != 4 or z_e_batch.shape[1] != quantizer.dim:
+        raise ValueError(f"z_e_batch must have shape (B, {quantizer.dim}, H, W); got {V.describe(z_e_batch)}")
     flat = quantizer._flatten(z_e_batch).detach().float()
     if counts is None:
         counts = code_usage(nearest_code(flat, quantizer.codebook), quantizer.num_codes)
-    counts = torch.as_tensor(counts)
+    counts = V.tensor("counts", counts, floating=False)
     if counts.shape != (quantizer.num_codes,):
         raise ValueError(
             f"counts must have shape ({quantizer.num_codes},) (one count per code); got {tuple(counts.shape)}"
@@ -382,26 +437,39 @@ class Compression:
 def index_bits(latent_hw, num_codes: int) -> float:
     r"""Bits to store one index map of size :math:`h\times w` with :math:`K` codes: :math:`h\,w\,\log_2 K`
     (an integer for :math:`K` a power of two; pass the perplexity for an entropy-coding estimate)."""
-    h, w = latent_hw
-    if num_codes < 1:
-        raise ValueError(f"num_codes must be >= 1; got {num_codes}")
+    h, w = _hw("latent_hw", latent_hw)
+    num_codes = V.number("num_codes", num_codes, low=1.0)
     return float(h * w * math.log2(num_codes))
 
 
 def raw_bits(image_shape, bits_per_value: int = 8) -> float:
     """Bits of a raw image ``(C, H, W)`` at ``bits_per_value`` bits per pixel value (8 for ordinary images)."""
-    if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (C, H, W); got {tuple(image_shape)}")
-    C, H, W = image_shape
+    C, H, W = _chw(image_shape)
+    bits_per_value = V.integer("bits_per_value", bits_per_value, low=1)
     return float(C * H * W * bits_per_value)
 
 
 def compression(image_shape, f: int, num_codes: int, bits_per_value: int = 8) -> Compression:
     """Bits per image of a VQ index map with downsampling factor ``f`` vs the raw image ``(C, H, W)``."""
-    C, H, W = image_shape
+    C, H, W = _chw(image_shape)
+    f = V.integer("f", f, low=1)
     if H % f or W % f:
         raise ValueError(f"H and W ({H}, {W}) must be divisible by the downsampling factor f = {f}")
     return Compression(index_bits((H // f, W // f), num_codes), raw_bits(image_shape, bits_per_value))
+
+
+def _hw(name, value):
+    shape = V.shape(name, value)
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be (h, w); got {value!r}")
+    return shape
+
+
+def _chw(value):
+    shape = V.shape("image_shape", value)
+    if len(shape) != 3:
+        raise ValueError(f"image_shape must be (C, H, W); got {value!r}")
+    return shape
 
 
 # ------------------------------------------------------------------------------------------------ VQ-VAE
@@ -433,8 +501,10 @@ class VQVAE(nn.Module):
     def __init__(self, in_channels: int = 1, hidden: int = 32, dim: int = 16, num_codes: int = 64, levels: int = 1,
                  beta: float = 0.25, ema: bool = False, decay: float = 0.99):
         super().__init__()
-        if levels < 0:
-            raise ValueError(f"levels (the number of stride-2 downsamplings) must be >= 0; got {levels}")
+        in_channels, hidden = V.integer("in_channels", in_channels, low=1), V.integer("hidden", hidden, low=1)
+        levels = V.integer("levels", levels, low=0)  # the number of stride-2 downsamplings
+        if not isinstance(ema, bool):
+            raise ValueError(f"ema must be True or False; got {V.describe(ema)}")
         self.in_channels, self.levels, self.f = in_channels, levels, 2 ** levels
         enc = [nn.Conv2d(in_channels, hidden, 3, padding=1), _Block(hidden, hidden)]
         for _ in range(levels):
@@ -452,13 +522,12 @@ class VQVAE(nn.Module):
 
     def latent_shape(self, image_hw) -> tuple[int, int]:
         """The index-map size ``(H/f, W/f)`` of an image of size ``(H, W)``."""
-        H, W = image_hw
+        H, W = _hw("image_hw", image_hw)
         return H // self.f, W // self.f
 
     def z_e(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder output :math:`z_e(x)` ``(B, dim, H/f, W/f)``, before quantisation."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        x = _input("x", x, self, ndim=4, channels=self.in_channels, want=f"(B, {self.in_channels}, H, W)")
         if x.shape[-1] % self.f or x.shape[-2] % self.f:
             raise ValueError(f"H and W must be divisible by f = {self.f}; got {tuple(x.shape[-2:])}")
         return self.encoder(x)
@@ -467,7 +536,8 @@ class VQVAE(nn.Module):
         return self.quantizer(self.z_e(x))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z_q)
+        dim = self.quantizer.dim
+        return self.decoder(_input("z_q", z_q, self, ndim=4, channels=dim, want=f"(B, {dim}, h, w)"))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         return self.decode(self.quantizer.quantize(indices))
@@ -480,9 +550,20 @@ class VQVAE(nn.Module):
 def vqvae_loss(model: VQVAE, batch) -> torch.Tensor:
     r"""The VQ-VAE objective :math:`\lVert x - D(z_q)\rVert^2` (mean) + the quantiser's loss, for ``td.train.fit``.
     ``batch`` is images ``x`` or a tuple whose first entry is ``x``."""
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    x = _vqvae_batch(model, batch)
     x_hat, vq = model(x)
     return F.mse_loss(x_hat.float(), x.float()) + vq.loss
+
+
+def _vqvae_batch(model, batch):
+    if not isinstance(model, VQVAE):
+        raise TypeError(f"model must be a tinydiff.vq.VQVAE; got {V.describe(model)}")
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    x = V.tensor("batch", x)
+    if x.ndim != 4 or x.shape[1] != model.in_channels:
+        raise ValueError(f"batch must be images (B, {model.in_channels}, H, W) or a tuple starting with them; got "
+                         f"{V.describe(x)}")
+    return x
 
 
 def make_vqvae_loss(restart_every: int | None = None, *, threshold: int = 1, seed: int = 0):
@@ -491,12 +572,13 @@ def make_vqvae_loss(restart_every: int | None = None, *, threshold: int = 1, see
 
     The returned function has attributes ``restarts`` (a list of how many codes each restart moved) and
     ``usage`` (the counts of the current window)."""
-    if restart_every is not None and restart_every < 1:
-        raise ValueError(f"restart_every must be None or >= 1; got {restart_every}")
-    gen = torch.Generator().manual_seed(seed)
+    if restart_every is not None:
+        restart_every = V.integer("restart_every", restart_every, low=1)
+    threshold = V.number("threshold", threshold)
+    gen = torch.Generator().manual_seed(V.integer("seed", seed))
 
     def loss_fn(model, batch):
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = _vqvae_batch(model, batch)
         z_e = model.z_e(x)
         vq = model.quantizer(z_e)
         loss = F.mse_loss(model.decode(vq.z_q).float(), x.float()) + vq.loss

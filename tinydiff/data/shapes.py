@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validation as V
+
 __all__ = [
     "SHAPES",
     "COLOURS",
@@ -79,10 +81,21 @@ def _index(name: str, value) -> int:
         if value not in table:
             raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(table)}")
         return table.index(value)
-    value = int(value)
-    if not 0 <= value < len(table):
-        raise ValueError(f"{name} index must lie in 0..{len(table) - 1}; got {value}")
-    return value
+    return V.integer(name, value, low=0, high=len(table) - 1)  # an index into the table
+
+
+def _rules(name, rules):
+    if rules is None:
+        return None
+    if isinstance(rules, dict):
+        rules = [rules]
+    if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
+        raise TypeError(f"{name} must be a list of rules like [{{'colour': 'green'}}]; got {V.describe(rules)}")
+    rules = list(rules)
+    if not all(isinstance(r, dict) for r in rules):
+        raise TypeError(f"{name} must be a list of dicts like [{{'colour': 'green', 'shape': 'triangle'}}]; got "
+                        f"{V.describe(rules)}")
+    return rules
 
 
 def _matches(rule: dict, s: int, c: int, p: int) -> bool:
@@ -99,6 +112,7 @@ def combos(exclude=None, only=None) -> list[tuple[int, int, int]]:
 
     A rule is a dict of attribute values, e.g. ``{"colour": "green", "shape": "triangle"}`` (any position).
     """
+    exclude, only = _rules("exclude", exclude), _rules("only", only)
     out = []
     for s in range(len(SHAPES)):
         for c in range(len(COLOURS)):
@@ -122,6 +136,8 @@ def caption(shape, colour, position) -> str:
 
 def parse_caption(text: str) -> tuple[int, int, int]:
     """Inverse of :func:`caption`: ``"a red circle top left" -> (shape, colour, position)`` indices."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a caption string like 'a red circle top left'; got {V.describe(text)}")
     words = text.split()
     if len(words) != 5 or words[0] != "a":
         raise ValueError(f"a caption reads 'a <colour> <shape> <top|bottom> <left|right>'; got {text!r}")
@@ -139,6 +155,14 @@ def render(shape: torch.Tensor, colour: torch.Tensor, centre: torch.Tensor, radi
     ``(B,)`` in pixels. Returns ``(B, 3, size, size)`` in ``[-1, 1]``, antialiased by ``supersample``² points
     per pixel. A circle has radius r, a square half-side 0.85 r, a triangle (apex up, centred
     on its bounding box) circumradius 1.2 r."""
+    shape = _labels("shape", shape, len(SHAPES))
+    B = shape.shape[0]
+    colour = _labels("colour", colour, len(COLOURS), batch=B)
+    centre = V.tensor("centre", centre, ndim=2, batch=B, finite=True)
+    if centre.shape[1] != 2:
+        raise ValueError(f"centre must have shape (B, 2) (x, y in pixels); got {V.describe(centre)}")
+    radius = V.tensor("radius", radius, ndim=1, batch=B, finite=True)
+    size, supersample = V.integer("size", size, low=1), V.integer("supersample", supersample, low=1)
     k = supersample
     u = (torch.arange(size * k, dtype=torch.float32) + 0.5) / k
     y, x = torch.meshgrid(u, u, indexing="ij")
@@ -155,6 +179,16 @@ def render(shape: torch.Tensor, colour: torch.Tensor, centre: torch.Tensor, radi
     return _BACKGROUND + cover * (rgb - _BACKGROUND)
 
 
+def _labels(name, value, n, batch=None):
+    value = V.tensor(name, value, ndim=1, floating=False, batch=batch)
+    if value.is_floating_point() or value.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer indices in 0..{n - 1}; got {V.describe(value)}")
+    if bool(((value < 0) | (value >= n)).any()):
+        raise ValueError(f"{name} must hold indices in 0..{n - 1}; got values from {int(value.min())} to "
+                         f"{int(value.max())}")
+    return value.long()
+
+
 def make_shapes(n: int, size: int = 16, *, seed: int = 0, exclude=None, only=None, chunk: int = 512) -> ShapesData:
     """Draw ``n`` captioned images of ``size``×``size`` deterministically from ``seed``.
 
@@ -162,11 +196,12 @@ def make_shapes(n: int, size: int = 16, *, seed: int = 0, exclude=None, only=Non
     ``exclude`` / ``only``, e.g. hold out every green triangle), a centre jittered around the quadrant's
     centre and a radius between 0.12 and 0.18 of the image size.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (the number of images) must be a positive int; got {n!r}")
-    if not isinstance(size, int) or size < 8 or size % 4:
+    n = V.integer("n", n, low=1)  # the number of images
+    size = V.integer("size", size, low=8)
+    if size % 4:
         raise ValueError(f"size must be an int >= 8 divisible by 4 (e.g. 16 or 32); got {size!r}")
-    g = torch.Generator().manual_seed(seed)
+    chunk = V.integer("chunk", chunk, low=1)
+    g = torch.Generator().manual_seed(V.integer("seed", seed))
     table = torch.tensor(combos(exclude, only))
     pick = table[torch.randint(0, table.shape[0], (n,), generator=g)]
     s, c, p = pick[:, 0], pick[:, 1], pick[:, 2]
@@ -193,7 +228,12 @@ class Tokenizer:
     def __init__(self, words=None, max_len: int = 8):
         if words is None:
             words = ["a", *COLOURS, *SHAPES, "top", "bottom", "left", "right"]
+        if isinstance(words, (str, bytes)) or not hasattr(words, "__iter__"):
+            raise TypeError(f"words must be a list of strings (the vocabulary); got {V.describe(words)}")
         words = list(words)
+        if not all(isinstance(w, str) and len(w.split()) == 1 for w in words):
+            raise ValueError(f"words must be single words (non-empty strings without spaces); got {words!r}")
+        max_len = V.integer("max_len", max_len)
         if len(set(words)) != len(words) or self.PAD in words or self.BOS in words:
             raise ValueError("the vocabulary must list distinct words and must not contain <pad> or <bos>")
         if max_len < 2:
@@ -211,6 +251,11 @@ class Tokenizer:
         ``(B, max_len)``."""
         if isinstance(captions, str):
             captions = [captions]
+        if isinstance(captions, (bytes, dict)) or not hasattr(captions, "__iter__"):
+            raise TypeError(f"captions must be a string or a list of strings; got {V.describe(captions)}")
+        captions = list(captions)
+        if not all(isinstance(c, str) for c in captions):
+            raise TypeError(f"captions must be a string or a list of strings; got {V.describe(captions)}")
         ids = torch.zeros(len(captions), self.max_len, dtype=torch.long)
         for row, text in enumerate(captions):
             words = text.split()
@@ -226,11 +271,16 @@ class Tokenizer:
     def decode(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> list[str]:
         """Token ids ``(B, L)`` -> captions, dropping ``<bos>`` and every position where ``mask`` is False
         (or, without a mask, every ``<pad>``)."""
-        ids = torch.as_tensor(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"ids must have shape (B, L); got {tuple(ids.shape)}")
+        ids = V.tensor("ids", ids, ndim=2, floating=False, min_batch=0)
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            raise ValueError(f"ids must hold integer token ids; got {V.describe(ids)}")
         if mask is None:
             mask = ids != self.index[self.PAD]
+        mask = V.tensor("mask", mask, floating=False, min_batch=0)
+        if mask.shape != ids.shape:
+            raise ValueError(f"mask must have the shape of ids {tuple(ids.shape)}; got {V.describe(mask)}")
+        if not ids.numel():
+            return [""] * ids.shape[0]
         if int(ids.max()) >= self.vocab_size or int(ids.min()) < 0:
             raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
         return [" ".join(self.vocab[i] for i, m in zip(row.tolist(), keep.tolist()) if m and i > 1)
@@ -254,6 +304,8 @@ class AttributeClassifier(nn.Module):
         super().__init__()
         from ..models import Classifier
 
+        base_channels = V.integer("base_channels", base_channels, low=1)
+        window = V.number("window", window, low=0.0, strict_low=True, high=1.0)
         self.window = window
         self.shape_net = Classifier(in_channels=1, num_classes=len(SHAPES), base_channels=base_channels)
         self.colour = nn.Linear(3, len(COLOURS))
@@ -262,12 +314,12 @@ class AttributeClassifier(nn.Module):
     @staticmethod
     def foreground(x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)``: how far each pixel is from the background colour (0 on the background)."""
+        x = _images("x", x)
         return ((x - _BACKGROUND).abs().amax(1, keepdim=True) - 0.2).clamp_min(0)
 
     def locate(self, x: torch.Tensor):
         """``(centroid (B, 2) in [-1, 1] as (x, y), mean foreground colour (B, 3))``."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"images must have shape (B, 3, H, W); got {tuple(x.shape)}")
+        x = self._in(x)
         B, _, H, W = x.shape
         w = self.foreground(x)[:, 0] + 1e-6  # (B, H, W) foreground weight
         w = w / w.sum((1, 2), keepdim=True)
@@ -278,8 +330,12 @@ class AttributeClassifier(nn.Module):
 
     def crop(self, x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """The ``window``-sized patch of each image's foreground map centred on ``centre`` (bilinear, 0 outside)."""
-        fg = self.foreground(x)
+        x = self._in(x)
         B, _, H, W = x.shape
+        centre = V.tensor("centre", centre, ndim=2, batch=B).to(x.dtype)
+        if centre.shape[1] != 2:
+            raise ValueError(f"centre must have shape (B, 2) (x, y in [-1, 1]); got {V.describe(centre)}")
+        fg = self.foreground(x)
         theta = torch.zeros(B, 2, 3, device=x.device, dtype=x.dtype)
         theta[:, 0, 0] = theta[:, 1, 1] = self.window
         theta[:, :, 2] = centre
@@ -290,12 +346,25 @@ class AttributeClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled shape features of the crop, the mean colour and the centroid ``(B, 2 * base_channels + 5)``,
         e.g. for a Fréchet distance."""
+        x = self._in(x)
         centre, colour = self.locate(x)
         return torch.cat([self.shape_net.features(self.crop(x, centre)), colour, centre], dim=1)
 
+    def _in(self, x):
+        x = _images("x", x)
+        return x.to(self.colour.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._in(x)
         centre, colour = self.locate(x)
         return torch.cat([self.shape_net(self.crop(x, centre)), self.colour(colour), self.position(4 * centre)], dim=1)
+
+
+def _images(name, x):
+    x = V.tensor(name, x, ndim=4)
+    if x.shape[1] != 3:
+        raise ValueError(f"{name} must be images of shape (B, 3, H, W); got {V.describe(x)}")
+    return x
 
 
 def attribute_classifier(base_channels: int = 16) -> AttributeClassifier:
@@ -309,24 +378,52 @@ def _heads(logits: torch.Tensor):
 
 def classifier_loss(model, batch) -> torch.Tensor:
     """Sum of the three cross-entropies (shape, colour, position) for ``batch = (images, labels (B, 3))``."""
-    images, labels = batch
-    return sum(F.cross_entropy(h, labels[:, i]) for i, h in enumerate(_heads(model(images))))
+    if not callable(model):
+        raise TypeError(f"model must be a callable classifier (e.g. attribute_classifier()); got {V.describe(model)}")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"batch must be a pair (images, labels); got {V.describe(batch)}")
+    images = _images("images", batch[0])
+    labels = V.tensor("labels", batch[1], ndim=2, floating=False, batch=images.shape[0])
+    if labels.shape[1] != 3 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be (B, 3) integer labels (shape, colour, position); got {V.describe(labels)}")
+    return sum(F.cross_entropy(h, labels[:, i].long()) for i, h in enumerate(_heads(_logits(model, images))))
+
+
+def _logits(model, images):
+    logits = model(images)
+    if logits is None:
+        raise TypeError("model returned None: did it forget to `return` its logits?")
+    want = (images.shape[0], sum(NUM_ATTRIBUTES))
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want or not logits.is_floating_point():
+        raise ValueError(f"model must return logits of shape {want} (3 shape + 3 colour + 4 position values); it "
+                         f"returned {V.describe(logits)}")
+    return logits
 
 
 @torch.no_grad()
 def predict_attributes(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The classifier's guess ``(B, 3)`` (shape, colour, position indices) for images ``(B, 3, S, S)``."""
-    model.eval()
-    dev = next(model.parameters()).device
+    """The classifier's guess ``(B, 3)`` (shape, colour, position indices) for images ``(B, 3, S, S)``, with the
+    model in eval mode for the call (its own train/eval mode is restored afterwards)."""
+    from ..utils import eval_mode
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module classifier; got {V.describe(model)}")
+    images = _images("images", images)
+    batch_size = V.integer("batch_size", batch_size, low=1)
+    param = next(model.parameters(), None)
+    dev = param.device if param is not None else torch.device("cpu")
     out = []
-    for i in range(0, images.shape[0], batch_size):
-        logits = model(images[i:i + batch_size].to(dev)).cpu()
-        out.append(torch.stack([h.argmax(1) for h in _heads(logits)], dim=1))
+    with eval_mode(model):
+        for i in range(0, images.shape[0], batch_size):
+            logits = _logits(model, images[i:i + batch_size].to(dev)).cpu()
+            out.append(torch.stack([h.argmax(1) for h in _heads(logits)], dim=1))
     return torch.cat(out)
 
 
 def attribute_accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict:
     """Fraction of rows where each attribute matches, and ``"all"``: the whole caption matches."""
+    pred = V.tensor("pred", pred, floating=False)
+    target = V.tensor("target", target, floating=False)
     if pred.shape != target.shape or pred.ndim != 2 or pred.shape[1] != 3:
         raise ValueError(f"pred and target must both be (B, 3) label tensors; got {tuple(pred.shape)}, "
                          f"{tuple(target.shape)}")
