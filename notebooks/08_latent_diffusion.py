@@ -662,6 +662,17 @@ plt.show()
 # For content words this is the mechanism behind prompt-to-prompt editing and attention-based layout
 # control in Stable Diffusion: where the word's attention goes is where its object gets drawn.
 #
+# ## More exercises (open)
+#
+# **Exercise 3.** Hold out a different composition (e.g. `{"shape": "square", "position": "top left"}`) and re-run
+# §6–7. Is composing a shape with a position easier or harder than a shape with a colour?
+#
+# **Exercise 4.** Put cross-attention at the full latent resolution too (`attn_levels=(0, 1)`): how much does a
+# training step cost in §4, and do the attention maps of §8 get sharper?
+#
+# **Exercise 5.** Replace the KL autoencoder by the VQ one in §3–7 (diffuse $z_e$ before quantisation, as the LDM
+# paper does). What is its scale factor?
+#
 # ## Summary
 #
 # | idea | where in tinydiff |
