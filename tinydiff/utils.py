@@ -47,6 +47,9 @@ def device() -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a fresh CPU ``torch.Generator`` seeded the same way."""
+    from . import validation
+
+    seed = validation.integer("seed", seed, low=0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
