@@ -49,7 +49,7 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a fresh CPU ``torch.Generator`` seeded the same way."""
     from . import validation
 
-    seed = validation.integer("seed", seed, low=0)
+    seed = validation.integer("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
