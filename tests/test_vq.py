@@ -313,7 +313,7 @@ def test_bad_inputs_raise_helpful_errors():
     (lambda: td.vq.nearest_code(torch.zeros(2, 4), [[0.0] * 4]), "codebook must be a torch.Tensor"),
     (lambda: td.vq.VectorQuantizer(8, 4)(torch.zeros(2, 4, 2, 2) > 0), "z_e must hold numbers, not booleans"),
     (lambda: td.vq.VectorQuantizer(8, 4)(torch.zeros(0, 4, 2, 2)), "z_e must hold at least 1 sample"),
-    (lambda: td.vq.VectorQuantizer(8, 4).reset_codes(torch.tensor([0, 9]), torch.zeros(2, 4)), "indices must lie in"),
+    (lambda: td.vq.VectorQuantizer(8, 4).reset_codes(torch.tensor([0, 9]), torch.zeros(2, 4)), "which must hold code indices in 0..7"),
     (lambda: td.vq.VectorQuantizer(8, 4).reset_codes(torch.tensor([0, 1]), torch.zeros(3, 4)), "vectors must have shape"),
     (lambda: td.vq.EMAVectorQuantizer(8, 4, decay="0.9"), "decay must be a real number"),
     (lambda: td.vq.VQVAE(levels=1.5), "levels must be an int"),

@@ -71,7 +71,7 @@ class NoiseSchedule:
         b = beta[1:]
         if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
             raise ValueError(
-                f"every beta_t for t >= 1 must lie strictly between 0 and 1; got min {b.min().item():.3g}, "
+                f"beta: every beta_t for t >= 1 must lie strictly between 0 and 1; got min {b.min().item():.3g}, "
                 f"max {b.max().item():.3g}"
             )
         self.name = name

@@ -35,7 +35,7 @@ from .utils import device as default_device
 from .utils import progress
 
 __all__ = ["EMA", "fit", "FitResult", "save_checkpoint", "load_checkpoint", "TrainingDiverged", "CheckpointError",
-           "CheckpointMismatch", "FORMAT_VERSION"]
+           "CheckpointNotFound", "CheckpointMismatch", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2
 _MAGIC = b"TINYDIFF-CHECKPOINT "
@@ -51,6 +51,10 @@ class TrainingDiverged(RuntimeError):
 class CheckpointError(RuntimeError):
     """A checkpoint file cannot be used: empty, truncated, corrupted, not a tinydiff checkpoint, or incomplete;
     or its folder cannot be written. The message names the file and what to do."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """There is no checkpoint file at the given path."""
 
 
 class CheckpointMismatch(CheckpointError, ValueError):
@@ -84,6 +88,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One EMA step towards ``model``'s weights (and a copy of its buffers, e.g. normalisation statistics)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be the torch.nn.Module this EMA was built from; got {V.describe(model)}")
         params = [p.detach() for p in model.parameters()]
         if len(params) != len(self._avg):
             raise ValueError(f"model has {len(params)} parameters but this EMA averages {len(self._avg)}: "
@@ -253,7 +259,7 @@ def load_checkpoint(path, model: nn.Module | None = None, *, map_location="cpu")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None; got {V.describe(model)}")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
+        raise CheckpointNotFound(f"no checkpoint at {path!r}")
     state = _read(path, map_location)
     if model is not None:
         got = state.get("fingerprint")

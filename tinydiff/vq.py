@@ -65,6 +65,8 @@ def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     :math:`\lVert z_i - e_j\rVert^2 = \lVert z_i\rVert^2 - 2 z_i^\top e_j + \lVert e_j\rVert^2`,
     ``z`` ``(N, dim)``, ``codebook`` ``(K, dim)`` -> ``(N, K)``."""
     z, codebook = _check_vectors(z, codebook)
+    dtype = torch.promote_types(z.dtype, codebook.dtype)
+    z, codebook = z.to(dtype), codebook.to(dtype)
     return (z * z).sum(1, keepdim=True) - 2 * z @ codebook.t() + (codebook * codebook).sum(1)[None, :]
 
 
@@ -285,7 +287,9 @@ class VectorQuantizer(nn.Module):
         which = V.tensor("which", which, ndim=1, floating=False, min_batch=0)
         if which.is_floating_point() or which.dtype == torch.bool:
             raise ValueError(f"which must hold integer code indices; got {V.describe(which)}")
-        code_usage(which, self.num_codes)  # range check
+        if which.numel() and (int(which.min()) < 0 or int(which.max()) >= self.num_codes):
+            raise ValueError(f"which must hold code indices in 0..{self.num_codes - 1}; got values from "
+                             f"{int(which.min())} to {int(which.max())}")
         vectors = V.tensor("vectors", vectors, ndim=2, min_batch=0)
         if vectors.shape != (which.shape[0], self.dim):
             raise ValueError(f"vectors must have shape (len(which), dim) = ({which.shape[0]}, {self.dim}); got "
@@ -503,6 +507,7 @@ class VQVAE(nn.Module):
         super().__init__()
         in_channels, hidden = V.integer("in_channels", in_channels, low=1), V.integer("hidden", hidden, low=1)
         levels = V.integer("levels", levels, low=0)  # the number of stride-2 downsamplings
+        dim, num_codes = V.integer("dim", dim, low=1), V.integer("num_codes", num_codes, low=1)
         if not isinstance(ema, bool):
             raise ValueError(f"ema must be True or False; got {V.describe(ema)}")
         self.in_channels, self.levels, self.f = in_channels, levels, 2 ** levels

@@ -141,7 +141,10 @@ def parse_caption(text: str) -> tuple[int, int, int]:
     words = text.split()
     if len(words) != 5 or words[0] != "a":
         raise ValueError(f"a caption reads 'a <colour> <shape> <top|bottom> <left|right>'; got {text!r}")
-    return _index("shape", words[2]), _index("colour", words[1]), _index("position", " ".join(words[3:]))
+    try:
+        return _index("shape", words[2]), _index("colour", words[1]), _index("position", " ".join(words[3:]))
+    except ValueError as exc:
+        raise ValueError(f"text {text!r} is not a caption: {exc}") from None
 
 
 def _centres(size: int):

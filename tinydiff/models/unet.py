@@ -34,10 +34,11 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, emb):
-        if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == self.cin):
+        dtype = self.conv1.weight.dtype
+        if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == self.cin and x.dtype == dtype):
             x = _input("x", x, self, ndim=4, channels=self.cin, want=f"(B, {self.cin}, H, W)")
-        if not (isinstance(emb, torch.Tensor) and emb.shape == (x.shape[0], self.emb_dim)):
-            emb = V.tensor("emb", emb, ndim=2, batch=x.shape[0])
+        if not (isinstance(emb, torch.Tensor) and emb.shape == (x.shape[0], self.emb_dim) and emb.dtype == dtype):
+            emb = V.tensor("emb", emb, ndim=2, batch=x.shape[0]).to(dtype)
             if emb.shape[1] != self.emb_dim:
                 raise ValueError(f"emb must have shape (B, {self.emb_dim}); got {V.describe(emb)}")
         h = self.conv1(F.silu(self.norm1(x)))
