@@ -82,8 +82,11 @@ def test_reverse_sde_recovers_gaussian_and_mixture():
     ring = _ring()
     g = _gen(3)
     xr = S.sample_reverse_sde(S.mixture_score_fn(ring, SDE), (2000, 2), SDE, 100, generator=g)
-    floor = td.metrics.noise_floor(td.metrics.mmd_rbf, lambda n: ring.sample(n, g), 2000, repeats=2)
-    assert td.metrics.mmd_rbf(xr, ring.sample(2000, g)) < abs(floor) + 5e-4
+    assert td.metrics.mixture_check(xr, ring).passed  # mode weights, spreads, off-mode mass, MMD vs their floors
+    for c in (0.8, 1.25):  # and the same check rejects a score 20 % too weak or 25 % too strong
+        bad = S.sample_reverse_sde(lambda x, t, c=c: c * S.mixture_score_fn(ring, SDE)(x, t), (2000, 2), SDE, 100,
+                                   generator=_gen(3))
+        assert not td.metrics.mixture_check(bad, ring).passed, c
 
 
 def test_family_with_other_sigma_recovers_gaussian():
