@@ -127,8 +127,8 @@ def test_every_adaln_zero_block_is_the_identity_at_init_and_the_others_are_not()
     for cond in D.CONDITIONING:
         m = D.DiT(input_size=8, patch_size=2, hidden_size=32, depth=3, heads=4, cond=cond)
         changes = []
-        hooks = [b.register_forward_hook(lambda mod, inp, out: changes.append(float((out - inp[0]).abs().max())))
-                 for b in m.blocks]
+        hooks = [b.register_forward_hook(lambda mod, inp, out, changes=changes: changes.append(
+                 float((out - inp[0]).abs().max()))) for b in m.blocks]
         with torch.no_grad():
             m(x, t, y)
         for hk in hooks:

@@ -30,8 +30,6 @@ from the autocast inside :func:`tinydiff.train.fit`, so the same code runs on a 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
