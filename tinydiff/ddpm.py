@@ -14,6 +14,7 @@ coefficient tables computed once in float64 and read as Python numbers, with no 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -50,10 +51,40 @@ def _check_var(var: str) -> str:
     return validation.choice("var", var, VARIANCES)  # 'posterior': sigma_t^2 = tilde beta_t, 'beta': beta_t
 
 
-def _coef(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``table[t]`` shaped to broadcast against ``x``, read from a copy of the table cached on ``t``'s device (so
-    indexing with device timesteps makes no host copy) and cast to ``x``'s dtype."""
-    return expand_to(table_on(table, t.device)[t], x)
+_TABLES = weakref.WeakKeyDictionary()
+
+
+def _tables(sched) -> dict:
+    r"""The coefficient tables of this module for ``sched``, computed once in float64 on the CPU (index ``t``):
+    :math:`\sqrt{\bar\alpha_t}`, :math:`\sqrt{1-\bar\alpha_t}`, :math:`\sqrt{\alpha_t}`, :math:`\sqrt{1-\alpha_t}`,
+    :math:`1/\sqrt{\alpha_t}`, :math:`\beta_t/\sqrt{1-\bar\alpha_t}` (0 at ``t = 0``), the posterior-mean pair and
+    the two reverse standard deviations (0 at ``t = 1``). Computing them before the cast keeps float16 finite (in
+    float16 :math:`\bar\alpha_1 = 0.9999` rounds to 1 and :math:`1-\bar\alpha_1` to 0)."""
+    try:
+        return _TABLES[sched]
+    except (KeyError, TypeError):
+        pass
+    ab, alpha, beta = sched.alpha_bar, sched.alpha, sched.beta
+    one_minus = (1 - ab).clamp_min(0)
+    eps_coef = beta / one_minus.sqrt().clamp_min(1e-300)
+    eps_coef[0] = 0.0
+    c0, ct = posterior_mean_coefs(sched)
+    past_one = (torch.arange(sched.T + 1) > 1).to(torch.float64)
+    out = dict(sqrt_ab=ab.sqrt(), sqrt_1mab=one_minus.sqrt(), sqrt_alpha=alpha.sqrt(), sqrt_beta=beta.sqrt(),
+               inv_sqrt_alpha=1 / alpha.sqrt(), eps_coef=eps_coef, c0=c0, ct=ct,
+               var_posterior=sched.posterior_variance, var_beta=beta,
+               sigma_posterior=sched.posterior_variance.sqrt() * past_one, sigma_beta=beta.sqrt() * past_one)
+    try:
+        _TABLES[sched] = out
+    except TypeError:  # an object that cannot be weakly referenced: recompute next time
+        pass
+    return out
+
+
+def _coef(sched, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The table ``name`` of :func:`_tables` at ``t``, shaped to broadcast against ``x``: read from a copy cast once
+    to ``x``'s device and dtype (so indexing with device timesteps makes no host copy and no float64 op there)."""
+    return expand_to(table_on(_tables(sched)[name], x.device, x.dtype)[t], x)
 
 
 # ---------------------------------------------------------------------------------- forward process
@@ -64,8 +95,7 @@ def q_sample(x0: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
     """
     check_same_shape(x0=x0, eps=eps)
     t = sched.check_t(t, x0.shape[0]).to(x0.device)
-    ab = _coef(sched.alpha_bar, t, x0)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    return _coef(sched, "sqrt_ab", t, x0) * x0 + _coef(sched, "sqrt_1mab", t, x0) * eps
 
 
 def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
@@ -73,8 +103,7 @@ def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
     (the transition :math:`q(x_t\mid x_{t-1}) = \mathcal N(\sqrt{\alpha_t}x_{t-1}, \beta_t I)`)."""
     check_same_shape(x_prev=x_prev, eps=eps)
     t = sched.check_t(t, x_prev.shape[0], low=1).to(x_prev.device)
-    a = _coef(sched.alpha, t, x_prev)
-    return a.sqrt() * x_prev + (1 - a).sqrt() * eps
+    return _coef(sched, "sqrt_alpha", t, x_prev) * x_prev + _coef(sched, "sqrt_beta", t, x_prev) * eps
 
 
 def q_sample_steps(x0: torch.Tensor, t: int, sched, *, generator: torch.Generator | None = None):
@@ -117,10 +146,8 @@ def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t, sched) -> tuple[torch.Ten
     """
     check_same_shape(x0=x0, xt=xt)
     t = sched.check_t(t, x0.shape[0], low=1).to(x0.device)
-    c0, ct = posterior_mean_coefs(sched)
-    mean = expand_to(c0.to(t.device)[t], x0) * x0 + expand_to(ct.to(t.device)[t], xt) * xt
-    var = _coef(sched.posterior_variance, t, x0)
-    return mean, var
+    mean = _coef(sched, "c0", t, x0) * x0 + _coef(sched, "ct", t, xt) * xt
+    return mean, _coef(sched, "var_posterior", t, x0)
 
 
 # ---------------------------------------------------------------------------------- reverse process
@@ -140,8 +167,7 @@ def p_mean(xt: torch.Tensor, eps: torch.Tensor, t, sched) -> torch.Tensor:
     """
     check_same_shape(xt=xt, eps=eps)
     t = sched.check_t(t, xt.shape[0], low=1).to(xt.device)
-    alpha, beta, ab = (_coef(tab, t, xt) for tab in (sched.alpha, sched.beta, sched.alpha_bar))
-    return (xt - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+    return (xt - _coef(sched, "eps_coef", t, xt) * eps) * _coef(sched, "inv_sqrt_alpha", t, xt)
 
 
 def step(xt: torch.Tensor, eps: torch.Tensor, t, sched, *, var: str = "posterior", noise=None,
@@ -170,8 +196,7 @@ def step(xt: torch.Tensor, eps: torch.Tensor, t, sched, *, var: str = "posterior
     else:
         x0_hat = convert.x0_from_eps(xt, eps, table_on(sched.alpha_bar, t.device)[t]).clamp(-clip_x0, clip_x0)
         mean = q_posterior(x0_hat, xt, t, sched)[0]
-    sigma = _coef(reverse_variance(sched, var).sqrt() * (torch.arange(sched.T + 1) > 1), t, xt)
-    return mean + sigma * noise
+    return mean + _coef(sched, f"sigma_{var}", t, xt) * noise
 
 
 def sample_coefs(sched, var: str = "posterior", clip_x0: float | None = None) -> list[tuple[float, ...]]:
@@ -290,8 +315,8 @@ def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=Non
         t = sched.check_t(t, B, low=1).to(x0.device)
     if eps is None:
         eps = torch.randn_like(x0)
-    ab = _coef(sched.alpha_bar, t, x0)
-    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    a, s = _coef(sched, "sqrt_ab", t, x0), _coef(sched, "sqrt_1mab", t, x0)
+    xt = a * x0 + s * eps
     pred = model(xt, t, **(model_kwargs or {}))
     if pred.shape != x0.shape:
         raise ValueError(f"the model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)} (same as x0)")
@@ -367,7 +392,7 @@ def denoising_kl(eps_fn, x0: torch.Tensor, t, sched, *, var: str = "posterior", 
         eps = noise_like(x0, generator)
     xt = q_sample(x0, t, eps, sched)
     q_mean, q_var = q_posterior(x0, xt, t, sched)
-    p_var = _coef(reverse_variance(sched, var), t, x0)
+    p_var = expand_to(table_on(reverse_variance(sched, var), x0.device)[t], x0.double())
     return gaussian_kl(q_mean, q_var, p_mean(xt, eps_fn(xt, t), t, sched), p_var)
 
 
