@@ -51,11 +51,10 @@ def test_readme_lists_every_notebook_and_guide():
 
 def test_the_wheel_contains_every_module_of_the_package(tmp_path):
     """pyproject.toml must find the subpackages (models/, data/): a wheel without them breaks the Colab install."""
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     src = tmp_path / "src"  # a clean copy: an egg-info left by `pip install -e` would list the files for setuptools
     shutil.copytree(ROOT / "tinydiff", src / "tinydiff", ignore=shutil.ignore_patterns("__pycache__"))
@@ -67,3 +66,64 @@ def test_the_wheel_contains_every_module_of_the_package(tmp_path):
     inside = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
     here = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tinydiff").rglob("*.py")}
     assert here - inside == set(), f"missing from the wheel: {sorted(here - inside)}"
+
+
+def _tasks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tasks", ROOT / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_times_are_the_committed_notebooks_own():
+    """The per-notebook table is generated from the notebooks' execution timestamps, so it cannot drift."""
+    tasks = _tasks()
+    readme = (ROOT / "README.md").read_text()
+    assert tasks.readme_times_block(readme) == tasks.times_table(), (
+        "README's times no longer match the executed notebooks: run `python3 tasks.py times` and commit README.md")
+
+
+def test_notebook_seconds_reads_nbclient_timestamps(tmp_path):
+    import json
+
+    def cell(busy, idle):
+        return {"cell_type": "code", "metadata": {"execution": {"iopub.status.busy": busy, "iopub.status.idle": idle}}}
+
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}}, cell("2026-11-25T19:57:20.5Z", "2026-11-25T19:57:21Z"),
+                    cell("2026-11-25T19:57:21Z", "2026-11-25T19:59:30.25Z")]}
+    (tmp_path / "00_x.ipynb").write_text(json.dumps(nb))
+    assert _tasks().notebook_seconds(tmp_path / "00_x.ipynb") == (129.75, "2026-11-25")
+
+
+def test_lab_works_on_ignored_copies_and_keeps_the_students_edits(tmp_path, monkeypatch):
+    tasks = _tasks()
+    monkeypatch.setattr(tasks, "WORK", tmp_path / "work")
+    made = tasks.working_copies()
+    names = sorted(p.name for p in made)
+    assert names == sorted(p.name for p in tasks._notebooks([])) and names
+    assert (tmp_path / "work" / ".gitignore").read_text().splitlines()[-1] == "*", "work/ must ignore itself"
+    mine = tmp_path / "work" / names[0]
+    mine.write_text("my edits")
+    assert tasks.working_copies() == [] and mine.read_text() == "my edits", "a second lab must not overwrite"
+    again = tasks.working_copies([names[0][:2]], fresh=True)
+    assert again == [mine] and mine.read_bytes() == (ROOT / "notebooks" / names[0]).read_bytes()
+    (old,) = (tmp_path / "work" / "old").iterdir()
+    assert old.read_text() == "my edits", "the replaced copy is kept in work/old/"
+
+
+def test_readme_states_the_python_that_tasks_py_requires():
+    readme = (ROOT / "README.md").read_text()
+    tasks_src = (ROOT / "tasks.py").read_text()
+    assert "Python 3.11 or newer" in readme and "sys.version_info < (3, 11)" in tasks_src
+    assert "3.10+" not in readme and "3.10+" not in tasks_src
+
+
+def test_citation_cff_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    cff = (ROOT / "CITATION.cff").read_text()
+    assert re.search(r"^cff-version: 1\.2\.0$", cff, re.M) and re.search(r"^title: ", cff, re.M)
+    assert f'version: {project["version"]}' in cff, "CITATION.cff's version must be pyproject.toml's"
+    assert f'repository-code: "{project["urls"]["Source"]}"' in cff
+    assert re.search(r"^authors:\n  - name: ", cff, re.M)
