@@ -552,7 +552,7 @@ td.check_less("... and the mode check rejects the samples drawn without the nois
 
 # %%
 display(td.plotting.animate_frames(traj[::100], lambda fr, ax: td.plotting.scatter2d(fr, ax=ax, lim=4),
-                                   n_static=11))
+                                   n_static=11, labels=[f"t = {t}" for t in traj.ts[::100]]))
 plt.close("all")
 
 # %% [markdown]
@@ -739,7 +739,8 @@ for var, xs in samples.items():
 
 # %%
 frames = [f[:4] for f in traj_digits[::125]]
-display(td.plotting.animate_frames(frames, lambda fr, ax: td.plotting.show_images(fr, nrow=2, ax=ax), n_static=9))
+display(td.plotting.animate_frames(frames, lambda fr, ax: td.plotting.show_images(fr, nrow=2, ax=ax), n_static=9,
+                                   labels=[f"t = {t}" for t in traj_digits.ts[::125]], ncols=5))
 plt.close("all")
 
 # %% [markdown]

@@ -127,3 +127,22 @@ def test_plots_draw_without_a_display():
     fig = plotting.animate_frames([pts, pts * 0.5, pts * 0.1], lambda f, ax: plotting.scatter2d(f, ax), animate=False)
     assert len(fig.axes) == 3  # the static fallback: a strip of frames
     plt.close("all")
+
+
+def test_animate_frames_static_strip_wraps_rows_and_uses_labels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tinydiff import plotting
+
+    frames = [torch.randn(20, 2) for _ in range(11)]
+    fig = plotting.animate_frames(frames, lambda fr, ax: plotting.scatter2d(fr, ax=ax), n_static=11, animate=False,
+                                  labels=[f"t = {1000 - 100 * i}" for i in range(11)])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[0] == "t = 1000" and titles[-1] == "t = 0" and len(titles) == 11
+    assert len(fig.axes) == 12 and fig.get_size_inches()[0] < 15  # 2 rows of 6: readable at notebook width
+    with pytest.raises(ValueError, match="one entry per frame"):
+        plotting.animate_frames(frames, lambda fr, ax: None, labels=["a"], animate=False)
+    plt.close("all")

@@ -112,14 +112,21 @@ def trajectories2d(traj, ax=None, n_show: int = 20, lim: float | None = 3.5, tit
 
 
 def animate_frames(frames, draw, *, n_static: int = 6, animate: bool | None = None, interval: int = 120,
-                   figsize=(4, 4)):
+                   figsize=(4, 4), labels=None, ncols: int = 6):
     """Show a sequence of frames (e.g. a denoising trajectory): ``draw(frame, ax)`` draws one.
 
     With ``animate=True`` (or ``TINYDIFF_ANIMATE=1``) returns an HTML/JS animation for a live notebook.
     Otherwise (the default, and what the executed notebooks store) a static strip of ``n_static``
-    evenly spaced frames, which renders everywhere, GitHub included.
+    evenly spaced frames, ``ncols`` per row so that it stays readable at notebook width, which renders
+    everywhere, GitHub included. ``labels`` (one per frame, e.g. ``[f"t = {t}" for t in traj.ts]``) title the
+    panels; without them a panel is titled by its position in the sequence.
     """
     frames = list(frames)
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != len(frames):
+            raise ValueError(f"labels must have one entry per frame ({len(frames)}); got {len(labels)}")
+    name = (lambda i: labels[i]) if labels is not None else (lambda i: f"frame {i + 1}/{len(frames)}")
     if animate is None:
         animate = os.environ.get("TINYDIFF_ANIMATE", "0") == "1"
     if animate:
@@ -131,15 +138,19 @@ def animate_frames(frames, draw, *, n_static: int = 6, animate: bool | None = No
         def update(i):
             ax.clear()
             draw(frames[i], ax)
-            ax.set_title(f"frame {i + 1}/{len(frames)}")
+            ax.set_title(name(i))
 
         anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=interval)
         plt.close(fig)
         return HTML(anim.to_jshtml())
     idx = np.linspace(0, len(frames) - 1, min(n_static, len(frames))).round().astype(int)
-    fig, axes = plt.subplots(1, len(idx), figsize=(figsize[0] * len(idx) * 0.6, figsize[1] * 0.6))
-    for ax, i in zip(np.atleast_1d(axes), idx):
+    cols = max(1, min(ncols, len(idx)))
+    rows = -(-len(idx) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.flat[len(idx):]:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, idx):
         draw(frames[i], ax)
-        ax.set_title(f"{i + 1}/{len(frames)}", fontsize=8)
+        ax.set_title(name(i), fontsize=9)
     fig.tight_layout()
     return fig
