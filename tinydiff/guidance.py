@@ -264,10 +264,9 @@ def classifier_guided_eps_fn(eps_fn, grad_fn, y, gamma, sched):
     gamma = _check_gamma(gamma)
     cache: dict = {}
 
-    def guided_eps(x, t):
-        ab = expand_to(table_on(sched.alpha_bar, t.device)[t], x)
+    def guided_eps(x, t):  # sqrt(1 - alpha_bar_t) from ddpm's float64 table, cast once to x's device and dtype
         g = _gamma_like(_on(gamma, x, cache), x)
-        return eps_fn(x, t) - g * (1 - ab).sqrt() * grad_fn(x, t, y)
+        return eps_fn(x, t) - g * ddpm._coef(sched, "sqrt_1mab", t, x) * grad_fn(x, t, y)
 
     return guided_eps
 
