@@ -261,6 +261,20 @@ def test_the_issue_examples_raise_clear_errors():
         ddim.sample(lambda x, t: x, (4, 2), SCHED, 5, callback=3)
 
 
+def test_scipy_ode_solver_takes_the_signature_and_checks_the_score():
+    """sample_ode_scipy runs on the host (scipy): callback at the start (t_max) and at the end (t_min) only."""
+    sf = sde.mixture_score_fn(td.data.GaussianMixture.ring(4), SDE)
+    traj = td.utils.Trajectory()
+    out = sde.sample_ode_scipy(sf, (8, 2), SDE, generator=torch.Generator().manual_seed(1), callback=traj,
+                               rtol=1e-4, atol=1e-4)
+    assert traj.steps == [0, 1] and traj.ts == [1.0, 1e-3] and torch.equal(traj[-1], out)
+    assert torch.equal(traj[0], torch.randn(8, 2, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match=r"score_fn returned shape \(8, 1\)"):
+        sde.sample_ode_scipy(lambda x, t: x[:, :1], (8, 2), SDE)
+    with pytest.raises(ValueError, match=r"score_fn returned shape \(3, 1\)"):
+        sde.log_likelihood(torch.zeros(3, 2), lambda x, t: x[:, :1], SDE)
+
+
 def test_public_steps_still_validate():
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match=r"t must lie in 1\.\.40"):
