@@ -203,7 +203,7 @@ def reference():
 
 def _measured_order(solver, reference, ns=(32, 64, 128), **kw):
     y0, ref = reference
-    errs = [_err(solver(D, S.log_sigmas(n, SMIN, SMAX)[:-1], y0, progress_bar=False, **kw), ref) for n in ns]
+    errs = [_err(solver(D, S.log_sigmas(n + 1, SMIN, SMAX)[:-1], y0, progress_bar=False, **kw), ref) for n in ns]
     return S.order(ns, errs), errs
 
 
@@ -226,7 +226,7 @@ def test_dpmpp_3m_with_the_exact_taylor_coefficient_is_third_order(reference):
 
 def test_1000_step_heun_agrees_with_scipy(reference):
     y0, ref = reference
-    y = S.heun(D, S.log_sigmas(1000, SMIN, SMAX)[:-1], y0, progress_bar=False)
+    y = S.heun(D, S.log_sigmas(1001, SMIN, SMAX)[:-1], y0, progress_bar=False)
     assert _err(y, ref) < 1e-5  # Heun: C / N^2 with the constant measured at N = 32..128
 
 
@@ -392,6 +392,12 @@ def test_analytic_sampler_with_gamma_one_is_ddpm_and_the_optimal_variance_helps(
                                progress_bar=False)
     b = td.ddim.sample(eps_fn, (64, 2), SCHED, n, eta=1.0, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    # the last step (into t = 0) returns its mean, whatever Gamma: one trailing step from T is x0_hat(x_T)
+    x_T = _x_T(16).float()
+    one = S.analytic_ddpm_sample(eps_fn, x_T.shape, SCHED, 1, torch.zeros(1), spacing="trailing", x_T=x_T,
+                                 generator=torch.Generator().manual_seed(0), progress_bar=False)
+    x0_hat = td.ddim.step(x_T, eps_fn(x_T, torch.full((16,), T)), T, 0, SCHED, eta=0.0)
+    torch.testing.assert_close(one, x0_hat, rtol=0, atol=1e-6)
     # with Gamma by Monte Carlo on the mixture, 5 steps: DDPM's samples are too narrow, the optimal variance fixes it
     gamma = S.eps_sq_mean(eps_fn, RING.sample(4000, torch.Generator().manual_seed(6)), SCHED, ts,
                           generator=torch.Generator().manual_seed(7))
