@@ -114,13 +114,14 @@ td.check("p(y | x_t): responsibilities summed per class = Bayes' rule pi_y p(x_t
 # is therefore strong late in sampling (small $t$) and gentle early on.
 
 # %%
-fig, axes = plt.subplots(1, 5, figsize=(16, 3.3))
-td.plotting.density2d(gm.log_prob, ax=axes[0], title="p(x)")
-td.plotting.density2d(gm.conditional(0).log_prob, ax=axes[1], title="p(x | y=0)")
+fig, axes = plt.subplots(1, 5, figsize=(18, 3.3))
+td.plotting.density2d(gm.log_prob, ax=axes[0], title="$p(x)$", colorbar=True, label="density")
+td.plotting.density2d(gm.conditional(0).log_prob, ax=axes[1], title="$p(x\\mid y=0)$", colorbar=True, label="density")
 for ax, t in zip(axes[2:], [10, 300, 600]):
     ab = sched.alpha_bar[t]
-    td.plotting.density2d(lambda x, ab=ab: G.oracle_class_log_prob(gm, x, ab, 0), ax=ax, title=f"p(y=0 | x_t), t={t}",
-                          cmap="coolwarm")
+    td.plotting.density2d(lambda x, ab=ab: G.oracle_class_log_prob(gm, x, ab, 0), ax=ax,
+                          title=f"$p(y=0\\mid x_t)$, t={t}", cmap="coolwarm", colorbar=True, vmin=0, vmax=1,
+                          label="probability")
 plt.tight_layout()
 plt.show()
 

@@ -146,3 +146,18 @@ def test_animate_frames_static_strip_wraps_rows_and_uses_labels():
     with pytest.raises(ValueError, match="one entry per frame"):
         plotting.animate_frames(frames, lambda fr, ax: None, labels=["a"], animate=False)
     plt.close("all")
+
+
+def test_density2d_colorbar_and_shared_scale():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tinydiff import plotting
+
+    gm = td.data.GaussianMixture.ring(4)
+    ax = plotting.density2d(gm.log_prob, n=20, colorbar=True, vmin=0, vmax=1, label="probability")
+    assert len(ax.figure.axes) == 2 and ax.images[0].get_clim() == (0, 1)
+    assert ax.figure.axes[1].get_ylabel() == "probability"
+    plt.close("all")

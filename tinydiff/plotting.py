@@ -68,14 +68,20 @@ def _grid(lim, n):
     return gx, gy, torch.stack([gx.flatten(), gy.flatten()], 1)
 
 
-def density2d(log_prob_fn, ax=None, lim: float = 3.5, n: int = 150, title: str | None = None, cmap="viridis"):
-    """Image of the density ``exp(log_prob_fn(points))`` on ``[-lim, lim]^2``."""
+def density2d(log_prob_fn, ax=None, lim: float = 3.5, n: int = 150, title: str | None = None, cmap="viridis", *,
+              colorbar: bool = False, vmin=None, vmax=None, label: str | None = None):
+    """Image of the density ``exp(log_prob_fn(points))`` on ``[-lim, lim]^2``. ``colorbar=True`` adds a colour bar
+    (titled ``label``); ``vmin``/``vmax`` fix the colour scale (e.g. 0 and 1 for probabilities shared by panels)."""
     gx, gy, pts = _grid(lim, n)
     with torch.no_grad():
         p = log_prob_fn(pts).exp().reshape(n, n).cpu().numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(p, origin="lower", extent=(-lim, lim, -lim, lim), cmap=cmap)
+    im = ax.imshow(p, origin="lower", extent=(-lim, lim, -lim, lim), cmap=cmap, vmin=vmin, vmax=vmax)
+    if colorbar:
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        if label:
+            cb.set_label(label)
     if title:
         ax.set_title(title)
     return ax
