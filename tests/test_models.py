@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import tinydiff as td
-from tinydiff.models import CrossAttention, SpatialTransformer
-from tinydiff.models import Classifier, MLPDenoiser, UNet, timestep_embedding
+from tinydiff.models import Classifier, CrossAttention, MLPDenoiser, SpatialTransformer, UNet, timestep_embedding
 
 
 def test_timestep_embedding_formula():

@@ -14,8 +14,7 @@ import torch
 
 import tinydiff as td
 from tinydiff.models import MLPDenoiser
-from tinydiff.train import (EMA, CheckpointError, CheckpointMismatch, TrainingDiverged, fit, load_checkpoint,
-                            save_checkpoint)
+from tinydiff.train import EMA, CheckpointError, CheckpointMismatch, TrainingDiverged, fit, load_checkpoint, save_checkpoint
 
 SCHED = td.NoiseSchedule.linear(T=50)
 GM = td.data.GaussianMixture.ring(4, radius=1.5, std=0.2)

@@ -2,8 +2,6 @@ r"""A small, optionally noise-conditional, image classifier (guidance, lesson 06
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -2,15 +2,11 @@ r"""Small MLPs for low-dimensional (2-D toy) data: a denoiser and a noise-condit
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import validation as V
-
-from .embeddings import _count, _input, _optional_count, _time_scale, _TimeLabelEmbedding, timestep_embedding
+from .embeddings import _count, _input, _optional_count, _time_scale, _TimeLabelEmbedding
 
 __all__ = ["MLPDenoiser", "MLPClassifier"]
 

@@ -6,14 +6,12 @@ callable that can be plugged in (``model(x, t)``).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import SpatialTransformer, group_norm
 from .. import validation as V
+from .attention import SpatialTransformer, group_norm
 from .embeddings import _count, _input, _optional_count, _time_scale, _TimeLabelEmbedding
 
 __all__ = ["UNet", "ResBlock"]
