@@ -167,6 +167,71 @@ td.exercises.check(my_alpha_bar, lambda beta: torch.cumprod(1 - beta, 0), random
                              "alpha_bar is a running product (cumprod), not one number": lambda b: torch.prod(1 - b)})
 
 # %% [markdown]
+# **Exercise 2 (find the bug).** This noising function runs, returns the right shape, and is wrong. Find the bug
+# by comparing it with the formula of §4, then write the corrected version as `my_noised`. (Hint: what is the
+# variance of $x_t$ for $x_0 = 0$? Compute it for the buggy version at $t = 500$.)
+
+# %%
+def buggy_noised(x0, t, eps, sched):
+    ab = sched.alpha_bar[t].to(x0.dtype)[:, None]  # t: a LongTensor (B,), x0: (B, D)
+    return ab.sqrt() * x0 + (1 - ab) * eps
+
+
+def my_noised(x0, t, eps, sched):
+    # Your code here: the corrected buggy_noised.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def noised_cases(i):
+    gen = torch.Generator().manual_seed(30 + i)
+    x0, eps = torch.randn(6, 2, generator=gen, dtype=torch.float64), torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    return x0, torch.randint(1, 1001, (6,), generator=gen), eps, td.NoiseSchedule.linear(1000)
+
+
+td.exercises.check(my_noised, td.ddpm.q_sample, noised_cases,
+                   mistakes={"that is the buggy version unchanged": buggy_noised,
+                             "the square root belongs on 1 - alpha_bar_t, and the one on alpha_bar_t stays":
+                                 lambda x0, t, eps, s: (s.alpha_bar[t][:, None] * x0
+                                                        + (1 - s.alpha_bar[t][:, None]).sqrt() * eps)})
+
+# %% [markdown]
+# **Exercise 3 (a whole piece: Algorithm 1's loss).** Given a noise predictor `eps_fn(x_t, t)`, a batch `x0`
+# `(B, D)`, its timesteps `t` `(B,)` and noises `eps` `(B, D)`, return DDPM's training loss: noise each `x0` to
+# `x_t` (§4), predict the noise, and average over the batch the squared error *summed over the coordinates*
+# (that is `td.ddpm.loss`'s convention).
+
+# %%
+def my_ddpm_loss(eps_fn, x0, t, eps, sched):
+    # Your code here: a scalar tensor.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def loss_cases(i):
+    gen = torch.Generator().manual_seed(40 + i)
+    sched_i = td.NoiseSchedule.linear(1000)
+    x0 = td.data.GaussianMixture.ring(8).sample(16, gen, dtype=torch.float64)
+    net = lambda x, t: 0.5 * x + 0.001 * t[:, None]  # noqa: E731  (a stand-in predictor)
+    return net, x0, torch.randint(1, 1001, (16,), generator=gen), torch.randn(16, 2, generator=gen, dtype=torch.float64), sched_i
+
+
+def _xt(x0, t, eps, s):
+    ab = s.alpha_bar[t][:, None]
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+td.exercises.check(my_ddpm_loss, lambda f, x0, t, eps, s: td.ddpm.loss(f, x0, s, t=t, eps=eps), loss_cases,
+                   mistakes={"the target is the noise eps, not the clean x0":
+                                 lambda f, x0, t, eps, s: (f(_xt(x0, t, eps, s), t) - x0).pow(2).sum(1).mean(),
+                             "sum over the coordinates and average over the batch (you averaged over both)":
+                                 lambda f, x0, t, eps, s: (f(_xt(x0, t, eps, s), t) - eps).pow(2).mean(),
+                             "the network sees the noised x_t, not the clean x0":
+                                 lambda f, x0, t, eps, s: (f(x0, t) - eps).pow(2).sum(1).mean()})
+
+# %% [markdown]
 # ## 6. A first result: a diffusion model in under a minute
 #
 # The data: eight Gaussian blobs on a circle. Because it is a Gaussian mixture, `tinydiff` knows its

@@ -777,6 +777,32 @@ fig.tight_layout()
 # (2021). Tweedie's formula is what lets one network serve all of them: $\varepsilon$-prediction, score and
 # denoiser are three names for one function.
 #
+# ### Exercise 3 · Find the bug
+# A colleague converts a trained network's noise prediction into a score with the function below, and finds that
+# Langevin dynamics driven by it runs *away* from the data. Find the bug (what should the score be at a point to
+# the right of a single Gaussian mode?) and write the corrected `my_score_from_eps`.
+
+# %%
+def buggy_score_from_eps(eps, alpha_bar_t):
+    return eps / (1 - alpha_bar_t) ** 0.5
+
+
+def my_score_from_eps(eps, alpha_bar_t):
+    # Your code here: the corrected buggy_score_from_eps (alpha_bar_t is a Python float).
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+gen_sc = torch.Generator().manual_seed(3)  # this exercise's own generator
+score_cases = [(torch.randn(6, 2, generator=gen_sc, dtype=torch.float64), ab) for ab in (0.9, 0.5, 0.1, 0.01, 0.999)]
+td.exercises.check(my_score_from_eps, td.convert.score_from_eps, score_cases, mistakes={
+    "that is the buggy version: the score points against the noise, grad log p = -eps / sqrt(1 - alpha_bar)":
+        buggy_score_from_eps,
+    "divide by the standard deviation sqrt(1 - alpha_bar), not the variance": lambda e, ab: -e / (1 - ab),
+})
+
+# %% [markdown]
 # ## Summary
 #
 # * The score $\nabla\log p$ ignores normalising constants; for $\mathcal N(\mu,\sigma^2 I)$ it is $-(x-\mu)/\sigma^2$.

@@ -640,10 +640,36 @@ td.exercises.check(my_classifier_eps, G.classifier_eps, ex_cases2,
                              lambda e, gr, ab, gam: e + gam * (1 - ab) ** 0.5 * gr})
 
 # %% [markdown]
-# **3.** (Think, then compute.) Using the oracle, sample CFG with $\gamma = -1$. Which distribution do you
+# **3.** (Find the bug.) This CFG combination runs and is wrong: with $\gamma = 1$ it samples *away* from the class.
+# Find the bug by writing out what $\gamma = 0$ should give (the conditional model) and write `my_cfg`.
+
+# %%
+def buggy_cfg(eps_uncond, eps_cond, gamma):
+    return (1 + gamma) * eps_uncond - gamma * eps_cond
+
+
+def my_cfg(eps_uncond, eps_cond, gamma):
+    # Your code here: the lecture's CFG, (1 + gamma) eps(x, y) - gamma eps(x, null); gamma is a number.
+    raise NotImplementedError
+
+
+def ex_cases3(i):
+    gen = torch.Generator().manual_seed(20 + i)
+    return torch.randn(8, 2, generator=gen), torch.randn(8, 2, generator=gen), [1.0, 3.0, 0.5, 7.5, 0.0][i]
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.exercises.check(my_cfg, G.cfg, ex_cases3,
+                   mistakes={"that is the buggy version: the conditional prediction gets the weight 1 + gamma": buggy_cfg,
+                             "that is diffusers' convention with w = gamma: the lecture's gamma is w - 1":
+                                 lambda u, c, gam: u + gam * (c - u)})
+
+# %% [markdown]
+# **4.** (Think, then compute.) Using the oracle, sample CFG with $\gamma = -1$. Which distribution do you
 # get, and why? Check your answer by comparing the class accuracy with §2's $\gamma = 0$ row.
 #
-# **4.** (Open.) Make the two classes overlap less (`std=0.3`) and repeat §4. Does the gap between CFG
+# **5.** (Open.) Make the two classes overlap less (`std=0.3`) and repeat §4. Does the gap between CFG
 # samples and the tilted density shrink or grow? Explain with the posterior pictures of §1.
 #
 # ## Summary

@@ -460,6 +460,42 @@ td.exercises.check(
 )
 
 # %% [markdown]
+# **Exercise 3 (find the bug)** — these attention weights are supposed to ignore the padding tokens of short
+# captions, yet the model attends to padding and the first caption gives NaN. Find the bug (what does
+# `mask[b, j] == True` mean in `tok.encode`'s output?) and write `my_attention_weights(q, k, mask)`, the
+# `(B, N, M)` matrix of weights.
+
+# %%
+def buggy_attention_weights(q, k, mask):
+    logits = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])
+    return logits.masked_fill(mask[:, None, :], float("-inf")).softmax(-1)
+
+
+def my_attention_weights(q, k, mask):
+    # Your code here: the corrected buggy_attention_weights.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def weights_cases(i):
+    gen_w = torch.Generator().manual_seed(50 + i)
+    q, k = torch.randn(2, 5, 8, generator=gen_w), torch.randn(2, 6, 8, generator=gen_w)
+    return q, k, torch.arange(6)[None, :] < torch.tensor([[6], [2 + i % 4]])
+
+
+td.exercises.check(
+    my_attention_weights,  # the reference: PyTorch's attention applied to the identity values gives its weights
+    lambda q, k, m: torch.nn.functional.scaled_dot_product_attention(q, k, torch.eye(6).expand(2, 6, 6),
+                                                                     attn_mask=m[:, None, :]),
+    weights_cases,
+    mistakes={"that is the buggy version: True marks the real tokens, so mask out ~mask": buggy_attention_weights,
+              "the softmax runs over the keys (the last axis), not over the queries":
+                  lambda q, k, m: (q @ k.transpose(1, 2) / math.sqrt(8)).masked_fill(~m[:, None, :], float("-inf"))
+                  .softmax(1).nan_to_num(0.0)},
+)
+
+# %% [markdown]
 # ## 6. Training the text-conditional latent model
 #
 # The conditional LDM loss (the lecture's eq. 3) is the DDPM loss on latents, with the caption fed
