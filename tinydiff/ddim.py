@@ -65,6 +65,7 @@ def _check_n_steps(T: int, n) -> int:
 
 def _times(t, t_prev, sched, *, upward: bool = False):
     """Validate ``(t, t_prev)`` (ints or LongTensors of one shape), once, and return them broadcast as LongTensors."""
+    sched = validation.schedule("sched", sched)
     t = validation.timesteps("t", t, sched.T, low=1)
     t_prev = validation.timesteps("t_prev (0 = the clean data, alpha_bar_0 = 1)", t_prev, sched.T, low=0)
     t, t_prev = torch.broadcast_tensors(t, t_prev.to(t.device))

@@ -81,6 +81,11 @@ def _tables(sched) -> dict:
     return out
 
 
+def _check_t(sched, t, batch: int, *, low: int = 0) -> torch.Tensor:
+    """The schedule (a clear error for a number passed where a schedule belongs), then its timesteps."""
+    return validation.schedule("sched", sched).check_t(t, batch, low=low)
+
+
 def _coef(sched, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The table ``name`` of :func:`_tables` at ``t``, shaped to broadcast against ``x``: read from a copy cast once
     to ``x``'s device and dtype (so indexing with device timesteps makes no host copy and no float64 op there)."""
@@ -94,7 +99,7 @@ def q_sample(x0: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
     ``t`` is an int or a LongTensor ``(B,)`` with values in ``0..T`` (``t = 0`` returns ``x0``).
     """
     check_same_shape(x0=x0, eps=eps)
-    t = sched.check_t(t, x0.shape[0]).to(x0.device)
+    t = _check_t(sched, t, x0.shape[0]).to(x0.device)
     return _coef(sched, "sqrt_ab", t, x0) * x0 + _coef(sched, "sqrt_1mab", t, x0) * eps
 
 
@@ -102,7 +107,7 @@ def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
     r"""One forward step :math:`x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{1-\alpha_t}\,\varepsilon_t`, ``t`` in ``1..T``
     (the transition :math:`q(x_t\mid x_{t-1}) = \mathcal N(\sqrt{\alpha_t}x_{t-1}, \beta_t I)`)."""
     check_same_shape(x_prev=x_prev, eps=eps)
-    t = sched.check_t(t, x_prev.shape[0], low=1).to(x_prev.device)
+    t = _check_t(sched, t, x_prev.shape[0], low=1).to(x_prev.device)
     return _coef(sched, "sqrt_alpha", t, x_prev) * x_prev + _coef(sched, "sqrt_beta", t, x_prev) * eps
 
 
@@ -145,7 +150,7 @@ def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t, sched) -> tuple[torch.Ten
     Returns ``(mean, var)``; ``var`` is :math:`\tilde\beta_t` shaped ``(B, 1, ..., 1)`` to broadcast with ``mean``.
     """
     check_same_shape(x0=x0, xt=xt)
-    t = sched.check_t(t, x0.shape[0], low=1).to(x0.device)
+    t = _check_t(sched, t, x0.shape[0], low=1).to(x0.device)
     mean = _coef(sched, "c0", t, x0) * x0 + _coef(sched, "ct", t, xt) * xt
     return mean, _coef(sched, "var_posterior", t, x0)
 
@@ -166,7 +171,7 @@ def p_mean(xt: torch.Tensor, eps: torch.Tensor, t, sched) -> torch.Tensor:
     It equals :func:`q_posterior`'s mean with :math:`x_0` replaced by :math:`\hat x_0(x_t, \varepsilon_\theta)`.
     """
     check_same_shape(xt=xt, eps=eps)
-    t = sched.check_t(t, xt.shape[0], low=1).to(xt.device)
+    t = _check_t(sched, t, xt.shape[0], low=1).to(xt.device)
     return (xt - _coef(sched, "eps_coef", t, xt) * eps) * _coef(sched, "inv_sqrt_alpha", t, xt)
 
 
@@ -188,7 +193,7 @@ def step(xt: torch.Tensor, eps: torch.Tensor, t, sched, *, var: str = "posterior
     if clip_x0 is not None:
         clip_x0 = validation.number("clip_x0 (a bound like 1.0 for images in [-1, 1], or None)", clip_x0, low=0,
                                     strict_low=True)
-    t = sched.check_t(t, xt.shape[0], low=1).to(xt.device)
+    t = _check_t(sched, t, xt.shape[0], low=1).to(xt.device)
     noise = torch.randn_like(xt) if noise is None else validation.tensor("noise", noise)
     check_same_shape(xt=xt, noise=noise)
     if clip_x0 is None:
@@ -308,11 +313,13 @@ def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=Non
         raise ValueError(f"target must be one of {LOSS_TARGETS}; got {target!r}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
+    x0 = validation.tensor("x0", x0, ndim=tuple(range(2, 9)))  # a batch of at least one sample
+    sched = validation.schedule("sched", sched)
     B = x0.shape[0]
     if t is None:
         t = torch.randint(1, sched.T + 1, (B,), device=x0.device)
     else:
-        t = sched.check_t(t, B, low=1).to(x0.device)
+        t = _check_t(sched, t, B, low=1).to(x0.device)
     if eps is None:
         eps = torch.randn_like(x0)
     a, s = _coef(sched, "sqrt_ab", t, x0), _coef(sched, "sqrt_1mab", t, x0)
@@ -387,7 +394,7 @@ def denoising_kl(eps_fn, x0: torch.Tensor, t, sched, *, var: str = "posterior", 
     :math:`p_\theta(x_{t-1}\mid x_t) = \mathcal N(\mu_\theta(x_t, t), \sigma_t^2 I)` with :func:`p_mean` and
     :func:`reverse_variance`. Averaging over draws gives the expectation in eq. (58)."""
     B = x0.shape[0]
-    t = sched.check_t(t, B, low=2).to(x0.device)
+    t = _check_t(sched, t, B, low=2).to(x0.device)
     if eps is None:
         eps = noise_like(x0, generator)
     xt = q_sample(x0, t, eps, sched)

@@ -351,7 +351,7 @@ def ula_gaussian_variance(var, step_size) -> float:
 def component_fractions(mixture, x: torch.Tensor) -> torch.Tensor:
     r"""The fraction of samples ``x`` ``(B, D)`` that fall in each component's basin (``(K,)`` float64):
     each sample goes to :math:`\arg\max_k p(k\mid x)`. Compare with ``mixture.weights``."""
-    _check_float("x", x)
+    x = validation.tensor("x", _check_float("x", x), finite=True)  # a NaN sample would count as component 0
     k = mixture.component_posterior(x.double()).argmax(1)
     return torch.bincount(k.cpu(), minlength=mixture.K).double() / x.shape[0]
 

@@ -744,6 +744,8 @@ def dsm_loss(score_fn, x0: torch.Tensor, sde: VPSDE, *, t=None, eps=None, t_min:
     dimensions, the mean over the batch. With :math:`s_\theta = -\varepsilon_\theta/s(t)` it is exactly DDPM's
     :math:`\|\varepsilon - \varepsilon_\theta\|^2`. Its minimiser over all functions is the true score.
     """
+    x0 = validation.tensor("x0", x0, ndim=tuple(range(2, 9)))  # a batch of at least one sample
+    sde = validation.sde("sde", sde)
     B = x0.shape[0]
     t_min = _check_t_min(t_min)
     if t is None:
