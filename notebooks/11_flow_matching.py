@@ -367,8 +367,8 @@ td.check("... and for an untrained eps-network (the bridge is an identity of sam
          atol=1e-9, rtol=1e-12)
 
 # %% [markdown]
-# The matched times are not uniform: the VP schedule's last DDIM step (from $\tau=100$ to 0) covers $t$ from about
-# 0.09 to 0, while its first steps are crowded near $t=1$. `tests/test_flow.py` also runs the two samplers *both
+# The matched times are far from uniform: the first four DDIM steps of the linear VP schedule stay above $t=0.92$,
+# while its last step (from $\tau=100$ to 0) covers $t$ from 0.25 to 0 in one go. `tests/test_flow.py` also runs the two samplers *both
 # from diffusers* (`DDIMScheduler` on $x$, `FlowMatchEulerDiscreteScheduler` on $x/(\alpha+\sigma)$ with
 # `sigmas` $=\sigma/(\alpha+\sigma)$) and finds them equal to float32 precision, and shows that Euler in
 # k-diffusion's $\sigma=\sigma_t/\alpha_t$ (`td.solvers.euler`, lesson 12) is the same third sampler.
@@ -625,7 +625,7 @@ td.exercises.check(my_velocity_from_x0, td.flow.velocity_from_x0, _vel_cases,
                    mistakes={"the velocity points from data to noise: (x - x0_hat) / t, not (x0_hat - x) / t":
                              lambda x, x0, t: (x0 - x) / t[:, None],
                              "divide by t (the noise weight), not by 1 - t": lambda x, x0, t: (x - x0) / (1 - t[:, None]),
-                             "that is the conditional velocity's form for x_t = t x0 + (1 - t) eps (Liu's time)":
+                             "that is rectified flow's velocity (data - noise) with t read as Liu's time (t = 1 is data)":
                              lambda x, x0, t: (x0 - x) / (1 - t[:, None])})
 
 # %% [markdown]
