@@ -57,7 +57,7 @@ def test_the_wheel_contains_every_module_of_the_package(tmp_path):
     import zipfile
 
     src = tmp_path / "src"  # a clean copy: an egg-info left by `pip install -e` would list the files for setuptools
-    shutil.copytree(ROOT / "tinydiff", src / "tinydiff", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tinydiff", src / "tinydiff", ignore=shutil.ignore_patterns("__pycache__", "*.tmp"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
@@ -66,6 +66,8 @@ def test_the_wheel_contains_every_module_of_the_package(tmp_path):
     inside = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
     here = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tinydiff").rglob("*.py")}
     assert here - inside == set(), f"missing from the wheel: {sorted(here - inside)}"
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tinydiff" / "checkpoints").glob("*.pt")}
+    assert shipped and shipped <= set(zipfile.ZipFile(wheel).namelist()), "the shipped checkpoints must be in the wheel"
 
 
 def _tasks():
