@@ -465,7 +465,7 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+            nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         sched.step()
         if ema is not None:
