@@ -275,6 +275,35 @@ def test_scipy_ode_solver_takes_the_signature_and_checks_the_score():
         sde.log_likelihood(torch.zeros(3, 2), lambda x, t: x[:, :1], SDE)
 
 
+def test_bad_input_of_the_issue_gets_clear_errors_outside_the_samplers_too():
+    x = torch.zeros(2, 2)
+    with pytest.raises(TypeError, match="noise schedule"):
+        ddpm.q_sample(x, 1, x, 1000)
+    with pytest.raises(TypeError, match="noise schedule"):
+        ddim.step(x, x, 5, 4, 1000)
+    with pytest.raises(ValueError, match="at least 1 sample"):
+        ddpm.loss(lambda x, t: x, torch.zeros(0, 2), SCHED)
+    with pytest.raises(ValueError, match="at least 1 sample"):
+        sde.dsm_loss(lambda x, t: x, torch.zeros(0, 2), SDE)
+    with pytest.raises(ValueError, match="finite"):
+        score.component_fractions(td.data.GaussianMixture.ring(3), torch.tensor([[math.nan, 0.0]]))
+    with pytest.raises(ValueError, match="continuous times"):
+        SDE.marginal(True)
+    with pytest.raises(ValueError, match=r"t must hold integer timesteps in 0\.\.40; got None"):
+        ddpm.q_sample(x, None, x, SCHED)
+
+
+def test_float16_stays_finite_at_t_1():
+    """The coefficients are computed in float64 and cast (1 - alpha_bar_1 = 1e-4 rounded to 0 after a float16 cast
+    and p_mean divided by it)."""
+    sched = td.NoiseSchedule.linear(1000)
+    x, e = torch.randn(4, 2), torch.randn(4, 2)
+    for got, want in [(ddpm.p_mean(x.half(), e.half(), 1, sched), ddpm.p_mean(x.double(), e.double(), 1, sched)),
+                      (ddpm.q_sample(x.half(), 1, e.half(), sched), ddpm.q_sample(x.double(), 1, e.double(), sched))]:
+        assert got.dtype == torch.float16 and torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), want, rtol=2e-3, atol=2e-3)
+
+
 def test_public_steps_still_validate():
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match=r"t must lie in 1\.\.40"):
