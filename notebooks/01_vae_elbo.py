@@ -604,6 +604,35 @@ iwae_mistakes = {
 td.exercises.check(my_iwae, td.vae.iwae_bound, iwae_cases, mistakes=iwae_mistakes)
 
 # %% [markdown]
+# **Exercise 4 (find the bug).** A colleague's Monte-Carlo ELBO, from `K` draws $z_k\sim q(z\mid x)$ with the three
+# log-densities given as `(K, B)` tensors, comes out *above* the exact $\log p(x)$ on the linear-Gaussian model —
+# which a lower bound cannot do on average. Find the bug (write the ELBO as an expectation under $q$) and write
+# `my_elbo_mc(log_px_given_z, log_pz, log_qz)`, returning `(B,)`.
+
+# %%
+def buggy_elbo_mc(log_px_given_z, log_pz, log_qz):
+    return (log_px_given_z + log_pz + log_qz).mean(0)
+
+
+def my_elbo_mc(log_px_given_z, log_pz, log_qz):
+    # Your code here: the corrected buggy_elbo_mc.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def elbo_mc_cases(i):
+    gi = torch.Generator().manual_seed(400 + i)
+    return tuple(-5 + torch.randn(32, 3, generator=gi, dtype=torch.float64) for _ in range(3))
+
+
+td.exercises.check(my_elbo_mc, lambda lx, lz, lq: (lx + lz - lq).mean(0), elbo_mc_cases, mistakes={
+    "that is the buggy version: the ELBO is E_q[log p(x|z) + log p(z) - log q(z|x)], log q enters with a minus":
+        buggy_elbo_mc,
+    "average over the K draws (dim 0), not over the batch": lambda lx, lz, lq: (lx + lz - lq).mean(1),
+})
+
+# %% [markdown]
 # ## Summary
 #
 # * $\log p(x) = \mathrm{ELBO}(q) + \mathrm{KL}(q\,\|\,p(z\mid x))$ holds for every $q$; on the linear-Gaussian model we

@@ -902,6 +902,35 @@ td.exercises.check(my_reverse_step, lambda xt, e, t, z, s: td.ddpm.step(xt, e, t
                    mistakes=step_mistakes)
 
 # %% [markdown]
+# **Exercise 3b (find the bug).** This posterior variance makes Algorithm 2 add far too much noise at small $t$
+# (compare its value at $t = 2$ with $\tilde\beta_2$ in §4). Find the bug and write `my_posterior_variance(t, sched)`
+# for a LongTensor `t` in `1..T`.
+
+# %%
+def buggy_posterior_variance(t, sched):
+    return (1 - sched.alpha_bar[t]) / (1 - sched.alpha_bar[t]) * sched.beta[t]
+
+
+def my_posterior_variance(t, sched):
+    # Your code here: the corrected buggy_posterior_variance.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def post_var_cases(i):
+    t = torch.randint(1, 1001, (8,), generator=torch.Generator().manual_seed(60 + i))
+    t[0] = 2
+    return t, td.NoiseSchedule.linear(1000)
+
+
+td.exercises.check(my_posterior_variance, lambda t, s: s.posterior_variance[t], post_var_cases, mistakes={
+    "that is the buggy version: the numerator is 1 - alpha_bar_{t-1}, one step earlier": buggy_posterior_variance,
+    "alpha_bar_{t-1} is sched.alpha_bar[t - 1], not alpha_bar[t + 1]":
+        lambda t, s: (1 - s.alpha_bar[(t + 1).clamp(max=s.T)]) / (1 - s.alpha_bar[t]) * s.beta[t],
+})
+
+# %% [markdown]
 # **Exercise 4 (open).** Train the 2-D model of §6 with `target="x0"` instead of `"eps"` (pass
 # `lambda m, x: td.ddpm.loss(m, x, lin, target="x0")` to `td.train.fit`), sample with
 # `td.convert.eps_fn_from_x0_fn(model, lin)`, and compare the sliced Wasserstein distance with §7. Which

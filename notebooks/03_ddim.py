@@ -690,6 +690,36 @@ td.exercises.check(my_trailing, lambda T, n: td.ddim.timesteps(T, n, "trailing")
                              lambda T, n: td.ddim.timesteps(T, n, "leading")})
 
 # %% [markdown]
+# **Exercise 3b (find the bug).** This deterministic DDIM step ($\eta = 0$) does not keep the marginals: run it
+# with the exact $\varepsilon^*$ and the samples come out too spread. Find the bug (which $\bar\alpha$ belongs in
+# the direction term of eq. 12?) and write `my_ddim_step_eta0(xt, eps, t, t_prev, sched)`.
+
+# %%
+def buggy_ddim_step_eta0(xt, eps, t, t_prev, sched):
+    ab_t, ab_s = sched.alpha_bar[t], sched.alpha_bar[t_prev]
+    x0_pred = (xt - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    return ab_s.sqrt() * x0_pred + (1 - ab_t).sqrt() * eps
+
+
+def my_ddim_step_eta0(xt, eps, t, t_prev, sched):
+    # Your code here: the corrected buggy_ddim_step_eta0.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def _eta0_cases(i):
+    gen = torch.Generator().manual_seed(30 + i)
+    t = int(torch.randint(2, 1001, (1,), generator=gen))
+    xt, eps = (torch.randn(5, 2, generator=gen, dtype=torch.float64) for _ in range(2))
+    return xt, eps, t, int(torch.randint(0, t, (1,), generator=gen)), td.NoiseSchedule.linear(1000)
+
+
+td.exercises.check(my_ddim_step_eta0, lambda xt, eps, t, s, sc: td.ddim.step(xt, eps, t, s, sc, eta=0.0), _eta0_cases,
+                   mistakes={"that is the buggy version: the direction term is sqrt(1 - alpha_bar_s) eps, at the "
+                             "target time s": buggy_ddim_step_eta0})
+
+# %% [markdown]
 # **Exercise 4 (open).** §7 ran two samplers with $\sigma_t^2 = \beta_t$ at 10 steps: the family member and the
 # paper's $\hat\sigma$. (a) Compute the variance of $x_s$ given $x_0$ for each, for one jump $t\to s$, from the
 # formulas in §7 (for $\hat\sigma$: the variance of $\tilde\mu(x_t,x_0)$ plus $1-\bar\alpha_t/\bar\alpha_s$) and compare

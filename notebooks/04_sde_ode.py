@@ -654,6 +654,32 @@ td.exercises.check(my_hutchinson, td.sde.divergence_hutchinson, _hutch_cases,
                    mistakes={"that is z^T fn(x), not z^T J z": lambda fn, x, z: (fn(x) * z).sum(1)})
 
 # %% [markdown]
+# **3b.** (Find the bug.) This probability-flow velocity gives samples that are too concentrated on the modes: it
+# is the drift of another member of the family. Find the bug (which $\sigma_t$ gives the ODE?) and write
+# `my_pf_ode_drift(x, t, score_value)` for the notebook's `sde`.
+
+# %%
+def buggy_pf_ode_drift(x, t, score_value):
+    return sde.drift(x, t) - sde.beta(t).to(x.dtype)[:, None] * score_value
+
+
+def my_pf_ode_drift(x, t, score_value):
+    # Your code here: the corrected buggy_pf_ode_drift; x (B, D), t a float64 tensor (B,), score_value (B, D).
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def _pf_cases(i):
+    gi = torch.Generator().manual_seed(30 + i)
+    return torch.randn(8, 2, generator=gi), torch.rand(8, generator=gi, dtype=torch.float64), torch.randn(8, 2, generator=gi)
+
+
+td.exercises.check(my_pf_ode_drift, lambda x, t, sc: td.sde.pf_ode_drift(lambda *_: sc, sde, x, t), _pf_cases,
+                   mistakes={"that is the buggy version (the reverse SDE's drift): the ODE has half of g^2 score":
+                             buggy_pf_ode_drift})
+
+# %% [markdown]
 # **4.** (open) Re-run section 6 with `snr` in {0.05, 0.2, 0.4} and 1–3 corrector steps, and with 5 predictor
 # steps. When, if ever, does the corrector beat spending the same NFE on predictor steps? And what happens to
 # PF-ODE sampling with the *learned* score when you shrink `train_steps`?

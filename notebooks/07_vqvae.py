@@ -628,6 +628,32 @@ td.exercises.check(my_perplexity, td.vq.perplexity, pp_cases, mistakes={
 })
 
 # %% [markdown]
+# **Exercise 4 — find the bug.** This code histogram works on most batches and then crashes the perplexity
+# plot with a shape error: on a batch where the last codes are unused it returns fewer than `K` counts. Find the
+# bug and write `my_code_usage(indices, K)`, a LongTensor `(K,)`.
+
+# %%
+def buggy_code_usage(indices, K):
+    return torch.bincount(indices.flatten())
+
+
+def my_code_usage(indices, K):
+    # Your code here: the corrected buggy_code_usage.
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def usage_cases(i):
+    gen = torch.Generator().manual_seed(400 + i)
+    return torch.randint(0, 10 - i, (3, 4, 4), generator=gen), 16  # codes 10 - i .. 15 never used
+
+
+td.exercises.check(my_code_usage, td.vq.code_usage, usage_cases,
+                   mistakes={"that is the buggy version: bincount needs minlength=K to count the unused codes":
+                             buggy_code_usage})
+
+# %% [markdown]
 # ## Summary
 #
 # - $z_q = e_k$ with $k = \arg\min_j\lVert z_e - e_j\rVert$; one matrix product gives all distances.

@@ -18,3 +18,7 @@ def my_reparameterize(mu, logvar, eps):
 def my_iwae(log_w):
     # log (1/K) sum_k exp(log_w_k), over the K draws (dim 0), without underflow
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+def my_elbo_mc(log_px_given_z, log_pz, log_qz):
+    return (log_px_given_z + log_pz - log_qz).mean(0)  # the bug: + log q

@@ -23,3 +23,7 @@ def my_reverse_step(xt, eps, t, z, sched):
         sched.alpha[t].sqrt(), xt)
     sigma = sched.posterior_variance[t].sqrt() * (t > 1)  # no noise at t = 1
     return mean + _per_sample(sigma, xt) * z
+
+
+def my_posterior_variance(t, sched):
+    return (1 - sched.alpha_bar[t - 1]) / (1 - sched.alpha_bar[t]) * sched.beta[t]  # the bug: alpha_bar[t] on top

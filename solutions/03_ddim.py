@@ -21,3 +21,9 @@ def my_ddim_step(xt, eps, t, t_prev, sched, eta, noise):
 def my_trailing(T, n):
     # T, T - T/n, T - 2T/n, ... rounded: the last one near T/n
     return torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)[:n]).long()
+
+
+def my_ddim_step_eta0(xt, eps, t, t_prev, sched):
+    ab_t, ab_s = sched.alpha_bar[t], sched.alpha_bar[t_prev]
+    x0_pred = (xt - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    return ab_s.sqrt() * x0_pred + (1 - ab_s).sqrt() * eps  # the bug: 1 - ab_t in the direction term

@@ -22,3 +22,7 @@ def my_hutchinson(fn, x, z):
     x = x.detach().requires_grad_(True)
     (jz,) = torch.autograd.grad((fn(x) * z).sum(), x)  # z^T J, one vector-Jacobian product
     return (jz * z).sum(1)
+
+
+def my_pf_ode_drift(x, t, score_value):
+    return sde.drift(x, t) - 0.5 * sde.beta(t).to(x.dtype)[:, None] * score_value  # the bug: no 1/2

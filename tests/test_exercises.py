@@ -148,7 +148,7 @@ def _exercise_groups(nb: Path) -> list[list[str]]:
     groups, current = [], None
     for c in _cells(nb):
         if c.startswith("# %% [markdown]"):
-            if re.search(r"\*\*Exercise|### Exercise|^# \*\*\d+\.\*\*", c, flags=re.M):
+            if re.search(r"\*\*Exercise|### Exercise|^# \*\*\d+[a-z]?\.\*\*", c, flags=re.M):
                 current = []
                 groups.append(current)
             elif re.search(r"^# ## ", c, flags=re.M):
@@ -225,6 +225,16 @@ def test_every_checker_accepts_its_solution_and_rejects_its_mistakes(nb):
             assert verdict is False, f"{nb.name}: {fname} accepts the mistake {hint!r}"
             assert f"hint: {hint}" in out, f"{nb.name}: {fname}'s mistake {hint!r} does not get its own hint:\n{out}"
             assert "could not test" not in out, out
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_checker_call_is_seen_and_there_are_three_with_a_find_the_bug(nb):
+    """The harness above runs every td.exercises.check call of the notebook (none hides outside an exercise), and
+    each lesson has at least 3 checked exercises, one of them a "find the bug"."""
+    calls = _exercise_namespace(nb)
+    assert len(calls) == nb.read_text().count("td.exercises.check("), nb.name
+    assert len(calls) >= 3, f"{nb.name}: {len(calls)} checked exercises"
+    assert re.search(r"find the bug", nb.read_text(), flags=re.I), f"{nb.name}: no find-the-bug exercise"
 
 
 def test_solutions_folder_covers_every_exercise():
