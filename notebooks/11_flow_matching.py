@@ -88,10 +88,11 @@ print(f"profile {cfg.profile}, device {dev}")
 #
 # | | time | path | the network predicts |
 # | --- | --- | --- | --- |
-# | this book, SD3, diffusers' `FlowMatchEulerDiscreteScheduler` | $t$ ("sigma" in diffusers) from 1 (noise) to 0 | $(1-t)x_0+t\varepsilon$ | $\varepsilon-x_0$ |
-# | rectified flow (Liu et al. 2022) | $t$ from 0 (noise) to 1 | $tX_1+(1-t)X_0$, $X_0$ noise | $X_1-X_0$ = data − noise |
-# | flow matching (Lipman et al. 2023) | $t$ from 0 (noise) to 1 | $t x_1 + (1-(1-\sigma_{\min})t)x_0$, $x_0$ noise, $x_1$ data | $x_1-(1-\sigma_{\min})x_0$ |
+# | this book, SD3, diffusers (`FlowMatchEuler...`) | $t$ ("sigma"): 1 (noise) → 0 | $(1-t)x_0+t\varepsilon$ | $\varepsilon-x_0$ |
+# | rectified flow (Liu et al. 2022) | $t$: 0 (noise) → 1 | $tX_1+(1-t)X_0$, $X_0$ noise | $X_1-X_0$ = data − noise |
+# | flow matching (Lipman et al. 2023) | $t$: 0 (noise) → 1 | $tx_1+(1-(1-\sigma_{\min})t)x_0$ | $x_1-(1-\sigma_{\min})x_0$ |
 #
+# In both papers index 0 is the noise and index 1 the data, the opposite of ours.
 # With our convention the velocity points from data to noise, so sampling integrates $dx/dt=v$ *downwards*,
 # from $t=1$ to $t=0$. diffusers' `scale_noise` is our $x_t$ and its `timestep` is $1000\,t$.
 
@@ -368,8 +369,8 @@ td.check("... and for an untrained eps-network (the bridge is an identity of sam
 
 # %% [markdown]
 # The matched times are far from uniform: the first four DDIM steps of the linear VP schedule stay above $t=0.92$,
-# while its last step (from $\tau=100$ to 0) covers $t$ from 0.25 to 0 in one go. `tests/test_flow.py` also runs the two samplers *both
-# from diffusers* (`DDIMScheduler` on $x$, `FlowMatchEulerDiscreteScheduler` on $x/(\alpha+\sigma)$ with
+# while its last step (from $\tau=100$ to 0) covers $t$ from 0.25 to 0 in one go. `tests/test_flow.py` also runs the two
+# samplers *both from diffusers* (`DDIMScheduler` on $x$, `FlowMatchEulerDiscreteScheduler` on $x/(\alpha+\sigma)$ with
 # `sigmas` $=\sigma/(\alpha+\sigma)$) and finds them equal to float32 precision, and shows that Euler in
 # k-diffusion's $\sigma=\sigma_t/\alpha_t$ (`td.solvers.euler`, lesson 12) is the same third sampler.
 #
@@ -700,8 +701,8 @@ td.exercises.check(my_flow_step, td.flow.step, _step_cases,
 #
 # | idea | where in tinydiff |
 # | --- | --- |
-# | path $x_t=(1-t)x_0+t\varepsilon$, $u=\varepsilon-x_0$ | `td.flow.xt`, `td.flow.conditional_velocity`, `td.denoisers.LinearPath` |
-# | exact $v^*=(x-\mathbb E[x_0\mid x_t])/t$ | `td.flow.mixture_velocity`, `td.flow.velocity_from_x0`, `td.flow.velocity_from_score` |
+# | path $x_t=(1-t)x_0+t\varepsilon$, $u=\varepsilon-x_0$ | `td.flow.xt`, `td.flow.conditional_velocity`, `LinearPath` |
+# | exact $v^*=(x-\mathbb E[x_0\mid x_t])/t$ | `td.flow.mixture_velocity`, `velocity_from_x0`, `velocity_from_score` |
 # | conditional FM loss (= marginal gradient) | `td.flow.cfm_loss`, `td.flow.fm_loss` |
 # | Euler sampler of the flow ODE | `td.flow.sample`, `td.flow.step`, `td.flow.time_grid` |
 # | bridge to DDIM | `td.flow.to_linear`, `td.flow.linear_times`, `td.flow.velocity_fn_from_eps_fn` |

@@ -226,7 +226,8 @@ def time_grid(n_steps: int, shift: float = 1.0) -> torch.Tensor:
 
 def logit_normal_log_density(t, loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
     r"""SD3's logit-normal density of the training time,
-    :math:`\pi(t; m, s) = \dfrac{1}{s\sqrt{2\pi}}\,\dfrac{1}{t(1-t)}\exp\!\Big(-\dfrac{(\operatorname{logit} t - m)^2}{2s^2}\Big)`,
+    :math:`\pi(t; m, s) = \dfrac{1}{s\sqrt{2\pi}}\,\dfrac{1}{t(1-t)}
+    \exp\!\Big(-\dfrac{(\operatorname{logit} t - m)^2}{2s^2}\Big)`,
     as a log-density (float64), for ``t`` in (0, 1)."""
     loc = validation.number("loc", loc)
     scale = validation.number("scale", scale, low=0, strict_low=True)
@@ -313,7 +314,8 @@ def to_linear(x: torch.Tensor, alpha, sigma) -> tuple[torch.Tensor, torch.Tensor
     r"""Any path :math:`x = \alpha x_0 + \sigma\varepsilon` (e.g. VP: :math:`\alpha=\sqrt{\bar\alpha_t}`,
     :math:`\sigma=\sqrt{1-\bar\alpha_t}`) is the linear path after a rescaling:
 
-    .. math:: x_{\mathrm{fm}} = \frac{x}{\alpha + \sigma} = (1 - t)\,x_0 + t\,\varepsilon, \qquad t = \frac{\sigma}{\alpha + \sigma}.
+    .. math:: x_{\mathrm{fm}} = \frac{x}{\alpha + \sigma} = (1 - t)\,x_0 + t\,\varepsilon,
+              \qquad t = \frac{\sigma}{\alpha + \sigma}.
 
     Both have the same signal-to-noise ratio :math:`\alpha/\sigma = (1-t)/t`. Returns ``(x_fm, t)``."""
     a = torch.as_tensor(alpha, dtype=torch.float64)
@@ -345,10 +347,10 @@ def linear_times(sched, ts) -> torch.Tensor:
 def velocity_fn_from_eps_fn(eps_fn, sched):
     r"""Run a discrete-time VP :math:`\varepsilon`-network in the flow sampler: at a linear time ``t`` that is one of
     :func:`linear_times` ``(sched, k)``, :math:`x_{\mathrm{vp}} = (\alpha_k + \sigma_k)\,x`,
-    :math:`\hat\varepsilon = \varepsilon_\theta(x_{\mathrm{vp}}, k)`, :math:`\hat x_0 = (x_{\mathrm{vp}} - \sigma_k\hat\varepsilon)/\alpha_k`
-    and :math:`v = \hat\varepsilon - \hat x_0`. Times off the table raise ``ValueError`` (a discrete network knows
-    only its ``T`` noise levels). Euler steps of this velocity on ``linear_times(sched, [tau_S, ..., 0])`` are
-    DDIM (``eta = 0``) steps on ``tau``, step for step."""
+    :math:`\hat\varepsilon = \varepsilon_\theta(x_{\mathrm{vp}}, k)`,
+    :math:`\hat x_0 = (x_{\mathrm{vp}} - \sigma_k\hat\varepsilon)/\alpha_k` and :math:`v = \hat\varepsilon - \hat x_0`.
+    Times off the table raise ``ValueError`` (a discrete network knows only its ``T`` noise levels). Euler steps of
+    this velocity on ``linear_times(sched, [tau_S, ..., 0])`` are DDIM (``eta = 0``) steps on ``tau``, step for step."""
     table = linear_times(sched, torch.arange(sched.T + 1))
 
     def velocity_fn(x, t):
