@@ -180,3 +180,17 @@ def test_networks_refuse_inputs_they_would_ignore_or_misread():
 def test_network_constructors_name_the_bad_argument(build, match):
     with pytest.raises((ValueError, TypeError), match=match):
         build()
+
+
+def test_attention_checks_its_context_and_mask():
+    attn = CrossAttention(8, context_dim=6, heads=2, dim_head=4)
+    x, ctx = torch.randn(2, 5, 8), torch.randn(2, 3, 6)
+    assert attn(x, ctx, torch.tensor([[True, True, False]] * 2)).shape == (2, 5, 8)
+    with pytest.raises(ValueError, match=r"mask must be a bool \(B, M=3\)"):
+        attn(x, ctx, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask must be a bool \(B, M=3\)"):
+        attn(x, ctx, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="context must have batch size 2"):
+        attn(x, ctx[:1])
+    with pytest.raises(ValueError, match=r"x must have shape \(B, N, 8\)"):
+        attn(torch.randn(2, 5, 7), ctx)

@@ -58,9 +58,7 @@ class CrossAttention(nn.Module):
         """``mask`` ``(B, M)`` is True for context tokens that may be attended to (e.g. not padding)."""
         x = _input("x", x, self, ndim=3, channels=self.query_dim, where=2, want=f"(B, N, {self.query_dim})")
         if context is None:
-            if mask is not None and mask.shape[-1] != x.shape[1] if isinstance(mask, torch.Tensor) else mask is not None:
-                raise ValueError(f"mask must have shape (B, N={x.shape[1]}) for self-attention; got {V.describe(mask)}")
-            context = x
+            context = x  # self-attention: a mask then covers the N tokens of x
         else:
             want = self.context_dim or self.query_dim
             context = V.tensor("context", context, ndim=3, batch=x.shape[0])
