@@ -200,7 +200,10 @@ def device_of(fn, x_T: torch.Tensor | None = None, *, fallback=None) -> torch.de
     """
     if x_T is not None:
         return x_T.device
-    found = _search(fn, strong=True) or _search(fn, strong=False)
+    try:
+        found = _search(fn, strong=True) or _search(fn, strong=False)
+    except Exception:  # an exotic object in a closure or a global must not break sampling: use the default
+        found = None
     if found is not None:
         return found
     return torch.device(fallback) if fallback is not None else device()
