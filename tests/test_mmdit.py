@@ -130,3 +130,18 @@ def test_mmdit_trains_with_the_latent_loss_and_samples_with_guidance():
         m(torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), ids[:3], mask[:3])
     with pytest.raises(ValueError, match="divisible"):
         MM.MMDiT(input_size=10, patch_size=4, vocab_size=5)
+
+
+def test_mmdit_guided_eps_fn_is_cfg_of_two_calls():
+    tok = td.data.shapes.Tokenizer(max_len=8)
+    m = _random_weights(MM.MMDiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, heads=4,
+                                 vocab_size=tok.vocab_size), std=0.05).eval()
+    ids, mask = tok.encode(["a red circle top left", "a green square top right"])
+    null = tok.encode("")
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([100, 700])
+    with torch.no_grad():
+        cond = m(x, t, ids, mask)
+        uncond = m(x, t, null[0].expand_as(ids), null[1].expand_as(mask))
+    guided = MM.eps_fn(m, ids, mask, gamma=1.5, null=null)(x, t)
+    torch.testing.assert_close(guided, 2.5 * cond - 1.5 * uncond, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(MM.eps_fn(m, ids, mask)(x, t), cond, atol=1e-6, rtol=0)
