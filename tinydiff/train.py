@@ -604,7 +604,9 @@ def _resume(ckpt, model, opt, sched, ema, gen, dev, settings, steps):
     for group in opt.param_groups:
         group["lr"] = settings["lr"] * factor
     saved = state["settings"]
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if not _same(saved.get(k), v)]
+    # (the seed only chose the initial random state, which the checkpoint's random states replace)
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in settings.items()
+               if k != "seed" and not _same(saved.get(k), v)]
     if changed:
         warnings.warn(f"resuming {ckpt!r} at step {saved_steps} with new settings ({', '.join(changed)}); they apply "
                       "from this step on", stacklevel=3)
