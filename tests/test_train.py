@@ -395,8 +395,10 @@ def test_temporary_files_of_a_killed_write_are_removed_on_the_next_start(tmp_pat
     stale.write_bytes(b"half a checkpoint")
     other = tmp_path / ".tmp-other.pt-abc123.pt"  # another run's temporary file is left alone
     other.write_bytes(b"x")
+    legacy = tmp_path / ".tmp-k3j_9x0a.pt"  # one left by the first checkpoint format's writer
+    legacy.write_bytes(b"y")
     tiny_fit(ckpt=ckpt)
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and not legacy.exists() and other.exists()
     assert sorted(os.listdir(tmp_path)) == [".tmp-other.pt-abc123.pt", "run.pt"]
 
 

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -557,6 +558,10 @@ def _prepare_folder(ckpt):
     for tmp in glob.glob(os.path.join(glob.escape(folder), glob.escape(_tmp_prefix(ckpt)) + "*")):
         with _quiet():
             os.remove(tmp)
+    for name in os.listdir(folder):  # and those of the first checkpoint format (".tmp-" + 8 random characters)
+        if re.fullmatch(r"\.tmp-[a-z0-9_]{8}\.pt", name):
+            with _quiet():
+                os.remove(os.path.join(folder, name))
 
 
 class _quiet:
