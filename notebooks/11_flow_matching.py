@@ -485,7 +485,7 @@ td.check_less("one step of 2-RF is far sharper than one step of 1-RF (mean log p
 # free: 2-RF is a *distillation* of 1-RF (its pairs come from 1-RF's ODE solved with a few dozen steps), it inherits
 # 1-RF's errors and adds its own fitting error, so at 64 steps it is slightly *worse* than the model it was
 # distilled from (−2.15 vs −2.09). And no trained model passes the calibrated check at any step count: a small MLP
-# trained for 1,500 steps leaves 7–10 % of its samples between the modes, where real data has about 1 %; only the
+# trained for 1,500 steps leaves 7–11 % of its samples between the modes, where real data has about 1 %; only the
 # exact velocity reaches the floor, at 64 steps. "Fewer steps for the same quality" holds for the few-step regime,
 # relative to the model that was reflowed.
 #
