@@ -298,6 +298,18 @@ def test_solvers_make_no_host_sync(solver):
     assert out.device.type == "meta"
 
 
+@pytest.mark.parametrize("path", [VE(), DiscreteVP(SCHED)], ids=["VE", "DiscreteVP"])
+def test_sample_runs_on_the_device_it_is_given_with_no_host_sync(path):
+    """The entry point draws x_T on the CPU, moves it, and the whole loop (the Denoiser's path lookups included) runs
+    on ``device`` -- here torch's meta device, where any read-back would fail; with x_T given, on x_T's device."""
+    den = RING.denoiser(path)
+    sig = S.karras_sigmas(5, 0.01, 80.0)
+    for solver in S.SOLVERS:
+        assert S.sample(den, (8, 2), sigmas=sig, solver=solver, device="meta", progress_bar=False).device.type == "meta"
+    x_T = torch.empty(8, 2, device="meta")
+    assert S.sample(den, (8, 2), sigmas=sig, x_T=x_T, progress_bar=False).device.type == "meta"
+
+
 def test_bad_inputs_raise_helpful_errors():
     with pytest.raises(ValueError, match="solver"):
         S.sample(D, (2, 2), sigmas=S.karras_sigmas(3, 0.1, 1.0), solver="rk4")
