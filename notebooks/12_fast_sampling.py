@@ -610,9 +610,12 @@ td.exercises.check(my_analytic_variance, solvers.analytic_variance, _var_cases,
                              "alpha_{t|s} = ab_t / ab_s": _buggy})
 
 # %% [markdown]
-# **Exercise 4 (open).** Make PLMS fourth order: on a grid *uniform in σ* (`karras_sigmas(..., rho=1)`) its
-# Adams–Bashforth weights are the right ones. Measure its order there for N up to 256, with and without the
-# pseudo Runge–Kutta start (`pndm` with the default midpoints in σ). Which start limits the order, and why?
+# **Exercise 4 (open).** PLMS's weights are those of Adams–Bashforth for *equal* steps. On a grid uniform in σ
+# (`solvers.karras_sigmas(n, 0.5, 5.0, rho=1)`) they are the right ones: measure the order of `plms` and `pndm`
+# there for N from 32 to 256 (we found about 3.0, 3.5, 3.75 between successive N, the same for both, rising
+# towards 4). A one-step start with an $O(h^3)$ local error, like PLMS's Heun-like first step, should cap the global
+# order at 3 in the limit: why does it not show at these N? (Hint: how large is the error constant of that one step
+# at $\sigma = 5$, compared with the steps at low noise?)
 #
 # ## Closing notes: what was left out
 #
