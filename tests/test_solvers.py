@@ -236,16 +236,21 @@ def test_order_fit_recovers_a_known_power():
 
 
 # ---------------------------------------------------------------------------------- sample(): the one entry point
+@pytest.fixture(scope="module")
+def edm_reference():
+    x_T = _x_T(256, seed=4)
+    y0 = x_T * math.sqrt(1 + 80.0**2)
+    return x_T, y0, D(S.ode_reference(D, 80.0, 0.002, y0, rtol=1e-11, atol=1e-11), torch.tensor(0.002, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("solver,tol", [("euler", 0.08), ("dpmpp_1", 0.08), ("heun", 0.011), ("dpmpp_2m", 0.016),
                                         ("dpmpp_3m", 0.0055), ("plms", 0.0037), ("pndm", 0.0037)])
-def test_sample_follows_the_exact_ode_from_the_same_start(solver, tol):
+def test_sample_follows_the_exact_ode_from_the_same_start(solver, tol, edm_reference):
     """sample() on EDM's grid (40 steps, sigma 0.002..80) against scipy's solution from the same x_T, then the last
     jump D(x, sigma_min). Bounds: twice the error measured when this test was written (Euler 0.042, Heun 0.0055,
     2M 0.0080, 3M 0.0027, PLMS 0.0018): a first-order solver fails every second-order bound."""
-    x_T = _x_T(256, seed=4)
+    x_T, y0, ref = edm_reference
     sig = S.karras_sigmas(40, 0.002, 80.0)
-    y0 = x_T * math.sqrt(1 + 80.0**2)
-    ref = D(S.ode_reference(D, 80.0, 0.002, y0, rtol=1e-11, atol=1e-11), torch.tensor(0.002, dtype=torch.float64))
     got = S.sample(RING.denoiser(VE()), x_T.shape, sigmas=sig, solver=solver, x_T=y0, progress_bar=False)
     err = _err(got, ref)
     assert err < tol, (solver, err)
