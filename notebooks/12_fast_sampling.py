@@ -191,6 +191,8 @@ td.check("Heun makes 2N - 1 denoiser calls for N steps", n_calls, solvers.nfe("h
 # Heun-like step and the 2- and 3-step combinations. In the variable $y$ the transfer is simply an Euler step with
 # slope $\hat\varepsilon$: $y_s = y_t + (\sigma_s - \sigma_t)\,\hat\varepsilon$. So PLMS is Adams–Bashforth on
 # $dy/d\sigma = \hat\varepsilon$ — but with the weights of *equal steps in t*, which a grid uniform in $t$ is not in σ.
+# (One difference from diffusers to know: its `PNDMScheduler` always steps from $k$ to $k-\lfloor T/N\rfloor$, so
+# it is PLMS on its own timesteps only for its default `leading` spacing, the one we compare with.)
 
 # %%
 pndm = diffusers.PNDMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)

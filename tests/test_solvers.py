@@ -177,6 +177,23 @@ def test_plms_and_pndm_match_diffusers_pndm(n):
     assert _err(S.pndm(D, sig, y0, progress_bar=False), want) > 1e-8  # sigma midpoints are not diffusers' ones
 
 
+def test_diffusers_pndm_steps_by_t_over_n_whatever_its_spacing():
+    """A convention difference, not a bug of ours: diffusers' PNDM transfers k -> k - T // N even on a linspace grid,
+    so on that grid it is not PLMS on its own timesteps (ours is); on the leading grid the two agree (test above)."""
+    ds = _diffusers(diffusers.PNDMScheduler, skip_prk_steps=True, set_alpha_to_one=True, timestep_spacing="linspace")
+    ds.set_timesteps(7)
+    x = _x_T(16)
+    start = x.clone()
+    for k in ds.timesteps:
+        sig = float(DiscreteVP(SCHED).sigma_ve(int(k) + 1))
+        x = ds.step(_eps(x * math.sqrt(1 + sig**2), sig), k, x).prev_sample
+    ts = torch.tensor(sorted({int(k) + 1 for k in ds.timesteps}, reverse=True))
+    assert (ts[:-1] - ts[1:] != T // 7).any()  # the grid is not spaced by T // N ...
+    sig = S.sigmas_of_timesteps(DiscreteVP(SCHED), ts)
+    ours = S.plms(D, sig, start * math.sqrt(1 + float(sig[0]) ** 2), progress_bar=False)
+    assert _err(ours, x) > 1e-2  # ... and diffusers' answer is not PLMS on it
+
+
 def test_pndm_transfer_is_a_ddim_step():
     """PNDM's eq. (9) in the VP variable, as diffusers writes it, is the DDIM step, which in x / alpha is an Euler
     step with slope eps: x_s / alpha_s = x_t / alpha_t + (sigma_s - sigma_t) eps."""

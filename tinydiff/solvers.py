@@ -366,7 +366,12 @@ def plms(x0_fn, sigmas, x: torch.Tensor, *, callback=None, progress_bar: bool = 
     the last four :math:`\hat\varepsilon` (weights 55, −59, 37, −9 over 24, eq. 12), after a start: the first step
     averages :math:`\hat\varepsilon` at both ends (two calls, a Heun step), the next two use the 2- and 3-step
     combinations. The weights assume steps of equal length *in the timestep index*, whatever the grid.
-    ``N`` steps cost ``N + 1`` calls."""
+    ``N`` steps cost ``N + 1`` calls.
+
+    Where diffusers differs: its PNDM always transfers from ``k`` to ``k - T // N``, whatever its
+    ``timestep_spacing``, so it equals this function on the ``"leading"`` grid (its default) only; with
+    ``"linspace"`` or ``"trailing"`` it evaluates the model at timesteps it does not step to
+    (``tests/test_solvers.py::test_diffusers_pndm_steps_by_t_over_n_whatever_its_spacing``)."""
     levels, x = _start(sigmas, x)
     D = _Calls(x0_fn)
     if callback is not None:
