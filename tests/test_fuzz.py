@@ -1310,7 +1310,9 @@ if __name__ == "__main__":
     import json
 
     res = run_fuzz()
-    by = collections.Counter((r[0], r[3]) for r in res)
+    if os.environ.get("TINYDIFF_FUZZ_JSON"):  # every call's outcome, for tallies by module
+        with open(os.environ["TINYDIFF_FUZZ_JSON"], "w") as f:
+            json.dump(res, f)
     print(json.dumps(counts(res)), "total", sum(counts(res).values()))
     for r in res:
         if r[3] in ("unclear", "silent_nan", "hang", "no_baseline") or (len(sys.argv) > 1 and r[3] in sys.argv[1:]):
