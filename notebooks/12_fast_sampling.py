@@ -27,14 +27,31 @@
 # data.
 
 # %%
-# Setup: on Google Colab this installs tinydiff; on your machine it does nothing.
+# Setup. On Google Colab this installs tinydiff and what the notebooks need (its `colab` extra), once: where
+# tinydiff already imports (your machine, a second run) it does nothing. To install from somewhere else, set
+# TINYDIFF_SOURCE before this cell, e.g. `%env TINYDIFF_SOURCE=/content/tinydiff-0.1.0-py3-none-any.whl`
+# (a local wheel or folder, a wheel URL or a git URL).
+import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 
-if "google.colab" in sys.modules:
-    import subprocess
-
-    repo = "tinydiff[dev] @ git+https://github.com/tinydiff/tinydiff"  # [dev] adds diffusers etc. for the cross-checks
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", repo], check=True)
+if "google.colab" in sys.modules and importlib.util.find_spec("tinydiff") is None:
+    source = os.environ.get("TINYDIFF_SOURCE", "git+https://github.com/tinydiff/tinydiff")  # pyproject [project.urls]
+    if Path(source).exists():
+        source = Path(source).resolve().as_uri()
+    spec = f"tinydiff[colab] @ {source}"
+    print(f"installing {spec} ...", flush=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], capture_output=True, text=True)
+    importlib.invalidate_caches()
+    if pip.returncode != 0:
+        print("\n".join(pip.stderr.strip().splitlines()[-8:]))
+        raise SystemExit(
+            f"Could not install {spec} (pip's last lines are above). Instead: download the repository (zip) or "
+            "a wheel where you can, upload it to Colab's Files panel and set TINYDIFF_SOURCE to its path, then "
+            "run this cell again; or run the book on your machine (python3 tasks.py lab). README: Troubleshooting."
+        )
 
 # %%
 import math
