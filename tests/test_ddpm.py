@@ -220,7 +220,7 @@ def test_sample_matches_a_diffusers_loop(var, variance_type):
 def test_sampling_with_exact_eps_reproduces_the_mixture():
     """Algorithm 2 driven by the exact eps of a Gaussian mixture: the samples are as close to fresh mixture
     samples as two fresh draws are to each other (the noise floor), for both variance choices."""
-    sched = td.NoiseSchedule.cosine(100)
+    sched = td.NoiseSchedule.cosine(1000)  # with T = 100 the chain itself biases the mode widths by 2-5 %
     gm = td.data.GaussianMixture.ring(6, radius=2.0, std=0.25)
     n = 1500
     eps_star = gm.eps_fn(sched)
