@@ -217,14 +217,33 @@ def mixture_statistics(x: torch.Tensor, mixture, ref: torch.Tensor, *, bandwidth
 
 
 _SPREAD_CACHE: dict = {}
+_FLOOR_CACHE: dict = {}
+
+
+def _mixture_key(mixture) -> tuple:
+    return (mixture.weights.numpy().tobytes(), mixture.means.numpy().tobytes(), mixture.covs.numpy().tobytes())
 
 
 def _spread_expected(mixture, n: int = 200_000) -> torch.Tensor:
-    key = (mixture.weights.numpy().tobytes(), mixture.means.numpy().tobytes(), mixture.covs.numpy().tobytes())
+    key = _mixture_key(mixture)
     if key not in _SPREAD_CACHE:
         g = torch.Generator().manual_seed(12345)
         _SPREAD_CACHE[key] = mode_spread(mixture.sample(n, g, dtype=torch.float64), mixture)
     return _SPREAD_CACHE[key]
+
+
+def _floor_statistics(mixture, n: int, repeats: int, seed: int, bandwidths) -> list:
+    """The statistics of ``repeats`` pairs of independent oracle draws of size ``n`` (computed once per setting:
+    they do not depend on the samples being checked)."""
+    key = (_mixture_key(mixture), n, repeats, seed, tuple(float(h) for h in bandwidths))
+    if key not in _FLOOR_CACHE:
+        if len(_FLOOR_CACHE) > 64:
+            _FLOOR_CACHE.clear()
+        g = torch.Generator().manual_seed(seed)
+        _FLOOR_CACHE[key] = [mixture_statistics(mixture.sample(n, g, dtype=torch.float64), mixture,
+                                                mixture.sample(n, g, dtype=torch.float64), bandwidths=bandwidths)
+                             for _ in range(repeats)]
+    return _FLOOR_CACHE[key]
 
 
 class MixtureCheck:
@@ -255,7 +274,8 @@ def mixture_check(x: torch.Tensor, mixture, *, repeats: int = 20, z: float = 4.0
     r"""Are ``x`` ``(n, D)`` samples of the Gaussian mixture ``mixture``? Computes :func:`mixture_statistics`
     for ``x`` against a fresh reference draw, and for ``repeats`` pairs of independent oracle draws of the
     *same* size ``n`` (the noise floor). Each statistic passes when it is at most floor mean + ``z`` floor
-    standard deviations. All draws come from generators seeded from ``seed`` (deterministic).
+    standard deviations. All draws come from generators seeded from ``seed`` (deterministic); the floor does not
+    depend on ``x`` and is computed once per (mixture, n, repeats, seed).
 
     At the book's sizes (n ≥ 1000 samples of an 8-mode ring) it rejects ε* scaled by 0.8 or 1.25, DDPM without
     its noise term and a ring without modes (``tests/test_metrics.py``)."""
@@ -263,11 +283,9 @@ def mixture_check(x: torch.Tensor, mixture, *, repeats: int = 20, z: float = 4.0
     n = x.shape[0]
     if n < 50:
         raise ValueError(f"mixture_check needs at least 50 samples to have a useful noise floor; got {n}")
-    g = torch.Generator().manual_seed(seed)
-    stats = mixture_statistics(x, mixture, mixture.sample(n, g, dtype=torch.float64), bandwidths=bandwidths)
-    floors = [mixture_statistics(mixture.sample(n, g, dtype=torch.float64), mixture,
-                                 mixture.sample(n, g, dtype=torch.float64), bandwidths=bandwidths)
-              for _ in range(repeats)]
+    ref = mixture.sample(n, torch.Generator().manual_seed(seed + 100_003), dtype=torch.float64)
+    stats = mixture_statistics(x, mixture, ref, bandwidths=bandwidths)
+    floors = _floor_statistics(mixture, n, repeats, seed, bandwidths)
     mean = {k: sum(f[k] for f in floors) / repeats for k in stats}
     std = {k: (sum((f[k] - mean[k]) ** 2 for f in floors) / (repeats - 1)) ** 0.5 for k in stats}
     threshold = {k: mean[k] + z * std[k] for k in stats}
