@@ -508,6 +508,7 @@ class VQVAE(nn.Module):
         in_channels, hidden = V.integer("in_channels", in_channels, low=1), V.integer("hidden", hidden, low=1)
         levels = V.integer("levels", levels, low=0)  # the number of stride-2 downsamplings
         dim, num_codes = V.integer("dim", dim, low=1), V.integer("num_codes", num_codes, low=1)
+        decay = V.number("decay", decay, low=0.0, strict_low=True, high=1.0)  # used by the EMA quantiser only
         if not isinstance(ema, bool):
             raise ValueError(f"ema must be True or False; got {V.describe(ema)}")
         self.in_channels, self.levels, self.f = in_channels, levels, 2 ** levels

@@ -142,6 +142,9 @@ class KLAutoencoder(_Autoencoder):
         return mean, logvar.clamp(-20.0, 10.0)
 
     def encode(self, x: torch.Tensor, *, sample: bool = False, generator=None) -> torch.Tensor:
+        generator = V.generator("generator", generator)
+        if not isinstance(sample, bool):
+            raise ValueError(f"sample must be True or False; got {V.describe(sample)}")
         mean, logvar = self.moments(x)
         if not sample:
             return mean
