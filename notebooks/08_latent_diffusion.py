@@ -644,14 +644,15 @@ x_m = sample_captions(ldm, cap4, 3.0, s, seed=5)
 t_m = torch.full((4,), 300)
 z_t = td.ddpm.q_sample(td.latent.encode(ae, x_m, s), t_m, torch.randn(4, 4, cfg.size // 4, cfg.size // 4, generator=g), sched)
 maps = td.latent.cross_attention_maps(ldm, z_t.to(dev), t_m.to(dev), ids_m.to(dev), mask_m.to(dev)).cpu()
-fig, axes = plt.subplots(4, 7, figsize=(11, 6.6))
+fig, axes = plt.subplots(4, 7, figsize=(12, 6.6), layout="constrained")
+vmax = float(maps[:, :6].max())  # one colour scale for every map, so that panels can be compared
 for r in range(4):
     td.plotting.show_images(x_m[r:r + 1], ax=axes[r, 0], title=cap4[r][2:])
     for j in range(6):
-        axes[r, j + 1].imshow(maps[r, j].numpy(), cmap="magma", vmin=0, interpolation="nearest")
+        im = axes[r, j + 1].imshow(maps[r, j].numpy(), cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
         axes[r, j + 1].set_title(tok.vocab[int(ids_m[r, j])], fontsize=8)
         axes[r, j + 1].set_axis_off()
-plt.tight_layout()
+fig.colorbar(im, ax=axes[:, 1:], shrink=0.8, label="attention weight (mean over heads and layers)")
 plt.show()
 
 # %%
@@ -678,14 +679,15 @@ for i, p in enumerate(seen.position.tolist()):  # 0 top left, 1 top right, 2 bot
 share = (maps_s * quadrant[:, None]).sum((2, 3)) / maps_s.sum((2, 3)).clamp_min(1e-12)  # (B, M)
 for j, name in enumerate(["<bos>", "a", "colour word", "shape word", "top/bottom", "left/right"]):
     print(f"{name:>12}: {share[:, j].mean():.2f} of its attention in the captioned quadrant")
-fig, axes = plt.subplots(2, 4, figsize=(9, 4.6))
+fig, axes = plt.subplots(2, 4, figsize=(10, 4.6), layout="constrained")
+mean_maps = {(p, j): maps_s[seen.position == p, j].mean(0) for p in range(4) for j in (2, 3)}
+vmax = float(max(m.max() for m in mean_maps.values()))  # one shared colour scale
 for p in range(4):
     for row, (j, name) in enumerate([(2, "colour word"), (3, "shape word")]):
-        axes[row, p].imshow(maps_s[seen.position == p, j].mean(0).numpy(), cmap="magma", vmin=0,
-                            interpolation="nearest")
+        im = axes[row, p].imshow(mean_maps[p, j].numpy(), cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
         axes[row, p].set_title(f"{name}, '{td.data.shapes.POSITIONS[p]}'", fontsize=8)
         axes[row, p].set_axis_off()
-plt.tight_layout()
+fig.colorbar(im, ax=axes, shrink=0.8, label="mean attention weight")
 plt.show()
 
 # %% [markdown]
