@@ -491,12 +491,16 @@ ax2 = axes[2].twinx()
 ax2.semilogx(t_np, r2, "s-", color="C2", label="R^2 of the exact E[x0|x_t]")
 ax2.set_ylim(-0.05, 1.05)
 axes[2].set_title("the network's Tweedie denoiser")
+axes[0].set_ylabel(r"$\mathbb{E}\,\|s_\theta - s^*\|^2$")
+axes[1].set_ylabel(r"$\mathbb{E}\,\|\varepsilon_\theta - \varepsilon^*\|^2$")
+axes[2].set_ylabel(r"squared error of $\hat x_0$")
+ax2.set_ylabel(r"$R^2_t$", color="C2")
 for ax in axes[:2]:
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="best", framealpha=0.6)
 for ax in axes:
     ax.set_xlabel("t")
-axes[2].legend(fontsize=7, loc=(0.02, 0.45))
-ax2.legend(fontsize=7, loc=(0.02, 0.3))
+axes[2].legend(fontsize=7, loc="lower right", framealpha=0.6)
+ax2.legend(fontsize=7, loc="center right", framealpha=0.6)
 fig.tight_layout()
 
 # %% [markdown]
