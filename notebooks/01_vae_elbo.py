@@ -17,8 +17,8 @@
 # A diffusion model is trained by maximising a lower bound on the log-likelihood, as a variational autoencoder
 # is — with one difference that lesson 02 makes precise: its "encoder", the forward noising process, is fixed and
 # has no parameters, so only the decoder is learned. This lesson builds that bound, the **evidence lower bound
-# (ELBO)**, from scratch and checks every step on numbers. We first use a small latent-variable model in which *everything* is exact (the likelihood, the
-# posterior, the ELBO of any Gaussian guess), so the identity
+# (ELBO)**, from scratch and checks every step on numbers. We first use a small latent-variable model in which
+# *everything* is exact (the likelihood, the posterior, the ELBO of any Gaussian guess), so the identity
 #
 # $$\log p(x) = \underbrace{\mathbb E_{q(z)}\log p_\theta(x\mid z) - \mathrm{KL}\big(q(z)\,\|\,p(z)\big)}_{\text{ELBO}(q)}
 # \;+\; \mathrm{KL}\big(q(z)\,\|\,p(z\mid x)\big)$$
