@@ -232,7 +232,7 @@ def test_sampling_with_exact_eps_reproduces_the_mixture():
     # (tests/test_metrics.py::test_test_ddpm_check_separates_right_from_wrong adds DDPM without noise, a ring
     # without modes)
     for c in (0.8, 1.25, 0.0):
-        x_bad = ddpm.sample(lambda x, t: c * eps_star(x, t), (n, 2), sched, generator=_gen(30))
+        x_bad = ddpm.sample(lambda x, t, c=c: c * eps_star(x, t), (n, 2), sched, generator=_gen(30))
         assert not td.metrics.mixture_check(x_bad, gm).passed, c
 
 
