@@ -96,6 +96,10 @@ def _vec(n=B, d=D, seed=0):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
+def _rgb(seed=0):
+    return (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1)
+
+
 def _img(seed=0):
     return torch.randn(*IMG, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
 
@@ -130,6 +134,12 @@ def _generic():
         "null_label": lambda: 3, "labels": lambda: torch.tensor([0, 1, 2, 0]),
         "ids": lambda: torch.tensor([[1, 2, 0, 0]] * B), "mask": lambda: torch.tensor([[True, True, False, False]] * B),
         "lim": lambda: 3.0, "ax": lambda: None, "title": lambda: None, "nrow": lambda: 2,
+        # the relighting lesson's images (B, 3, H, W) and noise levels
+        **{name: (lambda k=k: _rgb(k)) for k, name in enumerate(
+            ("p_12", "p_1", "p_2", "xt_12", "xt_1", "xt_2", "x0_12", "x0_1", "x0_2", "x0_star", "pred", "true",
+             "target", "r", "n_est", "n_true", "images"))},
+        "prediction": lambda: "x0", "phi": lambda: _rgb(20), "vanilla": lambda: torch.tensor(1.0, requires_grad=True),
+        "consistency": lambda: torch.tensor(0.5, requires_grad=True),
     }
 
 
@@ -137,6 +147,14 @@ def _caption_unet():
     torch.manual_seed(0)
     return td.latent.caption_unet(vocab_size=10, latent_channels=1, base_channels=8, channel_mults=(1,),
                                   attn_levels=(0,), text_dim=8, text_layers=1, heads=2, max_len=4)
+
+
+def _objects():
+    return td.data.relight.make_objects(2, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _light():
+    return td.data.relight.random_lights(2, 16, generator=torch.Generator().manual_seed(0))
 
 
 def _fit_loss(model, batch):
@@ -483,7 +501,7 @@ OVERRIDES = {
     "tinydiff.solvers.dpmpp_2m": _SOLVER,
     "tinydiff.solvers.dpmpp_3m": _SOLVER,
     "tinydiff.solvers.plms": _SOLVER,
-    "tinydiff.solvers.pndm": _SOLVER,
+    "tinydiff.solvers.pndm": {**_SOLVER, "sigmas": lambda: torch.tensor([3.0, 2.0, 1.5, 1.0, 0.5, 0.0])},
     "tinydiff.solvers.karras_sigmas": {"n_steps": lambda: 4, "sigma_min": lambda: 0.1, "sigma_max": lambda: 3.0},
     "tinydiff.solvers.log_sigmas": {"n_steps": lambda: 4, "sigma_min": lambda: 0.1, "sigma_max": lambda: 3.0},
     "tinydiff.solvers.grid": {"path": lambda: td.denoisers.DiscreteVP(_sched()), "n_steps": lambda: 4},
@@ -497,6 +515,25 @@ OVERRIDES = {
     "tinydiff.solvers.order": {"n": lambda: torch.tensor([4.0, 8.0]), "err": lambda: torch.tensor([0.1, 0.025])},
     "tinydiff.solvers.eps_sq_mean": {"ts": lambda: torch.tensor([2, 5])},
     "tinydiff.solvers.analytic_ddpm_sample": {"gamma": lambda: torch.full((3,), 0.5)},
+    "tinydiff.relight": {"alpha": lambda: torch.full((2,), 0.8), "sigma": lambda: torch.full((2,), 0.6)},
+    "tinydiff.data.relight.Objects": {"normals": lambda: _objects().normals, "albedo": lambda: _objects().albedo,
+                                      "mask": lambda: _objects().mask, "background": lambda: _objects().background},
+    "tinydiff.data.relight.front_half_directions": {"res": lambda: 4},
+    "tinydiff.data.relight.irradiance": {"normals": lambda: _objects().normals, "light": _light},
+    "tinydiff.data.relight.render": {"objects": _objects, "light": _light},
+    "tinydiff.data.relight.split_light": {"light": _light},
+    "tinydiff.data.relight.tone_map": {"hdr": lambda: torch.rand(2, 3, 8, 8)},
+    "tinydiff.data.relight.to_model": {"hdr": lambda: torch.rand(2, 3, 8, 8)},
+    "tinydiff.data.relight.from_model": {"x": lambda: torch.rand(2, 3, 8, 8) * 2 - 1},
+    "tinydiff.data.relight.merge": {"x1": lambda: torch.rand(2, 3, 8, 8) * 2 - 1,
+                                    "x2": lambda: torch.rand(2, 3, 8, 8) * 2 - 1},
+    "tinydiff.data.relight.condition": {"objects": _objects},
+    "tinydiff.data.relight.light_features": {"light": _light},
+    "tinydiff.data.relight.light_vector": {"light": _light},
+    "tinydiff.data.relight.RelightBatches": {"objects": _objects},
+    "tinydiff.data.relight.lobe_lights": {"mu": lambda: torch.tensor([[0.0, 0.0, 1.0]])},
+    "tinydiff.data.relight.make_objects": {"n": lambda: 2, "size": lambda: 8},
+    "tinydiff.data.relight.random_lights": {"n": lambda: 2},
     # methods of the classes above (bound to an instance built from the class's plausible arguments)
     "tinydiff.models.mlp.MLPDenoiser.forward": {"y": lambda: None},
     "tinydiff.models.mlp.MLPClassifier.forward": {},
@@ -691,7 +728,8 @@ def public_callables():
 
 def _plausible(qual, param):
     """The value an argument is held at: the callable's override, else its default, else the generic value."""
-    for table in (OVERRIDES.get(qual, {}), OVERRIDES.get(qual.rsplit(".", 1)[0], {}) if "." in qual else {}):
+    parts = qual.split(".")
+    for table in [OVERRIDES.get(".".join(parts[:n]), {}) for n in range(len(parts), 1, -1)]:  # callable, class, module
         if param.name in table:
             return table[param.name]()
     if param.default is not inspect.Parameter.empty:
@@ -1158,23 +1196,18 @@ KNOWN: dict[str, list[str]] = {
     'tinydiff.models.mmdit.eps_fn': ['ids', 'mask', 'model'],
     'tinydiff.models.mmdit.rms_norm': ['eps', 'weight', 'x'],
     # --- lesson 10 engineer
-    'tinydiff.data.relight.Objects': ['-'],
-    'tinydiff.data.relight.Objects.to': ['-'],
-    'tinydiff.data.relight.RelightBatches': ['-'],
-    'tinydiff.data.relight.condition': ['-'],
+    'tinydiff.data.relight.condition': ['objects'],
     'tinydiff.data.relight.from_model': ['x'],
-    'tinydiff.data.relight.front_half_directions': ['-'],
-    'tinydiff.data.relight.irradiance': ['-'],
-    'tinydiff.data.relight.light_features': ['-'],
-    'tinydiff.data.relight.light_vector': ['-'],
-    'tinydiff.data.relight.lobe_lights': ['-'],
+    'tinydiff.data.relight.front_half_directions': ['dtype'],
+    'tinydiff.data.relight.irradiance': ['chunk'],
+    'tinydiff.data.relight.light_features': ['size'],
+    'tinydiff.data.relight.lobe_lights': ['dtype', 'kappa', 'power'],
     'tinydiff.data.relight.make_objects': ['dtype'],
-    'tinydiff.data.relight.merge': ['-'],
+    'tinydiff.data.relight.merge': ['black', 'x1', 'x2'],
     'tinydiff.data.relight.random_lights': ['dtype', 'n_sources'],
-    'tinydiff.data.relight.render': ['-'],
-    'tinydiff.data.relight.split_light': ['-'],
-    'tinydiff.data.relight.to_model': ['-'],
-    'tinydiff.data.relight.tone_map': ['-'],
+    'tinydiff.data.relight.render': ['objects'],
+    'tinydiff.data.relight.to_model': ['hdr'],
+    'tinydiff.data.relight.tone_map': ['hdr'],
     'tinydiff.models.relight.LightEmbedding': ['-'],
     'tinydiff.models.relight.LightEmbedding.forward': ['-'],
     'tinydiff.models.relight.PhiNet': ['channels', 'hidden'],
@@ -1187,26 +1220,25 @@ KNOWN: dict[str, list[str]] = {
     'tinydiff.models.relight.widen_input_conv': ['-'],
     'tinydiff.relight.angular_error': ['-'],
     'tinydiff.relight.bayes_prediction': ['-'],
-    'tinydiff.relight.coefficients': ['-'],
-    'tinydiff.relight.consistency_loss': ['-'],
+    'tinydiff.relight.coefficients': ['alpha', 'sigma'],
+    'tinydiff.relight.consistency_loss': ['alpha', 'black', 'mask', 'p_1', 'p_12', 'p_2', 'sigma', 'xt_1', 'xt_12', 'xt_2'],
     'tinydiff.relight.consistency_loss_latent': ['-'],
-    'tinydiff.relight.consistency_residual': ['-'],
+    'tinydiff.relight.consistency_residual': ['alpha', 'black', 'p_1', 'p_12', 'p_2', 'sigma', 'xt_1', 'xt_12', 'xt_2'],
     'tinydiff.relight.couple': ['-'],
-    'tinydiff.relight.joint_loss': ['-'],
+    'tinydiff.relight.joint_loss': ['consistency', 'lambda_consistency', 'lambda_vanilla', 'vanilla'],
     'tinydiff.relight.linearity_error': ['-'],
-    'tinydiff.relight.literal_residual': ['-'],
-    'tinydiff.relight.lpips': ['-'],
-    'tinydiff.relight.masked_mse': ['-'],
-    'tinydiff.relight.offset': ['-'],
-    'tinydiff.relight.phi_exact': ['-'],
-    'tinydiff.relight.phi_inputs': ['-'],
+    'tinydiff.relight.literal_residual': ['p_1', 'p_12', 'p_2'],
+    'tinydiff.relight.masked_mse': ['mask', 'r'],
+    'tinydiff.relight.offset': ['alpha', 'black', 'sigma', 'xt_1', 'xt_12', 'xt_2'],
+    'tinydiff.relight.phi_exact': ['alpha', 'black', 'p_1', 'p_2', 'sigma', 'xt_1', 'xt_12', 'xt_2'],
+    'tinydiff.relight.phi_inputs': ['alpha', 'p_1', 'p_2', 'sigma', 'xt_1', 'xt_12', 'xt_2'],
     'tinydiff.relight.photometric_stereo': ['-'],
-    'tinydiff.relight.psnr_ssim': ['-'],
+    'tinydiff.relight.psnr_ssim': ['pred', 'true'],
     'tinydiff.relight.relight': ['-'],
     'tinydiff.relight.relight_losses': ['-'],
-    'tinydiff.relight.rms': ['-'],
-    'tinydiff.relight.vanilla_loss': ['-'],
-    'tinydiff.relight.x0_residual': ['-'],
+    'tinydiff.relight.rms': ['mask', 'r'],
+    'tinydiff.relight.vanilla_loss': ['pred', 'target'],
+    'tinydiff.relight.x0_residual': ['black', 'x0_1', 'x0_12', 'x0_2'],
     # --- lesson 11 engineer
     'tinydiff.flow.cfm_loss': ['model', 'model_kwargs', 'noise', 'time_sampling', 'x0'],
     'tinydiff.flow.conditional_velocity': ['eps', 'x0'],
@@ -1242,7 +1274,7 @@ KNOWN: dict[str, list[str]] = {
     'tinydiff.solvers.ode_reference': ['atol', 'rtol', 'x0_fn'],
     'tinydiff.solvers.order': ['err', 'n'],
     'tinydiff.solvers.plms': ['callback', 'x0_fn'],
-    'tinydiff.solvers.pndm': ['-'],
+    'tinydiff.solvers.pndm': ['callback', 'x0_fn'],
     'tinydiff.solvers.sample': ['callback', 'device', 'spacing', 'x_T'],
     'tinydiff.solvers.sigmas_of_timesteps': ['path', 'ts'],
 }
