@@ -16,6 +16,12 @@ Each call is classified:
 - ``accepted``: returned for an input that may be accepted (a numpy array, an integer tensor, float16, ...);
 - ``hang``: ran past the per-call time limit.
 
+Measured with ``TINYDIFF_FUZZ=full`` (2026-12-01): at the start of the robustness work (commit 4e8f9d5), 8,905 bad calls
+over 307 callables: 24.3 % clear, 34.8 % unclear, 25.1 % silent (+ 0.5 % silent NaN), 15.2 % accepted, 0 hangs; the
+robustness modules alone 16.0 % clear, 44.9 % unclear. After it, the same callables: 49.0 % clear, 15.4 % unclear, 19.2 %
+silent (+ 0.4 % silent NaN), 16.1 % accepted, 0 hangs; the robustness modules 72.3 % clear, 0.1 % unclear (3 calls, raised
+inside the loss_fn that fit trains), 0 silent NaN.
+
 The test fails on ``unclear`` and ``silent_nan`` outside :data:`KNOWN` (the list of failures owned by other
 modules' authors, with the reason). Run ``python tests/test_fuzz.py`` for the counts; ``TINYDIFF_FUZZ=full`` tries
 every bad value of every argument (the default run tries a seeded sample, at most :data:`PER_ARG` per argument).
