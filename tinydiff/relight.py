@@ -266,7 +266,11 @@ def psnr_ssim(pred, true) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-image PSNR (dB) and SSIM of display images ``(B, 3, H, W)`` in ``[0, 1]`` (scikit-image's
     ``peak_signal_noise_ratio`` and ``structural_similarity`` with ``data_range=1``; SSIM's window is the
     largest odd size up to 7 that fits)."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    try:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    except ImportError as exc:
+        raise ImportError("psnr_ssim needs scikit-image (in tinydiff's [dev] extra; Colab has it): "
+                          "pip install scikit-image") from exc
 
     p = pred.detach().double().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
     q = true.detach().double().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
