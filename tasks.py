@@ -267,7 +267,8 @@ PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3rem .5rem; vertical-align: top; }}
-code {{ background: #f4f4f4; padding: 0 .2rem; }} pre {{ background: #f4f4f4; padding: .5rem; overflow-x: auto; }}
+code {{ background: #f4f4f4; padding: 0 .2rem; }} td code {{ overflow-wrap: anywhere; }}
+pre {{ background: #f4f4f4; padding: .5rem; overflow-x: auto; }}
 {nav_css}
 </style>
 {mathjax}
@@ -339,6 +340,8 @@ def _fix_links(soup, src_dir: str) -> None:
         repo_path = posixpath.normpath(posixpath.join(src_dir, path)) if path else ""
         page = _page_name(repo_path)
         a["href"] = (page or f"{SOURCE}/blob/main/{repo_path}") + (f"#{frag}" if frag else "")
+        if page and a.string == href:  # a link that shows its own path names the page instead
+            a.string = page
     for img in soup.find_all("img", src=True):
         if img["src"].startswith(("http://", "https://")):
             img.replace_with("Open in Colab" if "colab" in img["src"] else (img.get("alt") or "image"))
