@@ -683,3 +683,18 @@ td.exercises.check(my_pf_ode_drift, lambda x, t, sc: td.sde.pf_ode_drift(lambda 
 # **4.** (open) Re-run section 6 with `snr` in {0.05, 0.2, 0.4} and 1–3 corrector steps, and with 5 predictor
 # steps. When, if ever, does the corrector beat spending the same NFE on predictor steps? And what happens to
 # PF-ODE sampling with the *learned* score when you shrink `train_steps`?
+#
+# ## Summary
+#
+# | idea | tinydiff |
+# | --- | --- |
+# | VP-SDE, its marginal $m(t), s(t)$, the discrete schedule | `td.sde.VPSDE` (`.marginal`, `.discrete_schedule`) |
+# | Euler–Maruyama forward | `td.sde.simulate_forward` |
+# | exact score of a mixture; a score from an $\varepsilon$-network | `td.sde.mixture_score_fn`, `td.sde.continuous_score_fn` |
+# | the family $f - \tfrac12(g^2+\sigma^2)\nabla\log p$; reverse SDE; PF-ODE | `td.sde.family_drift`, `sample_reverse_sde` |
+# | PF-ODE solvers | `td.sde.sample_ode_euler`, `sample_ode_heun`, `sample_ode_scipy` |
+# | Fokker–Planck on a grid | `td.sde.fokker_planck_1d`, `fokker_planck_residual` |
+# | likelihood through the ODE: exact trace, Hutchinson | `td.sde.log_likelihood`, `divergence_exact`, `divergence_hutchinson` |
+# | Langevin corrector, predictor–corrector | `td.sde.langevin_correct`, `td.sde.sample_pc` |
+# | denoising score matching | `td.sde.dsm_loss` |
+# | does a sample set reproduce a mixture? | `td.metrics.mixture_check` (modes' weights and spreads vs floors) |
