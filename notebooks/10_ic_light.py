@@ -123,14 +123,28 @@ i1, i2, i12 = (world.render(obj64, L) for L in (l1, l2, l1 + l2))
 fg64 = obj64.mask.expand_as(i1).bool()
 transport = i12 - i1 - i2
 print(f"sky-view factor: max error {(sky - math.pi * (1 + beta.cos()) / 2).abs().max():.1e} (256x256 map)")
-print(f"I(L1+L2) - I(L1) - I(L2): max {transport[fg64].abs().max():.1e} on the object, "
-      f"{transport[~fg64].mean():+.3f} on the background (= -B)")
+print(
+    f"I(L1+L2) - I(L1) - I(L2): max {transport[fg64].abs().max():.1e} on the object, "
+    f"{transport[~fg64].mean():+.3f} on the background (= -B)"
+)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 td.check("uniform front sky on a tilted plane = pi (1 + cos beta) / 2", sky, math.pi * (1 + beta.cos()) / 2, atol=1e-4, rtol=0)
-td.check("light transport is linear on the object: I(L1+L2) = I(L1) + I(L2)", transport[fg64], torch.zeros_like(transport[fg64]), atol=1e-14, rtol=0)
-td.check("and fails on the unlit background by exactly -B", transport[~fg64], -torch.full_like(transport[~fg64], world.GREY), atol=1e-14, rtol=0)
+td.check(
+    "light transport is linear on the object: I(L1+L2) = I(L1) + I(L2)",
+    transport[fg64],
+    torch.zeros_like(transport[fg64]),
+    atol=1e-14,
+    rtol=0,
+)
+td.check(
+    "and fails on the unlit background by exactly -B",
+    transport[~fg64],
+    -torch.full_like(transport[~fg64], world.GREY),
+    atol=1e-14,
+    rtol=0,
+)
 
 # %% [markdown]
 # **What breaks linearity.** The model does not see $I$ but $x=2I-1$: an *affine* map, so
@@ -200,9 +214,21 @@ eps_true = (xt - alpha * x0_12) / sigma
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check("Bayes-optimal eps-prediction = the true noise (deterministic world)", rl.bayes_prediction("eps", x0_12, xt, alpha, sigma), eps_true, atol=1e-12, rtol=0)
+td.check(
+    "Bayes-optimal eps-prediction = the true noise (deterministic world)",
+    rl.bayes_prediction("eps", x0_12, xt, alpha, sigma),
+    eps_true,
+    atol=1e-12,
+    rtol=0,
+)
 x0_back, eps_back = td.convert.x0_eps_from("v", rl.bayes_prediction("v", x0_12, xt, alpha, sigma), xt, alpha, sigma)
-td.check("its v-prediction converts back to (x0*, eps) (td.convert)", torch.cat([x0_back, eps_back]), torch.cat([x0_12, eps_true]), atol=1e-12, rtol=0)
+td.check(
+    "its v-prediction converts back to (x0*, eps) (td.convert)",
+    torch.cat([x0_back, eps_back]),
+    torch.cat([x0_12, eps_true]),
+    atol=1e-12,
+    rtol=0,
+)
 
 # %% [markdown]
 # ## 4. The slide's identity, measured
@@ -226,8 +252,15 @@ for t in (10, 100, 500, 900):
         xts, _ = rl.couple(coupling, x0_12, a_t, s_t, x0_1=x0_1, x0_2=x0_2, generator=g)
         for pred in rl.PREDICTIONS:
             p = [rl.bayes_prediction(pred, x0, x, a_t, s_t) for x0, x in zip((x0_12, x0_1, x0_2), xts)]
-            rows.append((t, coupling, pred, rl.rms(rl.literal_residual(*p), M),
-                         (M * rl.consistency_residual(pred, *p, *xts, a_t, s_t)).abs().max().item()))
+            rows.append(
+                (
+                    t,
+                    coupling,
+                    pred,
+                    rl.rms(rl.literal_residual(*p), M),
+                    (M * rl.consistency_residual(pred, *p, *xts, a_t, s_t)).abs().max().item(),
+                )
+            )
 print(f"{'t':>4} {'coupling':>13} {'pred':>4}   rms of the literal residual   max |derived residual|")
 for t, c, p, lit, der in rows:
     print(f"{t:>4} {c:>13} {p:>4}   {lit:27.3f}   {der:.1e}")
@@ -256,16 +289,22 @@ for t, c, p, lit, der in rows:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for t, c, p, lit, der in rows:
+for t, c, p, _lit, der in rows:
     scale = 1 + float(sched.alpha_bar[t].sqrt() / (1 - sched.alpha_bar[t]).sqrt()) * 4  # size of the predictions
     assert der < 64 * torch.finfo(torch.float64).eps * scale, (t, c, p, der)
 print("✓ derived identity p12 = p1 + p2 + o holds at the Bayes optimum: 3 parameterisations x 3 couplings x 4 times")
-td.check_less("the literal identity fails for eps under every coupling (rms above 0.9)", 0.9, min(r[3] for r in rows if r[2] == "eps"))
+td.check_less(
+    "the literal identity fails for eps under every coupling (rms above 0.9)", 0.9, min(r[3] for r in rows if r[2] == "eps")
+)
 (xs, _), (xi, _) = (rl.couple(c, x0_12, alpha, sigma, x0_1=x0_1, x0_2=x0_2, generator=g) for c in ("shared_noise", "shared_xt"))
 eps_shared = (xs[0] - alpha * x0_12) / sigma
-td.check("shared noise: the literal residual is exactly -eps on the object",
-         M * rl.literal_residual(*(rl.bayes_prediction("eps", x0, x, alpha, sigma) for x0, x in zip((x0_12, x0_1, x0_2), xs))),
-         -M * eps_shared, atol=1e-12, rtol=0)
+td.check(
+    "shared noise: the literal residual is exactly -eps on the object",
+    M * rl.literal_residual(*(rl.bayes_prediction("eps", x0, x, alpha, sigma) for x0, x in zip((x0_12, x0_1, x0_2), xs))),
+    -M * eps_shared,
+    atol=1e-12,
+    rtol=0,
+)
 
 # %% [markdown]
 # **The same thing in tinydiff.** The offset written by hand for $\varepsilon$ and $v$, against
@@ -275,8 +314,20 @@ td.check("shared noise: the literal residual is exactly -eps on the object",
 # NBVAL_CHECK_OUTPUT
 dx = xi[0] - xi[1] - xi[2]
 b = rl.BLACK
-td.check("o_eps = (dx + alpha b) / sigma  (td.relight.offset)", rl.offset("eps", *xi, alpha, sigma), (dx + alpha * b) / sigma, atol=1e-12, rtol=1e-12)
-td.check("o_v = (alpha dx + (alpha^2 + sigma^2) b) / sigma", rl.offset("v", *xi, alpha, sigma), (alpha * dx + (alpha**2 + sigma**2) * b) / sigma, atol=1e-12, rtol=1e-12)
+td.check(
+    "o_eps = (dx + alpha b) / sigma  (td.relight.offset)",
+    rl.offset("eps", *xi, alpha, sigma),
+    (dx + alpha * b) / sigma,
+    atol=1e-12,
+    rtol=1e-12,
+)
+td.check(
+    "o_v = (alpha dx + (alpha^2 + sigma^2) b) / sigma",
+    rl.offset("v", *xi, alpha, sigma),
+    (alpha * dx + (alpha**2 + sigma**2) * b) / sigma,
+    atol=1e-12,
+    rtol=1e-12,
+)
 td.check("o_x0 = -b", rl.offset("x0", *xi, alpha, sigma), torch.full_like(dx, -b), atol=0, rtol=0)
 
 # %% [markdown]
@@ -289,8 +340,10 @@ td.check("o_x0 = -b", rl.offset("x0", *xi, alpha, sigma), torch.full_like(dx, -b
 # %%
 p_eps = [rl.bayes_prediction("eps", x0, x, alpha, sigma) for x0, x in zip((x0_12, x0_1, x0_2), xi)]
 r_eps = rl.consistency_residual("eps", *p_eps, *xi, alpha, sigma)
-print(f"derived residual at t=200, eps: rms {rl.rms(r_eps, M):.1e} on the object, {rl.rms(r_eps, 1 - M):.2f} on the background"
-      f" (alpha/sigma = {alpha / sigma:.2f})")
+print(
+    f"derived residual at t=200, eps: rms {rl.rms(r_eps, M):.1e} on the object, {rl.rms(r_eps, 1 - M):.2f} on the background"
+    f" (alpha/sigma = {alpha / sigma:.2f})"
+)
 fig, axes = plt.subplots(1, 4, figsize=(9, 2.6))
 for i, ax in enumerate(axes):
     im = ax.imshow(r_eps[i].abs().mean(0), cmap="magma", vmin=0)
@@ -300,15 +353,27 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check("masked consistency loss of the optimal denoiser = 0", rl.consistency_loss("eps", p_eps[0], p_eps[1], p_eps[2], *xi, alpha, sigma, mask=M), 0.0, atol=1e-25, rtol=0)
-td.check("off the object the residual is (alpha/sigma) x 1 exactly",
-         (1 - M) * r_eps, (1 - M).expand_as(r_eps) * (-alpha / sigma) * (0 - 0 - 0 + b), atol=1e-12, rtol=0)
+td.check(
+    "masked consistency loss of the optimal denoiser = 0",
+    rl.consistency_loss("eps", p_eps[0], p_eps[1], p_eps[2], *xi, alpha, sigma, mask=M),
+    0.0,
+    atol=1e-25,
+    rtol=0,
+)
+td.check(
+    "off the object the residual is (alpha/sigma) x 1 exactly",
+    (1 - M) * r_eps,
+    (1 - M).expand_as(r_eps) * (-alpha / sigma) * (0 - 0 - 0 + b),
+    atol=1e-12,
+    rtol=0,
+)
 
 # %% [markdown]
 # ## 7. The latent-space form and what $\phi$ must see
 #
 # Stable Diffusion works on latents $z=\mathcal E(I)$, and a sum of images is no sum of latents. The paper
-# therefore learns a merging MLP $\phi$: $\mathcal L_\text{consistency}=\|M\odot(\epsilon_{L_1+L_2}-\phi(\epsilon_{L_1},\epsilon_{L_2}))\|^2$.
+# therefore learns a merging MLP $\phi$:
+# $\mathcal L_\text{consistency}=\|M\odot(\epsilon_{L_1+L_2}-\phi(\epsilon_{L_1},\epsilon_{L_2}))\|^2$.
 # The derivation above says what $\phi$ must compute even in image space, $\phi=p_1+p_2+o$, and $o$ depends on the
 # noisy inputs and on $t$: **a $\phi$ that sees only $(\epsilon_{L_1},\epsilon_{L_2})$ cannot be exact** (under the
 # shared $x_t$). A least-squares test settles it: fit the best linear $\phi$ at one $t$ from two input sets.
@@ -326,8 +391,13 @@ print(f"derived:               coefficients [1, 1, alpha b / sigma = {alpha * b 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check("phi that sees x_t recovers the derived coefficients (1, 1, alpha b / sigma, -1 / sigma)", fit_x.flatten(),
-         torch.tensor([1.0, 1.0, float(alpha * b / sigma), float(-1 / sigma)], dtype=torch.float64), atol=1e-8, rtol=0)
+td.check(
+    "phi that sees x_t recovers the derived coefficients (1, 1, alpha b / sigma, -1 / sigma)",
+    fit_x.flatten(),
+    torch.tensor([1.0, 1.0, float(alpha * b / sigma), float(-1 / sigma)], dtype=torch.float64),
+    atol=1e-8,
+    rtol=0,
+)
 td.check_less("phi that sees only (p1, p2) cannot be exact (rms error above 0.1)", 0.1, res_p)
 
 # %% [markdown]
@@ -362,8 +432,10 @@ relighter.add_background(3)
 bg_objs = world.make_objects(4, cfg.size, generator=g, background="random", dtype=torch.float64)
 cond_bg = torch.cat([cond_in, world.condition(bg_objs, with_background=True)[:, 4:]], 1)  # + 3 background channels
 bg_out = relighter(x_in, t_in, cond_bg, L[:4])
-print(f"max |widened - base| = {(wide_out - base_out).abs().max():.1e}, with a background: {(bg_out - base_out).abs().max():.1e}"
-      f" (outputs of size {base_out.abs().max():.1f})")
+print(
+    f"max |widened - base| = {(wide_out - base_out).abs().max():.1e}, with a background: {(bg_out - base_out).abs().max():.1e}"
+    f" (outputs of size {base_out.abs().max():.1f})"
+)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -376,7 +448,13 @@ with torch.no_grad():
 x8 = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
 dit_out = dit(x8, t_in[:2])
 td.models.widen_input(dit, 4)
-td.check("the same widening on lesson 09's DiT (patch embedding 3 -> 7)", dit(torch.cat([x8, torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)], 1), t_in[:2]), dit_out, atol=1e-10, rtol=0)
+td.check(
+    "the same widening on lesson 09's DiT (patch embedding 3 -> 7)",
+    dit(torch.cat([x8, torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)], 1), t_in[:2]),
+    dit_out,
+    atol=1e-10,
+    rtol=0,
+)
 
 # %% [markdown]
 # ## 9. Training: why $x_0$-prediction
@@ -388,7 +466,8 @@ td.check("the same widening on lesson 09's DiT (patch embedding 3 -> 7)", dit(to
 # budget (samples blew up) while an $x_0$-model reached 36 dB. Here the picture is a deterministic function of
 # $(I_d, L)$, which an $x_0$-model learns as a plain regression (and IC-Light's objective is written for any
 # parameterisation above). We train $x_0$-models: the vanilla objective, the joint objective
-# $\mathcal L=\lambda_\text{vanilla}\mathcal L_\text{vanilla}+\lambda_\text{consistency}\mathcal L_\text{consistency}$ with the paper's
+# $\mathcal L=\lambda_\text{vanilla}\mathcal L_\text{vanilla}+\lambda_\text{consistency}\mathcal L_\text{consistency}$
+# with the paper's
 # $\lambda$s (1.0, 0.1), shared $x_t$ and the data's target at $L$ (so the consistency says: the model's pictures
 # under $L_1$ and $L_2$ must add up, from black, to the true picture under $L$), and the same without the mask.
 #
@@ -409,27 +488,43 @@ test_mix = world.random_lights(cfg.n_test, cfg.light_res, n_sources=(2, 3), gene
 mix_1, mix_2, _ = world.split_light(test_mix, generator=g)
 test_cond = world.condition(test_objects).to(dev)
 truth = {name: world.tone_map(world.render(test_objects, light)) for name, light in (("single", test_single), ("mix", test_mix))}
-VARIANTS = {"vanilla": dict(lambda_consistency=0.0, use_mask=True, batch=3 * cfg.batch),
-            "consistency + M": dict(lambda_consistency=0.1, use_mask=True, batch=cfg.batch),
-            "consistency, no M": dict(lambda_consistency=0.1, use_mask=False, batch=cfg.batch),
-            "vanilla, batch B": dict(lambda_consistency=0.0, use_mask=True, batch=cfg.batch)}  # equal data, 1/3 compute
+VARIANTS = {
+    "vanilla": dict(lambda_consistency=0.0, use_mask=True, batch=3 * cfg.batch),
+    "consistency + M": dict(lambda_consistency=0.1, use_mask=True, batch=cfg.batch),
+    "consistency, no M": dict(lambda_consistency=0.1, use_mask=False, batch=cfg.batch),
+    "vanilla, batch B": dict(lambda_consistency=0.0, use_mask=True, batch=cfg.batch),
+}  # equal data, 1/3 compute
 results, models = [], {}
 for seed in range(cfg.seeds):
     for name, v in VARIANTS.items():
         torch.manual_seed(seed)
         net = td.models.RelightUNet(base_channels=cfg.ch, light_res=cfg.light_res)
-        fit = td.train.fit(net, rl.loss_fn(sched, "x0", lambda_consistency=v["lambda_consistency"], use_mask=v["use_mask"]),
-                           world.RelightBatches(train_objects, cfg.light_res), steps=cfg.steps, batch_size=v["batch"],
-                           lr=2e-3, seed=seed, progress_bar=False, desc=name)
+        fit = td.train.fit(
+            net,
+            rl.loss_fn(sched, "x0", lambda_consistency=v["lambda_consistency"], use_mask=v["use_mask"]),
+            world.RelightBatches(train_objects, cfg.light_res),
+            steps=cfg.steps,
+            batch_size=v["batch"],
+            lr=2e-3,
+            seed=seed,
+            progress_bar=False,
+            desc=name,
+        )
         f = fit.sampler_model
         row = {"variant": name, "seed": seed}
         for key, light in (("single", test_single), ("mix", test_mix)):
-            x = rl.relight(f, test_cond, light.to(dev), sched, cfg.ddim_steps, generator=torch.Generator().manual_seed(seed)).cpu()
-            row[key + "_psnr"], row[key + "_ssim"] = (m.mean().item() for m in rl.psnr_ssim(world.tone_map(world.from_model(x)), truth[key]))
+            x = rl.relight(
+                f, test_cond, light.to(dev), sched, cfg.ddim_steps, generator=torch.Generator().manual_seed(seed)
+            ).cpu()
+            row[key + "_psnr"], row[key + "_ssim"] = (
+                m.mean().item() for m in rl.psnr_ssim(world.tone_map(world.from_model(x)), truth[key])
+            )
             if key == "mix":
                 row["_mix_display"] = world.tone_map(world.from_model(x))
-        parts = [rl.relight(f, test_cond, light.to(dev), sched, cfg.ddim_steps, generator=torch.Generator().manual_seed(seed)).cpu()
-                 for light in (test_mix, mix_1, mix_2)]
+        parts = [
+            rl.relight(f, test_cond, light.to(dev), sched, cfg.ddim_steps, generator=torch.Generator().manual_seed(seed)).cpu()
+            for light in (test_mix, mix_1, mix_2)
+        ]
         row["linearity"] = rl.linearity_error(*parts, test_objects.mask)
         results.append(row)
         if seed == 0:
@@ -443,10 +538,19 @@ for name in VARIANTS:
     rs = [r for r in results if r["variant"] == name]
     cols = {k: torch.tensor([r[k] for r in rs]) for k in ("single_psnr", "single_ssim", "mix_psnr", "mix_ssim", "linearity")}
     summary[name] = cols
-    print(f"{name:>18} | " + " ".join(f"{cols[k].mean():6.2f}±{cols[k].std():4.2f}" if "psnr" in k else f"{cols[k].mean():6.3f}±{cols[k].std():.3f}"
-                                      for k in ("single_psnr", "single_ssim")) + " | "
-          + " ".join(f"{cols[k].mean():6.2f}±{cols[k].std():4.2f}" if "psnr" in k else f"{cols[k].mean():6.3f}±{cols[k].std():.3f}"
-                     for k in ("mix_psnr", "mix_ssim")) + f" | {cols['linearity'].mean():6.3f}±{cols['linearity'].std():.3f}")
+    print(
+        f"{name:>18} | "
+        + " ".join(
+            f"{cols[k].mean():6.2f}±{cols[k].std():4.2f}" if "psnr" in k else f"{cols[k].mean():6.3f}±{cols[k].std():.3f}"
+            for k in ("single_psnr", "single_ssim")
+        )
+        + " | "
+        + " ".join(
+            f"{cols[k].mean():6.2f}±{cols[k].std():4.2f}" if "psnr" in k else f"{cols[k].mean():6.3f}±{cols[k].std():.3f}"
+            for k in ("mix_psnr", "mix_ssim")
+        )
+        + f" | {cols['linearity'].mean():6.3f}±{cols['linearity'].std():.3f}"
+    )
 wins = (summary["consistency + M"]["mix_ssim"] > summary["vanilla"]["mix_ssim"]).sum().item()
 print(f"\nconsistency + M beats vanilla on SSIM (mixtures) in {wins} of {cfg.seeds} seeds")
 wins_m = (summary["consistency + M"]["mix_ssim"] > summary["consistency, no M"]["mix_ssim"]).sum().item()
@@ -454,7 +558,10 @@ print(f"the mask helps (consistency + M vs no M, SSIM mixtures) in {wins_m} of {
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-for ax, (key, label) in zip(axes, (("mix_psnr", "PSNR on mixtures (dB)"), ("mix_ssim", "SSIM on mixtures"), ("linearity", "linearity error (model space)"))):
+for ax, (key, label) in zip(
+    axes,
+    (("mix_psnr", "PSNR on mixtures (dB)"), ("mix_ssim", "SSIM on mixtures"), ("linearity", "linearity error (model space)")),
+):
     for j, name in enumerate(VARIANTS):
         ax.scatter([j] * cfg.seeds, summary[name][key], s=18)
         ax.errorbar(j + 0.15, summary[name][key].mean(), yerr=summary[name][key].std(), fmt="o", color="k", capsize=3)
@@ -463,7 +570,9 @@ for ax, (key, label) in zip(axes, (("mix_psnr", "PSNR on mixtures (dB)"), ("mix_
 plt.tight_layout()
 plt.show()
 fig, axes = plt.subplots(1 + len(VARIANTS), 8, figsize=(11, 1.5 * (1 + len(VARIANTS))))
-rows_img = [("truth (mixture)", truth["mix"])] + [(n, next(r["_mix_display"] for r in results if r["variant"] == n and r["seed"] == 0)) for n in VARIANTS]
+rows_img = [("truth (mixture)", truth["mix"])] + [
+    (n, next(r["_mix_display"] for r in results if r["variant"] == n and r["seed"] == 0)) for n in VARIANTS
+]
 for r, (name, imgs) in enumerate(rows_img):
     for i in range(8):
         axes[r, i].imshow(imgs[i % len(imgs)].permute(1, 2, 0).clamp(0, 1), interpolation="nearest")
@@ -500,28 +609,51 @@ plt.show()
 # comes only from the clamp at grazing angles; with a model's relightings it measures how physical they are.
 
 # %%
-directions = torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.0, 0.87], [-0.5, 0.0, 0.87], [0.0, 0.5, 0.87], [0.0, -0.5, 0.87], [0.35, 0.35, 0.87]])
+directions = torch.tensor(
+    [[0.0, 0.0, 1.0], [0.5, 0.0, 0.87], [-0.5, 0.0, 0.87], [0.0, 0.5, 0.87], [0.0, -0.5, 0.87], [0.35, 0.35, 0.87]]
+)
 ps_lights = world.lobe_lights(directions, cfg.light_res, kappa=20.0)
 moments = world.light_vector(ps_lights)
 renders = torch.stack([world.render(test_objects, Lk[None].expand(cfg.n_test, -1, -1, -1), background=False) for Lk in ps_lights])
 err_true = rl.angular_error(rl.photometric_stereo(renders, moments), test_objects.normals, test_objects.mask)
 print(f"true renders:      mean angular error {err_true.mean():5.1f} deg (median {err_true.median():.1f})")
 for name, f in models.items():
-    relit = torch.stack([world.from_model(rl.relight(f, test_cond, Lk[None].expand(cfg.n_test, -1, -1, -1).to(dev), sched, cfg.ddim_steps,
-                                                     generator=torch.Generator().manual_seed(0)).cpu()) * test_objects.mask for Lk in ps_lights])
+    relit = torch.stack(
+        [
+            world.from_model(
+                rl.relight(
+                    f,
+                    test_cond,
+                    Lk[None].expand(cfg.n_test, -1, -1, -1).to(dev),
+                    sched,
+                    cfg.ddim_steps,
+                    generator=torch.Generator().manual_seed(0),
+                ).cpu()
+            )
+            * test_objects.mask
+            for Lk in ps_lights
+        ]
+    )
     err = rl.angular_error(rl.photometric_stereo(relit, moments), test_objects.normals, test_objects.mask)
     print(f"{name:>18}: mean angular error {err.mean():5.1f} deg (median {err.median():.1f}), seed 0")
 
 # %%
 # NBVAL_CHECK_OUTPUT
 ps_obj = world.make_objects(8, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-ps_dirs = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, 1.0], [0.3, 0.0, 1.0], [-0.3, 0.0, 1.0], [0.0, 0.3, 1.0], [0.0, -0.3, 1.0]], dtype=torch.float64), dim=1)
+ps_dirs = torch.nn.functional.normalize(
+    torch.tensor([[0.0, 0.0, 1.0], [0.3, 0.0, 1.0], [-0.3, 0.0, 1.0], [0.0, 0.3, 1.0], [0.0, -0.3, 1.0]], dtype=torch.float64),
+    dim=1,
+)
 ps_L = world.lobe_lights(ps_dirs, 16, kappa=400.0, dtype=torch.float64)
 ps_I = torch.stack([world.render(ps_obj, Lk[None].expand(8, -1, -1, -1), background=False) for Lk in ps_L])
 front = ps_obj.mask.bool() & (ps_obj.normals[:, 2:3] > 0.8)  # no light behind these surfaces: the clamp is inactive
-td.check("photometric stereo on exact renders recovers the normals where no light is clamped",
-         rl.angular_error(rl.photometric_stereo(ps_I, world.light_vector(ps_L)), ps_obj.normals, front),
-         torch.zeros(int(front.sum()), dtype=torch.float64), atol=1e-5, rtol=0)
+td.check(
+    "photometric stereo on exact renders recovers the normals where no light is clamped",
+    rl.angular_error(rl.photometric_stereo(ps_I, world.light_vector(ps_L)), ps_obj.normals, front),
+    torch.zeros(int(front.sum()), dtype=torch.float64),
+    atol=1e-5,
+    rtol=0,
+)
 
 # %% [markdown]
 # ## 11. LPIPS
@@ -541,6 +673,7 @@ print(f"LPIPS skipped: {why}" if d_lpips is None else f"LPIPS(truth, truth) = {d
 # **1. The offset term.** Write $o_\varepsilon$ for three noisy inputs at $(\alpha_t,\sigma_t)$, with the black level
 # $b=-1$.
 
+
 # %%
 def my_offset_eps(xt_12, xt_1, xt_2, alpha, sigma):
     # Your code here: return o such that eps_12 = eps_1 + eps_2 + o at the optimum (b = td.relight.BLACK).
@@ -555,10 +688,17 @@ def offset_cases(i):
     return (*(torch.randn(2, 3, 4, 4, generator=gi, dtype=torch.float64) for _ in range(3)), a_i, (1 - a_i**2).sqrt())
 
 
-td.exercises.check(my_offset_eps, lambda *a: rl.offset("eps", *a), offset_cases,
-                   mistakes={"forgot the black level: the map x = 2I - 1 is affine (+ alpha b / sigma)":
-                             lambda x12, x1, x2, a_, s_: (x12 - x1 - x2) / s_,
-                             "no offset at all: that is the slide's identity": lambda x12, *r: torch.zeros_like(x12)})
+td.exercises.check(
+    my_offset_eps,
+    lambda *a: rl.offset("eps", *a),
+    offset_cases,
+    mistakes={
+        "forgot the black level: the map x = 2I - 1 is affine (+ alpha b / sigma)": lambda x12, x1, x2, a_, s_: (
+            (x12 - x1 - x2) / s_
+        ),
+        "no offset at all: that is the slide's identity": lambda x12, *r: torch.zeros_like(x12),
+    },
+)
 
 # %% [markdown]
 # **2. Find the bug.** A colleague codes the lecture's slide literally, for an $\varepsilon$-model trained with the
@@ -569,6 +709,7 @@ td.exercises.check(my_offset_eps, lambda *a: rl.offset("eps", *a), offset_cases,
 # ```
 #
 # At the Bayes optimum this is far from 0 (Section 4), so it fights the vanilla loss. Write the correct loss.
+
 
 # %%
 def my_consistency_loss(eps, eps_1, eps_2, xt, alpha, sigma, mask):
@@ -585,13 +726,20 @@ def loss_cases(i):
     return (*z, a_i, (1 - a_i**2).sqrt(), (torch.rand(2, 1, 4, 4, generator=gi) > 0.4).double())
 
 
-td.exercises.check(my_consistency_loss, lambda e, e1, e2, x, a_, s_, m: rl.consistency_loss("eps", e, e1, e2, x, x, x, a_, s_, mask=m), loss_cases,
-                   mistakes={"the slide's literal identity (no offset)": lambda e, e1, e2, x, a_, s_, m: (m * (e - e1 - e2)).square().mean(),
-                             "forgot the mask M": lambda e, e1, e2, x, a_, s_, m: rl.consistency_loss("eps", e, e1, e2, x, x, x, a_, s_)})
+td.exercises.check(
+    my_consistency_loss,
+    lambda e, e1, e2, x, a_, s_, m: rl.consistency_loss("eps", e, e1, e2, x, x, x, a_, s_, mask=m),
+    loss_cases,
+    mistakes={
+        "the slide's literal identity (no offset)": lambda e, e1, e2, x, a_, s_, m: (m * (e - e1 - e2)).square().mean(),
+        "forgot the mask M": lambda e, e1, e2, x, a_, s_, m: rl.consistency_loss("eps", e, e1, e2, x, x, x, a_, s_),
+    },
+)
 
 # %% [markdown]
 # **3. Zero-initialised widening.** Return a copy of `conv` that reads `extra` more input channels and computes
 # the same output for any values in them.
+
 
 # %%
 def my_widen(conv, extra):
@@ -615,9 +763,17 @@ def old_weights_last(conv, extra):
     return new
 
 
-td.exercises.check(lambda conv, extra, x: my_widen(conv, extra)(x), lambda conv, extra, x: td.models.widen_input_conv(conv, extra)(x),
-                   widen_cases, name="my_widen",
-                   mistakes={"put the old weights on the last channels: the image comes first, [x_t | I_d]": lambda conv, extra, x: old_weights_last(conv, extra)(x)})
+td.exercises.check(
+    lambda conv, extra, x: my_widen(conv, extra)(x),
+    lambda conv, extra, x: td.models.widen_input_conv(conv, extra)(x),
+    widen_cases,
+    name="my_widen",
+    mistakes={
+        "put the old weights on the last channels: the image comes first, [x_t | I_d]": lambda conv, extra, x: old_weights_last(
+            conv, extra
+        )(x)
+    },
+)
 
 # %% [markdown]
 # ## Closing notes: what was left out
@@ -639,4 +795,4 @@ td.exercises.check(lambda conv, extra, x: my_widen(conv, extra)(x), lambda conv,
 # | vanilla and consistency losses, offset $o$, couplings, $M$, joint objective | `td.relight` |
 # | Bayes-optimal predictions of a deterministic world | `td.relight.bayes_prediction` |
 # | relighting model, zero-initialised widening (UNet, DiT) | `td.models.RelightUNet`, `td.models.widen_input` |
-# | PSNR/SSIM, LPIPS if available, photometric stereo | `td.relight.psnr_ssim`, `td.relight.lpips`, `td.relight.photometric_stereo` |
+# | PSNR/SSIM, LPIPS (if available), normals | `td.relight.psnr_ssim`, `td.relight.lpips`, `td.relight.photometric_stereo` |
