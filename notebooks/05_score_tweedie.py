@@ -817,5 +817,15 @@ td.exercises.check(my_score_from_eps, td.convert.score_from_eps, score_cases, mi
 # * Langevin dynamics samples from a score but does not move mass between separated modes; annealing over noise
 #   levels (VE view, $\sigma_t^2 = (1-\bar\alpha_t)/\bar\alpha_t$) fixes the mode weights.
 #
+# | idea | tinydiff |
+# | --- | --- |
+# | the score of a Gaussian; any score by autograd | `td.score.gaussian_score`, `td.score.score_autograd` |
+# | Tweedie's $\mathbb E[x_0\mid x_t]$ | `td.score.tweedie_x0` |
+# | $\varepsilon\leftrightarrow$ score | `td.convert.eps_from_score`, `td.convert.score_from_eps` |
+# | a network's score error per $t$, three units | `td.score.score_error_per_t` |
+# | Langevin: a step, a chain, its stationary variance | `td.score.langevin_step`, `langevin`, `ula_gaussian_variance` |
+# | annealed Langevin; mode weights of samples | `td.score.annealed_langevin`, `geometric_sigmas`, `component_fractions` |
+# | VE $\leftrightarrow$ VP | `td.score.sigma_from_alpha_bar`, `alpha_bar_from_sigma`, `ve_score_fn_from_eps_fn` |
+#
 # **Try next:** train the network longer and watch which $t$ improve; run plain Langevin for 10× more steps and
 # see whether the weights move; make the modes wider (std 0.4) and see plain Langevin succeed.

@@ -680,3 +680,14 @@ td.exercises.check(my_cfg, G.cfg, ex_cases3,
 #   $(1+\gamma)\varepsilon(x,y) - \gamma\varepsilon(x,\varnothing)$; diffusers' `guidance_scale` is $w = 1+\gamma$.
 # - CFG samples are not samples of $p(x\mid y)^{1+\gamma}p(x)^{-\gamma}$; we measured the gap on an exact oracle.
 # - Larger $\gamma$: higher fidelity, lower diversity — and, pushed too far, artefacts.
+#
+# | idea | tinydiff |
+# | --- | --- |
+# | classifier guidance on $\varepsilon$, the score, the DDPM mean | `td.guidance.classifier_eps`, `guided_score`, `guided_mean` |
+# | a classifier's gradient $\nabla\log p_\phi(y\mid x_t)$; the oracle's | `td.guidance.classifier_grad`, `oracle_class_grad` |
+# | guided `eps_fn` for any sampler | `td.guidance.classifier_guided_eps_fn`, `cfg_eps_fn_from` |
+# | CFG in the lecture's $\gamma$ and in diffusers' $w = 1 + \gamma$ | `td.guidance.cfg`, `cfg_diffusers` |
+# | caption/label dropout for CFG training | `td.guidance.drop_labels` |
+# | exact guidance on the mixture oracle | `td.guidance.oracle_cfg_eps_fn`, `oracle_classifier_eps_fn` |
+# | the tilted density CFG does *not* sample; its moments by quadrature | `td.guidance.tilted_log_density`, `grid_moments` |
+# | the fidelity–diversity trade-off | `td.guidance.tradeoff`, `td.metrics.knn_recall` |
