@@ -495,14 +495,6 @@ def test_kill_9_mid_run_then_resume_is_bitwise_identical(tmp_path):
     steps = 300
     ckpt = tmp_path / "run.pt"
     victim = _spawn(tmp_path, ckpt, tmp_path / "never.pt", steps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(123)
-        straight = fit(MLPDenoiser(hidden=32, depth=1, time_dim=16), ddpm_loss, data, steps=steps, batch_size=32,
-                       progress_bar=False, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
     deadline = time.time() + 120
     while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.002)
@@ -513,6 +505,14 @@ def test_kill_9_mid_run_then_resume_is_bitwise_identical(tmp_path):
     killed_at = load_checkpoint(ckpt)["step"]
     assert 0 < killed_at < steps  # it really was interrupted mid-run
     resumed = _spawn(tmp_path, ckpt, tmp_path / "resumed.pt", steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # the uninterrupted run, in this process, while the other one resumes
+        torch.manual_seed(123)
+        straight = fit(MLPDenoiser(hidden=32, depth=1, time_dim=16), ddpm_loss, data, steps=steps, batch_size=32,
+                       progress_bar=False, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
     b = torch.load(tmp_path / "resumed.pt")
     assert all(torch.equal(x, y) for x, y in zip(straight.model.parameters(), b["model"]))
