@@ -9,12 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import jupytext
 import pytest
+import tomllib
 
 import tinydiff as td
 
