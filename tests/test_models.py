@@ -175,6 +175,7 @@ def test_networks_refuse_inputs_they_would_ignore_or_misread():
     (lambda: td.models.group_norm(0), "channels must lie in 1.."),
     (lambda: td.models.timestep_embedding(torch.arange(3), 7), "dim .* must be even"),
     (lambda: td.models.timestep_embedding(torch.arange(3), 8, max_period=-1.0), "max_period must be > 1"),
+    (lambda: td.models.timestep_embedding(torch.zeros(2, 3), 8), "t must be a number or a 1-d tensor"),
     (lambda: td.models.KLAutoencoder().latent_shape((8, 8)), r"image_shape must be \(C, H, W\)"),
 ])
 def test_network_constructors_name_the_bad_argument(build, match):

@@ -46,7 +46,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2:
         raise ValueError(f"dim (the embedding dimension) must be even; got {dim}")
     max_period = V.number("max_period", max_period, low=1.0, strict_low=True)
-    t = _timesteps(t).to(torch.float32).reshape(-1)
+    t = _timesteps(t)
+    if t.ndim > 1:
+        raise ValueError(f"t must be a number or a 1-d tensor (B,) of timesteps; got {V.describe(t)}")
+    t = t.to(torch.float32).reshape(-1)
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None] * freqs[None]
