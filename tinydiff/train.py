@@ -365,11 +365,13 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
       resumed step on (the optimiser's moment estimates are kept), and a warning lists what changed. A checkpoint
       with more steps than ``steps`` is refused (ValueError) rather than returned silently; one with exactly
       ``steps`` returns the finished run without training.
-    - NaN guard: the loss is checked for NaN/inf on the device without a host sync; the flag is read every
-      ``check_every`` steps, before every checkpoint and at the end. A divergence is therefore noticed at most
-      ``check_every - 1`` steps after it happened (the message gives the exact step), and no checkpoint with
-      non-finite weights is ever written: :class:`TrainingDiverged` names the newest checkpoint, whose weights are
-      finite and older than the divergence; calling ``fit`` again with a lower ``lr`` resumes from it.
+    - NaN guard: the loss is checked for NaN/inf on the device without a host sync; the flag and the pending losses
+      are read (one sync) every ``check_every`` steps, before every checkpoint and at the end, and the weights are
+      checked finite there too. A divergence is therefore noticed at most ``check_every - 1`` steps after it happened
+      (the message gives the exact step), and no checkpoint with non-finite weights or losses is ever written:
+      :class:`TrainingDiverged` names the newest checkpoint whose weights gave finite losses, older than the
+      divergence (if the newest one's own weights gave the first NaN, the one before it takes its place); calling
+      ``fit`` again with the same ``ckpt`` and a lower ``lr`` resumes from it.
     - ``amp``: bfloat16 autocast; default on for CUDA, off elsewhere. Progress bar on by default.
     """
     if not isinstance(model, nn.Module):
