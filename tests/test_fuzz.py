@@ -869,42 +869,52 @@ def run_fuzz(seed=0, log=None):
     rng = random.Random(seed)
     results = []
     os.environ["TINYDIFF_PROGRESS"] = "0"
-    with no_network():
-        for qual, obj, method in public_callables():
-            torch.manual_seed(0)
-            try:
-                fn = _target(qual, obj, method)
-                params = _params(fn)
-                base = {p.name: _plausible(qual, p) for p in params}
-            except Exception as exc:  # noqa: BLE001
-                results.append((qual, "-", "baseline", "no_baseline", f"{type(exc).__name__}: {exc}"))
-                continue
-            names = [p.name for p in params]
-            status, value = _call(fn, dict(base), limit=30.0)  # the first call may import a library (sklearn, scipy)
-            outcome = classify(status, value, None, names)
-            if outcome != "ok":
-                msg = f"{type(value).__name__}: {value}" if status == "raised" else outcome
-                results.append((qual, "-", "baseline", "no_baseline" if status == "raised" else outcome, msg[:300]))
-                continue
-            for p in params:
-                bads = _bad_values(_template(qual, p, base[p.name]), p.default)
-                if len(bads) > PER_ARG:
-                    bads = rng.sample(bads, PER_ARG)
-                for bad in bads:
-                    try:
-                        fn = _target(qual, obj, method)
-                        kwargs = {n: _plausible(qual, q) for n, q in zip(names, params)}
-                        kwargs[p.name] = bad.make()
-                    except Exception as exc:  # noqa: BLE001
-                        results.append((qual, p.name, bad.kind, "no_baseline", repr(exc)[:200]))
-                        continue
-                    status, value = _call(fn, kwargs)
-                    outcome = classify(status, value, bad, names)
-                    msg = f"{type(value).__name__}: {value}" if status == "raised" else ""
-                    results.append((qual, p.name, bad.kind, outcome, msg[:300]))
-                    if log is not None:
-                        log(results[-1])
+    here = os.getcwd()
+    with no_network(), tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)  # a bad value like ckpt="nonsense" writes its file here, not into the checkout
+        try:
+            _fuzz_all(rng, results, log)
+        finally:
+            os.chdir(here)
     return results
+
+
+def _fuzz_all(rng, results, log):
+    """Fuzz every public callable, appending (name, argument, bad kind, outcome, message) to ``results``."""
+    for qual, obj, method in public_callables():
+        torch.manual_seed(0)
+        try:
+            fn = _target(qual, obj, method)
+            params = _params(fn)
+            base = {p.name: _plausible(qual, p) for p in params}
+        except Exception as exc:  # noqa: BLE001
+            results.append((qual, "-", "baseline", "no_baseline", f"{type(exc).__name__}: {exc}"))
+            continue
+        names = [p.name for p in params]
+        status, value = _call(fn, dict(base), limit=30.0)  # the first call may import a library (sklearn, scipy)
+        outcome = classify(status, value, None, names)
+        if outcome != "ok":
+            msg = f"{type(value).__name__}: {value}" if status == "raised" else outcome
+            results.append((qual, "-", "baseline", "no_baseline" if status == "raised" else outcome, msg[:300]))
+            continue
+        for p in params:
+            bads = _bad_values(_template(qual, p, base[p.name]), p.default)
+            if len(bads) > PER_ARG:
+                bads = rng.sample(bads, PER_ARG)
+            for bad in bads:
+                try:
+                    fn = _target(qual, obj, method)
+                    kwargs = {n: _plausible(qual, q) for n, q in zip(names, params)}
+                    kwargs[p.name] = bad.make()
+                except Exception as exc:  # noqa: BLE001
+                    results.append((qual, p.name, bad.kind, "no_baseline", repr(exc)[:200]))
+                    continue
+                status, value = _call(fn, kwargs)
+                outcome = classify(status, value, bad, names)
+                msg = f"{type(value).__name__}: {value}" if status == "raised" else ""
+                results.append((qual, p.name, bad.kind, outcome, msg[:300]))
+                if log is not None:
+                    log(results[-1])
 
 
 def counts(results):
