@@ -866,8 +866,8 @@ td.exercises.check(my_posterior_mean, lambda *a: td.ddpm.q_posterior(*a)[0], pos
 
 # %% [markdown]
 # **Exercise 3: one step of Algorithm 2.** Given $x_t$, the predicted noise, $t$ and a noise draw $z$,
-# return $x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\hat\varepsilon\big)
-# + \sigma_t z$ with $\sigma_t^2 = \tilde\beta_t$ (`sched.posterior_variance`), and no noise at $t=1$.
+# return $x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\hat\varepsilon\big) + \sigma_t z$
+# with $\sigma_t^2 = \tilde\beta_t$ (`sched.posterior_variance`), and no noise at $t=1$.
 # Hints: $\sigma_t$ is a standard deviation (a square root of the variance); the $\sqrt{\cdot}$ under $\beta_t$
 # is on $1-\bar\alpha_t$, while the prefactor uses the single-step $\alpha_t$.
 
