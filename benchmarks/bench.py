@@ -178,9 +178,9 @@ def part_oracle(reps: int) -> list[tuple]:
         ab = float(sched.alpha_bar[500])
         a, s = math.sqrt(ab), math.sqrt(1 - ab)
         torch.testing.assert_close(eps(x, t).double(), _dist_eps(gm, x, a, s), rtol=1e-5, atol=1e-5)
-        times = interleaved({"torch.distributions + autograd": lambda: _dist_eps(gm, x, a, s),
-                             "former (B, K, D, D) Cholesky formulas": lambda: _former_score(gm, x, ab),
-                             "mixture.eps_fn (one DDPM step)": lambda: eps(x, t)}, reps)
+        times = interleaved({"torch.distributions + autograd": lambda gm=gm, x=x, a=a, s=s: _dist_eps(gm, x, a, s),
+                             "former (B, K, D, D) Cholesky formulas": lambda gm=gm, x=x, ab=ab: _former_score(gm, x, ab),
+                             "mixture.eps_fn (one DDPM step)": lambda eps=eps, x=x, t=t: eps(x, t)}, reps)
         rows.append((f"exact eps of a Gaussian mixture, {name}", times, "torch.distributions + autograd"))
     return rows
 

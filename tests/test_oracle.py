@@ -66,7 +66,8 @@ def test_fast_formulas_equal_the_cholesky_formulas(name, per_sample):
 def test_log_prob_matches_torch_distributions_and_score_matches_autograd(name):
     gm = MIXTURES[name]()
     a, s = 0.7, 0.5
-    comp = torch.distributions.MultivariateNormal(a * gm.means, covariance_matrix=a**2 * gm.covs + s**2 * torch.eye(gm.D, dtype=torch.float64))
+    cov = a**2 * gm.covs + s**2 * torch.eye(gm.D, dtype=torch.float64)
+    comp = torch.distributions.MultivariateNormal(a * gm.means, covariance_matrix=cov)
     mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(probs=gm.weights), comp)
     x = torch.randn(40, gm.D, dtype=torch.float64, requires_grad=True)
     ref = mix.log_prob(x)

@@ -539,3 +539,33 @@ def test_a_checkpoint_whose_weights_gave_the_first_nan_is_replaced_by_the_one_be
         tiny_fit(loss_fn=nan_at_6, steps=20, ckpt=tmp_path / "b.pt", ckpt_every=6, check_every=9)
     assert not (tmp_path / "b.pt").exists() and (tmp_path / "b.pt.diverged").exists()
     assert "resume" not in str(info.value)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_amp_uses_the_dtype_the_device_supports_and_scales_fp16_gradients(monkeypatch, native_bf16):
+    """fit's autocast dtype comes from profiles.autocast_dtype: bf16 where native, fp16 with a GradScaler otherwise
+    (a T4). The CUDA decision is simulated on the CPU by replacing autocast_dtype."""
+    import tinydiff.train as train_mod
+
+    want = torch.bfloat16 if native_bf16 else torch.float16
+    monkeypatch.setattr(train_mod, "autocast_dtype", lambda dev: want)
+    seen, scaled = [], []
+    real_scale = torch.amp.GradScaler.scale
+
+    def spy(self, outputs):
+        scaled.append(self.is_enabled())
+        return real_scale(self, outputs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", spy)
+    model = torch.nn.Linear(4, 4)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(m, batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return (m(batch) - batch).pow(2).mean()
+
+    out = fit(model, loss_fn, x, steps=5, batch_size=16, lr=1e-2, amp=True, device="cpu", progress_bar=False,
+              ema_decay=None)
+    assert all(on and dtype == want for on, dtype in seen)
+    assert scaled and all(flag == (want == torch.float16) for flag in scaled)
+    assert all(math.isfinite(v) for v in out.losses)

@@ -222,7 +222,8 @@ class LinearPath(NoisePath):
 # ---------------------------------------------------------------------------------- EDM preconditioning
 def edm_coefs(sigma_ve, sigma_data: float = 0.5):
     r"""EDM's preconditioning (Karras et al. 2022, Table 1) at noise level :math:`\sigma` (VE variable):
-    :math:`c_{\text{skip}} = \sigma_d^2/(\sigma^2+\sigma_d^2)`, :math:`c_{\text{out}} = \sigma\sigma_d/\sqrt{\sigma^2+\sigma_d^2}`,
+    :math:`c_{\text{skip}} = \sigma_d^2/(\sigma^2+\sigma_d^2)`,
+    :math:`c_{\text{out}} = \sigma\sigma_d/\sqrt{\sigma^2+\sigma_d^2}`,
     :math:`c_{\text{in}} = 1/\sqrt{\sigma^2+\sigma_d^2}`, :math:`c_{\text{noise}} = \tfrac14\log\sigma`; the denoiser is
     :math:`D(x;\sigma) = c_{\text{skip}}x + c_{\text{out}}F(c_{\text{in}}x; c_{\text{noise}})`. Returns the four as float64."""
     s = torch.as_tensor(sigma_ve, dtype=torch.float64)

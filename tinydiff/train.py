@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from . import validation as V
+from .profiles import autocast_dtype
 from .utils import device as default_device
 from .utils import progress
 
@@ -372,7 +373,10 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
       :class:`TrainingDiverged` names the newest checkpoint whose weights gave finite losses, older than the
       divergence (if the newest one's own weights gave the first NaN, the one before it takes its place); calling
       ``fit`` again with the same ``ckpt`` and a lower ``lr`` resumes from it.
-    - ``amp``: bfloat16 autocast; default on for CUDA, off elsewhere. Progress bar on by default.
+    - ``amp``: mixed-precision autocast; default on for CUDA, off elsewhere. The dtype is
+      :func:`tinydiff.profiles.autocast_dtype`: bfloat16 where the GPU computes it natively, float16 with a
+      ``torch.amp.GradScaler`` on GPUs that only emulate bf16 (e.g. a T4; the scaler restarts from its initial
+      scale on a resume, so an fp16 resume is not bit-exact), bfloat16 on the CPU when asked for. Progress bar on by default.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {V.describe(model)}")
@@ -407,6 +411,9 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda'; got {V.describe(device)}") from exc
     amp = (dev.type == "cuda") if amp is None else amp
+    # bf16 where the device computes it natively; fp16 (with a gradient scaler) on GPUs that only emulate bf16
+    amp_dtype = (autocast_dtype(dev) or torch.bfloat16) if amp else None
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     settings = _settings(lr, weight_decay, batch_size, ema_decay, grad_clip, warmup, seed, amp)
 
     model.to(dev).train()
@@ -460,16 +467,18 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
     bar = progress(range(start, steps), total=steps, initial=start, desc=desc, disable=not progress_bar)
     for step in bar:
         batch = _draw(data, batch_size, gen, dev)
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp):
             loss = _check_loss(loss_fn(model, batch))
         detached = loss.detach()
         bad = bad | ~torch.isfinite(detached)
         pending.append(detached)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()  # the scaler is a no-op unless training in fp16
         if grad_clip is not None:
+            scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         if ema is not None:
             ema.update(model)

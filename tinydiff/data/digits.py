@@ -1,4 +1,5 @@
-"""Digits, offline: scikit-learn's bundled 8x8 digits everywhere; MNIST / Fashion-MNIST through torchvision where the network allows."""
+"""Digits, offline: scikit-learn's bundled 8x8 digits everywhere; MNIST / Fashion-MNIST through torchvision where
+the network allows."""
 
 from __future__ import annotations
 
