@@ -180,10 +180,10 @@ td.check("D(E(x)) has the image's shape", torch.tensor(rec_kl.shape), torch.tens
 # A small reconstruction error does not guarantee that the caption survives: look at the squares of the VQ
 # row above (and at the KL row, if you cut `ae_steps` in half: corners are the last thing an autoencoder
 # learns). To *measure* what survives, we train a small attribute classifier on real images
-# (`td.data.shapes.attribute_classifier`: it locates the shape, then reads colour from its pixels, position from its centroid and shape from a
-# centred, colour-blind crop) and read its verdict on the reconstructions. We use the same classifier in
-# §7 to judge generated images, so the autoencoder's row is the ceiling for everything latent diffusion
-# can draw. The held-out green triangles were never shown to the classifier either.
+# (`td.data.shapes.attribute_classifier`: it locates the shape, then reads colour from its pixels, position
+# from its centroid and shape from a centred, colour-blind crop) and read its verdict on the reconstructions.
+# We use the same classifier in §7 to judge generated images, so the autoencoder's row is the ceiling for
+# everything latent diffusion can draw. The held-out green triangles were never shown to the classifier either.
 
 # %%
 clf = td.data.shapes.attribute_classifier(cfg.clf_ch)
