@@ -73,3 +73,21 @@ def test_bad_alpha_bar_shape_raises():
     x0, eps, _, _, xt = _batch()
     with pytest.raises(ValueError, match="shape"):
         convert.x0_from_eps(xt, eps, torch.full((5,), 0.5))
+
+
+def test_bad_input_names_the_argument():
+    import pytest
+
+    xt, eps, ab = torch.randn(4, 2), torch.randn(4, 2), torch.full((4,), 0.5)
+    with pytest.raises(TypeError, match="xt"):
+        td.convert.x0_from_eps(None, eps, ab)
+    with pytest.raises(ValueError, match="eps"):
+        td.convert.x0_from_eps(xt, eps[:3], ab)
+    with pytest.raises(ValueError, match="alpha_bar_t"):
+        td.convert.x0_from_eps(xt, eps, torch.ones(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="alpha_bar_t"):
+        td.convert.eps_from_x0(xt, eps, torch.full((5,), 0.5))
+    with pytest.raises(ValueError, match="alpha_bar_t"):
+        td.convert.score_from_eps(eps, 1.5)
+    with pytest.raises(ValueError, match="sigma"):
+        td.convert.x0_eps_from("eps", eps, xt, 0.8, None)

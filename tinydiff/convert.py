@@ -19,8 +19,10 @@ and the score is Tweedie's :math:`\nabla\log p(x_t) = -\mathbb E[\varepsilon\mid
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from . import validation
 from .utils import expand_to, table_on
 
 __all__ = [
@@ -45,8 +47,39 @@ PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 
 
 def _check_prediction(prediction):
-    if prediction not in PREDICTIONS:
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
+
+
+# Checks on metadata only (type, dtype, shape): these functions run inside sampler loops, so they make no host sync.
+def _data(name, value):
+    return validation.tensor(name, value)
+
+
+def _like(name, value, x, x_name):
+    """``value`` (a tensor) must broadcast to the shape of ``x``."""
+    value = validation.tensor(name, value)
+    try:
+        ok = tuple(torch.broadcast_shapes(value.shape, x.shape)) == tuple(x.shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must have the shape of {x_name} {tuple(x.shape)}; got {validation.describe(value)}")
+    return value
+
+
+def _coef(name, c, x, *, unit=False):
+    """A scalar or per-sample ``(B,)`` coefficient for ``x`` (``unit``: a Python number must lie in [0, 1])."""
+    if isinstance(c, np.ndarray):
+        c = torch.from_numpy(c)
+    if isinstance(c, torch.Tensor):
+        if not c.is_floating_point():
+            raise ValueError(f"{name} must be a floating scalar or (B,) tensor; got {validation.describe(c)}")
+        if c.ndim > 1 or (c.ndim == 1 and c.shape[0] not in (1, x.shape[0] if x.ndim else 1)):
+            raise ValueError(f"{name} must be a scalar or have shape (B,) with B = {x.shape[0] if x.ndim else 1} "
+                             f"(the batch of x); got {validation.describe(c)}")
+        return c
+    return validation.number(name, c, low=0 if unit else None, high=1 if unit else None)
 
 
 def x0_eps_from(prediction: str, pred: torch.Tensor, x: torch.Tensor, alpha, sigma, d_alpha=None, d_sigma=None):
@@ -64,6 +97,9 @@ def x0_eps_from(prediction: str, pred: torch.Tensor, x: torch.Tensor, alpha, sig
       :math:`\hat x_0 = (\dot\sigma_t x_t - \sigma_t u)/\Delta`, :math:`\hat\varepsilon = (\alpha_t u - \dot\alpha_t x_t)/\Delta`.
     """
     _check_prediction(prediction)
+    x = _data("x", x)
+    pred = _like("pred", pred, x, "x")
+    alpha, sigma = _coef("alpha", alpha, x), _coef("sigma", sigma, x)
     a, s = expand_to(_f64(alpha), x), expand_to(_f64(sigma), x)
     if prediction == "eps":
         return (x - s * pred) / a, pred
@@ -86,6 +122,9 @@ def prediction_from(prediction: str, x0: torch.Tensor, eps: torch.Tensor, alpha,
     ``"score"`` :math:`-\varepsilon/\sigma_t`, ``"v"`` :math:`\alpha_t\varepsilon - \sigma_t x_0`,
     ``"velocity"`` :math:`\dot\alpha_t x_0 + \dot\sigma_t\varepsilon` (the exact inverse of :func:`x0_eps_from`)."""
     _check_prediction(prediction)
+    x0 = _data("x0", x0)
+    eps = _like("eps", eps, x0, "x0")
+    alpha, sigma = _coef("alpha", alpha, x0), _coef("sigma", sigma, x0)
     a, s = expand_to(_f64(alpha), x0), expand_to(_f64(sigma), x0)
     if prediction == "eps":
         return eps
@@ -107,7 +146,7 @@ def _derivatives(d_alpha, d_sigma, x):
     if d_alpha is None or d_sigma is None:
         raise ValueError("prediction='velocity' needs the path's time derivatives d_alpha and d_sigma "
                          "(tinydiff.denoisers paths provide them)")
-    return expand_to(_f64(d_alpha), x), expand_to(_f64(d_sigma), x)
+    return expand_to(_f64(_coef("d_alpha", d_alpha, x)), x), expand_to(_f64(_coef("d_sigma", d_sigma, x)), x)
 
 
 def _vp(alpha_bar_t):
@@ -123,41 +162,51 @@ def _coefs(alpha_bar_t, x):
 
 def x0_from_eps(xt: torch.Tensor, eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r""":math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon) / \sqrt{\bar\alpha_t}`."""
-    return x0_eps_from("eps", eps, xt, *_vp(alpha_bar_t))[0]
+    xt = _data("xt", xt)
+    return x0_eps_from("eps", _like("eps", eps, xt, "xt"), xt, *_vp(_coef("alpha_bar_t", alpha_bar_t, xt, unit=True)))[0]
 
 
 def eps_from_x0(xt: torch.Tensor, x0: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r""":math:`\varepsilon = (x_t - \sqrt{\bar\alpha_t}\,x_0) / \sqrt{1-\bar\alpha_t}`."""
-    return x0_eps_from("x0", x0, xt, *_vp(alpha_bar_t))[1]
+    xt = _data("xt", xt)
+    return x0_eps_from("x0", _like("x0", x0, xt, "xt"), xt, *_vp(_coef("alpha_bar_t", alpha_bar_t, xt, unit=True)))[1]
 
 
 def score_from_eps(eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r""":math:`\nabla\log p(x_t) = -\varepsilon / \sqrt{1-\bar\alpha_t}`."""
-    _, s = _coefs(alpha_bar_t, eps)
+    eps = _data("eps", eps)
+    _, s = _coefs(_coef("alpha_bar_t", alpha_bar_t, eps, unit=True), eps)
     return -eps / s
 
 
 def eps_from_score(score: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r""":math:`\varepsilon = -\sqrt{1-\bar\alpha_t}\,\nabla\log p(x_t)`."""
-    _, s = _coefs(alpha_bar_t, score)
+    score = _data("score", score)
+    _, s = _coefs(_coef("alpha_bar_t", alpha_bar_t, score, unit=True), score)
     return -s * score
 
 
 def v_from_eps(eps: torch.Tensor, x0: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r"""The v-target of Salimans & Ho: :math:`v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0`."""
-    a, s = _coefs(alpha_bar_t, eps)
+    eps = _data("eps", eps)
+    x0 = _like("x0", x0, eps, "eps")
+    a, s = _coefs(_coef("alpha_bar_t", alpha_bar_t, eps, unit=True), eps)
     return a * eps - s * x0
 
 
 def x0_from_v(xt: torch.Tensor, v: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r""":math:`x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,v`."""
-    a, s = _coefs(alpha_bar_t, xt)
+    xt = _data("xt", xt)
+    v = _like("v", v, xt, "xt")
+    a, s = _coefs(_coef("alpha_bar_t", alpha_bar_t, xt, unit=True), xt)
     return a * xt - s * v
 
 
 def eps_from_v(xt: torch.Tensor, v: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r""":math:`\varepsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,v`."""
-    a, s = _coefs(alpha_bar_t, xt)
+    xt = _data("xt", xt)
+    v = _like("v", v, xt, "xt")
+    a, s = _coefs(_coef("alpha_bar_t", alpha_bar_t, xt, unit=True), xt)
     return s * xt + a * v
 
 
