@@ -199,3 +199,35 @@ def test_mixture_check_rejects_bad_input():
         metrics.mixture_check(torch.zeros(10, 2), gm)
     with pytest.raises(ValueError, match="shape"):
         metrics.mixture_check(torch.zeros(100, 3), gm)
+
+
+def test_distances_refuse_bad_input_by_name():
+    x, y = torch.randn(8, 2), torch.randn(8, 2)
+    with pytest.raises(ValueError, match=r"\bk must lie in 1\.\."):
+        metrics.knn_recall(x, y, k=0)  # it returned 0.0
+    with pytest.raises(ValueError, match="k must be an int"):
+        metrics.knn_recall(x, y, k=1.5)
+    assert metrics.knn_recall(x, y, k=1) == metrics.knn_recall(x.numpy(), y, k=1)  # numpy accepted
+    with pytest.raises(TypeError, match="fake must be a torch.Tensor"):
+        metrics.knn_recall(x, None)
+    with pytest.raises(ValueError, match=r"x must be a set of samples"):
+        metrics.sliced_wasserstein(torch.randn(8), y)
+    with pytest.raises(ValueError, match="x must hold at least 2"):
+        metrics.mmd_rbf(x[:0], y)
+    with pytest.raises(ValueError, match="n_projections"):
+        metrics.sliced_wasserstein(x, y, n_projections=0)
+    with pytest.raises(ValueError, match="bandwidth must be >"):
+        metrics.mmd_rbf(x, y, bandwidth=-1.0)
+    with pytest.raises(ValueError, match="max_n"):
+        metrics.mmd_multiscale(x, y, max_n=0)
+    with pytest.raises(ValueError, match="cov must have shape"):
+        metrics.gaussian_fit_error(x, torch.zeros(2), torch.eye(3))
+    with pytest.raises(ValueError, match="edges must be"):
+        metrics.histogram_tv(x[:, 0], torch.tensor([1.0, 0.0]), torch.tensor([1.0]))
+    with pytest.raises(TypeError, match="sample_fn returned None"):
+        metrics.noise_floor(metrics.mmd_rbf, lambda n: None, 8)
+    gm = td.data.GaussianMixture.ring(4)
+    with pytest.raises(ValueError, match="x must be finite"):  # NaN samples were counted as component 0
+        metrics.mode_weights(torch.full((8, 2), float("nan")), gm)
+    with pytest.raises(TypeError, match="mixture must be a Gaussian mixture"):
+        metrics.mode_weights(x, 3)

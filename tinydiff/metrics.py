@@ -7,7 +7,10 @@ distance to fresh data is close to that floor.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from tinydiff import validation
 
 __all__ = [
     "sliced_wasserstein", "mmd_rbf", "frechet_distance", "noise_floor", "gaussian_fit_error", "within_class_spread",
@@ -18,12 +21,34 @@ __all__ = [
 ]
 
 
+def _points(name: str, x, *, min_batch: int = 1) -> torch.Tensor:
+    """A sample set ``(n, ...)`` (numpy accepted) as a float64 ``(n, d)`` tensor: at least 2 dimensions and
+    ``min_batch`` samples."""
+    x = validation.tensor(name, x, min_batch=min_batch)
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be a set of samples of shape (n, D) or (n, C, H, W); got {validation.describe(x)}")
+    return x.flatten(1).double()
+
+
+def _same_dim(x: torch.Tensor, y: torch.Tensor, names=("x", "y")) -> None:
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same dimension; got {x.shape[1]} and {y.shape[1]}")
+
+
+def _mixture(name: str, mixture):
+    if not all(hasattr(mixture, k) for k in ("D", "K", "means", "covs", "weights")):
+        raise TypeError(f"{name} must be a Gaussian mixture like td.data.GaussianMixture; got "
+                        f"{validation.describe(mixture)}")
+    return mixture
+
+
 def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, n_projections: int = 256, generator=None) -> float:
     r"""Sliced 2-Wasserstein distance :math:`\big(\mathbb E_\theta W_2^2(\theta^\top X, \theta^\top Y)\big)^{1/2}`
     over random unit directions; in 1-D, :math:`W_2` compares sorted samples (quantiles)."""
-    x, y = x.flatten(1).double(), y.flatten(1).double()
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension; got {x.shape[1]} and {y.shape[1]}")
+    x, y = _points("x", x), _points("y", y)
+    _same_dim(x, y)
+    n_projections = validation.integer("n_projections", n_projections, low=1)
+    generator = validation.generator("generator", generator)
     theta = torch.randn(x.shape[1], n_projections, generator=generator, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
     px, _ = (x.cpu() @ theta).sort(0)
@@ -48,7 +73,10 @@ def _quantiles(sorted_x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def mmd_rbf(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None) -> float:
     r"""Unbiased squared maximum mean discrepancy with a Gaussian kernel :math:`k(a,b)=e^{-\|a-b\|^2/2h^2}`
     (``h`` = median pairwise distance of the pooled samples unless given)."""
-    x, y = x.flatten(1).double().cpu(), y.flatten(1).double().cpu()
+    x, y = _points("x", x, min_batch=2).cpu(), _points("y", y, min_batch=2).cpu()
+    _same_dim(x, y)
+    if bandwidth is not None:
+        bandwidth = validation.number("bandwidth", bandwidth, low=0, strict_low=True)
     if bandwidth is None:
         z = torch.cat([x, y])[:1000]
         bandwidth = torch.cdist(z, z).median().item() or 1.0
@@ -64,7 +92,8 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None)
 def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     r"""Fréchet distance between Gaussian fits of two feature sets (the formula behind FID):
     :math:`\|\mu_x-\mu_y\|^2 + \mathrm{tr}\big(\Sigma_x + \Sigma_y - 2(\Sigma_x^{1/2}\Sigma_y\Sigma_x^{1/2})^{1/2}\big)`."""
-    x, y = x.flatten(1).double().cpu(), y.flatten(1).double().cpu()
+    x, y = _points("x", x, min_batch=2).cpu(), _points("y", y, min_batch=2).cpu()
+    _same_dim(x, y)
     mx, my = x.mean(0), y.mean(0)
     cx, cy = torch.cov(x.T).reshape(x.shape[1], -1), torch.cov(y.T).reshape(y.shape[1], -1)
 
@@ -79,20 +108,51 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def noise_floor(metric, sample_fn, n: int, *, repeats: int = 3, **kwargs) -> float:
     """Mean value of ``metric(sample_fn(n), sample_fn(n))`` over ``repeats`` pairs of independent draws."""
-    return sum(metric(sample_fn(n), sample_fn(n), **kwargs) for _ in range(repeats)) / repeats
+    if not callable(metric):
+        raise TypeError(f"metric must be a callable metric(x, y) -> float; got {validation.describe(metric)}")
+    if not callable(sample_fn):
+        raise TypeError(f"sample_fn must be a callable sample_fn(n) -> samples; got {validation.describe(sample_fn)}")
+    n = validation.integer("n", n, low=1)
+    repeats = validation.integer("repeats", repeats, low=1)
+
+    def draw():
+        out = sample_fn(n)
+        if out is None:
+            raise TypeError("sample_fn returned None: did it forget to `return` its samples?")
+        return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+
+    def value():
+        out = metric(draw(), draw(), **kwargs)
+        if out is None:
+            raise TypeError("metric returned None: did it forget to `return` its value?")
+        return out
+
+    return sum(value() for _ in range(repeats)) / repeats
 
 
 def gaussian_fit_error(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float]:
     """(‖sample mean − mean‖, ‖sample covariance − cov‖_F): a first, crude check of a sampler."""
-    x = x.flatten(1).double().cpu()
-    return float((x.mean(0) - mean.double()).norm()), float((torch.cov(x.T) - cov.double()).norm())
+    x = _points("x", x, min_batch=2).cpu()
+    d = x.shape[1]
+    mean = validation.tensor("mean", mean).double().cpu()
+    cov = validation.tensor("cov", cov).double().cpu()
+    if mean.numel() != d or mean.ndim > 1:
+        raise ValueError(f"mean must have shape ({d},) for samples of dimension {d}; got {validation.describe(mean)}")
+    if (d == 1 and cov.numel() != 1) or (d > 1 and tuple(cov.shape) != (d, d)):
+        raise ValueError(f"cov must have shape ({d}, {d}) for samples of dimension {d}; got {validation.describe(cov)}")
+    return float((x.mean(0) - mean).norm()), float((torch.cov(x.T) - cov).norm())
 
 
 def within_class_spread(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     r"""Diversity per class: the root-mean-square distance of each class's samples to their class mean,
     :math:`\sqrt{\mathrm{tr}\,\mathrm{Cov}(x\mid y)}`; returns ``(num_classes,)`` (NaN for a class with < 2 samples)."""
-    x = x.flatten(1).double()
-    labels = torch.as_tensor(labels).long()
+    x = _points("x", x)
+    labels = validation.tensor("labels", labels, floating=False)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class labels; got {validation.describe(labels)}")
+    labels = labels.long()
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0; got {int(labels.min())}")
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape ({x.shape[0]},); got {tuple(labels.shape)}")
     out = torch.full((int(labels.max()) + 1,), float("nan"), dtype=torch.float64)
@@ -107,8 +167,10 @@ def knn_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> float:
     r"""Recall of Kynkäänniemi et al. (2019): the fraction of real samples lying inside the generated manifold,
     i.e. within the distance from some generated sample to its ``k``-th nearest generated neighbour.
     A guided sampler that collapses onto a few typical samples loses recall (diversity)."""
-    real, fake = real.flatten(1).double(), fake.flatten(1).double()
-    if fake.shape[0] <= k or real.shape[1] != fake.shape[1]:
+    real, fake = _points("real", real), _points("fake", fake)
+    _same_dim(real, fake, ("real", "fake"))
+    k = validation.integer("k", k, low=1)
+    if fake.shape[0] <= k:
         raise ValueError(f"knn_recall needs more than k={k} generated samples of the real samples' dimension")
     radius = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values  # +1: the distance to itself is 0
     return float((torch.cdist(real, fake) <= radius[None]).any(1).double().mean())
@@ -119,19 +181,31 @@ def histogram_tv(samples: torch.Tensor, edges: torch.Tensor, density) -> float:
     over the bins ``edges`` and a density: ``density`` is a callable on points (integrated over each bin by the
     midpoint rule on 8 sub-points) or the bin probabilities ``(len(edges) - 1,)``. Everything outside the
     bins is one more cell of the partition."""
-    edges = torch.as_tensor(edges, dtype=torch.float64)
-    s = torch.as_tensor(samples).detach().double().flatten().cpu()
+    edges = validation.tensor("edges", edges, ndim=1, finite=True).detach().double().cpu()
+    if edges.numel() < 2 or not bool((edges.diff() > 0).all()):
+        raise ValueError(f"edges must be at least 2 increasing bin edges; got {validation.describe(edges)}")
+    s = validation.tensor("samples", samples).detach().double().flatten().cpu()
+    if s.numel() == 0:
+        raise ValueError("samples must hold at least one sample; got an empty tensor")
     counts = torch.histogram(s, bins=edges).hist
     hat = counts / s.numel()
     if callable(density):
         w = edges.diff()
         sub = (torch.arange(8, dtype=torch.float64) + 0.5) / 8
         pts = (edges[:-1, None] + w[:, None] * sub[None]).flatten()
-        P = torch.as_tensor(density(pts), dtype=torch.float64).reshape(-1, 8).mean(1) * w
+        out = density(pts)
+        if out is None:
+            raise TypeError("density returned None: did it forget to `return` its values?")
+        out = torch.as_tensor(out, dtype=torch.float64)
+        if out.numel() != pts.numel():
+            raise ValueError(f"density must return one value per point, shape ({pts.numel()},); got "
+                             f"{validation.describe(out)}")
+        P = out.reshape(-1, 8).mean(1) * w
     else:
-        P = torch.as_tensor(density, dtype=torch.float64)
+        P = validation.tensor("density", density).double()
         if P.shape != hat.shape:
-            raise ValueError(f"bin probabilities must have shape {tuple(hat.shape)}; got {tuple(P.shape)}")
+            raise ValueError(f"density (the bin probabilities) must have shape {tuple(hat.shape)}; got "
+                             f"{tuple(P.shape)}")
     outside = abs((1.0 - float(hat.sum())) - (1.0 - float(P.sum())))  # the cell "outside the bins"
     return 0.5 * (float((hat - P).abs().sum()) + outside)
 
@@ -146,21 +220,31 @@ def mmd_multiscale(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.05, 0.1, 0.2,
 
     A bandwidth near the width of a mode sees whether the modes are where they should be and as wide as
     they should be; the median-distance bandwidth of :func:`mmd_rbf` sees only the overall shape."""
-    x, y = x.flatten(1)[:max_n].double().cpu(), y.flatten(1)[:max_n].double().cpu()
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension; got {x.shape[1]} and {y.shape[1]}")
+    max_n = validation.integer("max_n", max_n, low=2)
+    x, y = _points("x", x, min_batch=2)[:max_n].cpu(), _points("y", y, min_batch=2)[:max_n].cpu()
+    _same_dim(x, y)
+    try:
+        bandwidths = [validation.number("bandwidths", h, low=0, strict_low=True) for h in bandwidths]
+    except TypeError:
+        raise ValueError(f"bandwidths must be a sequence of positive numbers; got "
+                         f"{validation.describe(bandwidths)}") from None
+    if not bandwidths:
+        raise ValueError("bandwidths must hold at least one bandwidth; got an empty sequence")
     m, n = x.shape[0], y.shape[0]
     dxx, dyy, dxy = torch.cdist(x, x) ** 2, torch.cdist(y, y) ** 2, torch.cdist(x, y) ** 2  # once for all h
     total = 0.0
     for h in bandwidths:
-        kxx, kyy, kxy = (torch.exp(-d / (2 * float(h) ** 2)) for d in (dxx, dyy, dxy))
+        kxx, kyy, kxy = (torch.exp(-d / (2 * h**2)) for d in (dxx, dyy, dxy))
         total += float((kxx.sum() - m) / (m * (m - 1)) + (kyy.sum() - n) / (n * (n - 1)) - 2 * kxy.mean())
     return total
 
 
 def _assign(x: torch.Tensor, mixture) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest component of each sample in the oracle's own metric, and the squared Mahalanobis distance to it."""
-    x = x.flatten(1).double().cpu()
+    mixture = _mixture("mixture", mixture)
+    x = _points("x", x).cpu()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x must be finite; it holds NaN or inf ({validation.describe(x)})")
     if x.ndim != 2 or x.shape[1] != mixture.D:
         raise ValueError(f"samples must have shape (n, {mixture.D}) for this mixture; got {tuple(x.shape)}")
     prec = torch.linalg.inv(mixture.covs)  # (K, D, D)
@@ -192,6 +276,7 @@ def mode_spread(x: torch.Tensor, mixture) -> torch.Tensor:
 def off_mode_fraction(x: torch.Tensor, mixture, *, radius: float = 3.0) -> float:
     """Fraction of the samples farther than ``radius`` (Mahalanobis) from *every* component mean: samples that
     bridge modes or miss them. For exact 2-D samples and radius 3 it is about :math:`e^{-9/2}` = 1.1 %."""
+    radius = validation.number("radius", radius, low=0)
     _, m = _assign(x, mixture)
     return float((m > radius**2).double().mean())
 
