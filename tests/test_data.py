@@ -166,3 +166,30 @@ def test_mnist_without_torchvision_says_what_to_do(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torchvision)
     with pytest.raises(RuntimeError, match="load_digits"):
         td.data.load_mnist()
+
+
+def test_gaussian_mixture_bad_input_names_the_argument():
+    import pytest
+
+    from tinydiff.data import GaussianMixture
+
+    gm = GaussianMixture.ring(3, radius=1.5, std=0.3, labels=[0, 1, 2])
+    x = torch.zeros(4, 2)
+    with pytest.raises(TypeError, match="weights"):
+        GaussianMixture(None, [[0.0, 0.0]], [1.0])
+    with pytest.raises(ValueError, match="covs"):
+        GaussianMixture([1.0], [[0.0, 0.0]], [float("nan")])
+    with pytest.raises(ValueError, match="std"):
+        GaussianMixture.ring(3, std=0.0)
+    with pytest.raises(ValueError, match="k"):
+        GaussianMixture.ring(2.5)
+    with pytest.raises(ValueError, match="a and s"):
+        gm.score(x, 0.0, 0.0)
+    with pytest.raises(ValueError, match="s must be a real"):
+        gm.log_prob(x, 1.0, "0.5")
+    with pytest.raises(ValueError, match="n"):
+        gm.sample(0)
+    with pytest.raises(ValueError, match="dtype"):
+        gm.sample(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="y"):
+        gm.conditional(None)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .. import convert
+from .. import convert, validation
 from ..utils import table_on
 
 __all__ = ["GaussianMixture"]
@@ -32,8 +32,8 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, covs, labels=None):
-        w = torch.as_tensor(weights, dtype=torch.float64).flatten()
-        mu = torch.as_tensor(means, dtype=torch.float64)
+        w = _float64("weights", weights).flatten()
+        mu = _float64("means", means)
         if mu.ndim != 2:
             raise ValueError(f"means must have shape (K, D); got {tuple(mu.shape)}")
         K, D = mu.shape
@@ -43,19 +43,23 @@ class GaussianMixture:
             raise ValueError("mixture weights must be finite and non-negative")
         if abs(w.sum().item() - 1.0) > 1e-6:
             raise ValueError(f"mixture weights must sum to 1; they sum to {w.sum().item():.6g} (divide by their sum)")
-        cov = torch.as_tensor(covs, dtype=torch.float64)
+        cov = _float64("covs", covs)
         if cov.shape == (K,):
             cov = cov[:, None, None] * torch.eye(D, dtype=torch.float64)
         elif cov.shape == (K, D):
             cov = torch.diag_embed(cov)
         if cov.shape != (K, D, D):
             raise ValueError(f"covs must have shape (K, D, D), (K, D) or (K,) with K={K}, D={D}; got {tuple(cov.shape)}")
+        if not torch.isfinite(cov).all():
+            raise ValueError("covs must be finite; they hold NaN or inf")
+        if not torch.isfinite(mu).all():
+            raise ValueError("means must be finite; they hold NaN or inf")
         if not torch.allclose(cov, cov.transpose(-1, -2), atol=1e-10):
-            raise ValueError("every covariance must be symmetric")
+            raise ValueError("covs: every covariance must be symmetric")
         _, info = torch.linalg.cholesky_ex(cov)
         if (info != 0).any():
             bad = int(torch.nonzero(info)[0])
-            raise ValueError(f"covariance of component {bad} is not positive definite (check its eigenvalues)")
+            raise ValueError(f"covs: covariance of component {bad} is not positive definite (check its eigenvalues)")
         self.weights, self.means, self.covs = w, mu, cov
         self.K, self.D = K, D
         if labels is not None:
@@ -69,6 +73,9 @@ class GaussianMixture:
     @classmethod
     def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.2, labels=None) -> "GaussianMixture":
         """``k`` equal-weight isotropic components evenly spaced on a circle (2-D)."""
+        k = validation.integer("k", k, low=1)
+        radius = validation.number("radius", radius)
+        std = validation.number("std", std, low=0, strict_low=True)
         ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
         means = radius * torch.stack([ang.cos(), ang.sin()], dim=1)
         return cls(torch.full((k,), 1.0 / k, dtype=torch.float64), means, torch.full((k,), std**2), labels=labels)
@@ -76,7 +83,10 @@ class GaussianMixture:
     @classmethod
     def isotropic(cls, means, std: float, weights=None, labels=None) -> "GaussianMixture":
         """Components of a common standard deviation ``std``; equal weights unless given."""
-        means = torch.as_tensor(means, dtype=torch.float64)
+        means = _float64("means", means)
+        std = validation.number("std", std, low=0, strict_low=True)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, D); got {tuple(means.shape)}")
         K = means.shape[0]
         w = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else weights
         return cls(w, means, torch.full((K,), float(std) ** 2), labels=labels)
@@ -85,6 +95,8 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None, *, return_components: bool = False,
                dtype=torch.float32):
         """Draw ``n`` samples ``(n, D)``; with ``return_components`` also the component index of each."""
+        n = validation.integer("n", n, low=1)
+        _check_dtype(dtype)
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.D, generator=generator, dtype=torch.float64)
         L = torch.linalg.cholesky(self.covs)
@@ -94,6 +106,8 @@ class GaussianMixture:
 
     def sample_class(self, y: int, n: int, generator=None, dtype=torch.float32):
         """Draw ``n`` samples from the class-conditional mixture :math:`p(x\\mid y)`."""
+        n = validation.integer("n", n, low=1)
+        _check_dtype(dtype)
         return self.conditional(y).sample(n, generator, dtype=dtype)
 
     # -------------------------------------------------------------------------------- exact quantities
@@ -115,6 +129,12 @@ class GaussianMixture:
     def _as(self, x, a, s):
         x = _as_points(x, self.D)
         B = x.shape[0]
+        # metadata checks only (no host sync): score / posterior_mean run inside samplers' loops via eps_fn
+        if not isinstance(a, torch.Tensor) and not isinstance(s, torch.Tensor):
+            a, s = validation.number("a", a), validation.number("s", s)
+            if a == 0 and s == 0:
+                raise ValueError("a and s must not both be 0 (Y = aX + s eps would be the constant 0)")
+        a, s = _coef("a", a), _coef("s", s)
         a = torch.as_tensor(a, dtype=torch.float64, device=x.device)
         s = torch.as_tensor(s, dtype=torch.float64, device=x.device)
         if a.ndim not in (0, 1) or s.ndim not in (0, 1) or (a.ndim == 1 and a.shape[0] != B) or (s.ndim == 1 and s.shape[0] != B):
@@ -195,9 +215,14 @@ class GaussianMixture:
     def conditional(self, y: int) -> "GaussianMixture":
         r"""The class-conditional mixture :math:`p(x\mid y)` (components of class ``y``, weights renormalised)."""
         self._require_labels()
-        if not 0 <= int(y) < self.num_classes:
+        if isinstance(y, torch.Tensor) and y.numel() == 1 and not (y.is_floating_point() or y.is_complex()
+                                                                   or y.dtype == torch.bool):
+            y = int(y)
+        else:
+            y = validation.integer("y", y)
+        if not 0 <= y < self.num_classes:
             raise ValueError(f"class y must be in 0..{self.num_classes - 1}; got {y}")
-        keep = self.labels == int(y)
+        keep = self.labels == y
         w = self.weights[keep]
         return GaussianMixture(w / w.sum(), self.means[keep], self.covs[keep], labels=self.labels[keep])
 
@@ -227,6 +252,34 @@ class GaussianMixture:
 
 
 # ------------------------------------------------------------------------------------ 2-D toy sets
+
+
+def _float64(name, value):
+    """``value`` (a tensor, numpy array or nested list of numbers) as a float64 tensor, refused by name."""
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a tensor (or a list of numbers); got {validation.describe(value)}")
+    if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool):
+        raise ValueError(f"{name} must hold real numbers; got {validation.describe(value)}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor (or a list of numbers); got {validation.describe(value)}") from None
+
+
+def _coef(name, c):
+    """A scalar or per-sample coefficient (Python number or tensor): checked on metadata only."""
+    if isinstance(c, torch.Tensor):
+        if c.is_complex() or c.dtype == torch.bool:
+            raise ValueError(f"{name} must be a real scalar or (B,) tensor; got {validation.describe(c)}")
+        return c
+    if hasattr(c, "__array__") and not isinstance(c, (bool, complex)):
+        return c  # numpy scalars and arrays, converted by torch.as_tensor as before
+    return validation.number(name, c)
+
+
+def _check_dtype(dtype):
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype like torch.float32; got {validation.describe(dtype)}")
 
 
 def _as_points(x, D: int) -> torch.Tensor:
