@@ -161,3 +161,22 @@ def test_density2d_colorbar_and_shared_scale():
     assert len(ax.figure.axes) == 2 and ax.images[0].get_clim() == (0, 1)
     assert ax.figure.axes[1].get_ylabel() == "probability"
     plt.close("all")
+
+
+def test_check_refuses_what_is_no_number_by_name():
+    with pytest.raises(td.checks.CheckFailed):  # a failing check is still an AssertionError
+        td.check("nan", float("nan"), 1.0)
+    with pytest.raises(TypeError, match="actual must be a number or a tensor"):
+        td.check("none", None, 1.0)
+    with pytest.raises(ValueError, match="expected must be real"):
+        td.check("complex", 1.0, 1j)
+    with pytest.raises(ValueError, match="atol must be >= 0"):
+        td.check("negative atol", 1.0, 1.0, atol=-1.0)
+    with pytest.raises(ValueError, match="rtol must be a finite number"):
+        td.check("nan rtol", 1.0, 1.0, rtol=float("nan"))
+    with pytest.raises(TypeError, match="bound must be a real number"):
+        td.check_less("bool bound", 0.5, True)
+    with pytest.raises(ValueError, match="bound must be a number, not NaN"):
+        td.check_less("nan bound", 0.5, float("nan"))
+    with pytest.raises(td.checks.CheckFailed, match="not below"):
+        td.check_less("nan value", float("nan"), 1.0)

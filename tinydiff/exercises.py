@@ -31,6 +31,8 @@ import traceback
 
 import torch
 
+from tinydiff import validation
+
 __all__ = ["check", "compare"]
 
 
@@ -61,6 +63,8 @@ def _fmt_index(idx) -> str:
 def compare(got, want, *, atol: float = 1e-5, rtol: float = 1e-4, where: str = "") -> str | None:
     """``None`` when ``got`` matches ``want`` (``|got - want| <= atol + rtol |want|`` everywhere, same shape, same
     kind of dtype, finite wherever ``want`` is), else a one-line reason: the hint a student needs first."""
+    atol = validation.number("atol", atol, low=0)
+    rtol = validation.number("rtol", rtol, low=0)
     if got is None and want is not None:
         return "your function returned None: did you forget the `return` statement?"
     if isinstance(want, (tuple, list)):
@@ -127,8 +131,20 @@ def check(student_fn, reference_fn, cases, *, mistakes: dict | None = None, name
     the hint is printed. Returns True (all match), False (a mismatch or an error) or None (not attempted).
     Each function runs on its own clone of the inputs, the reference first.
     """
+    if not callable(reference_fn):
+        raise TypeError(f"reference_fn must be a callable; got {validation.describe(reference_fn)}")
+    if not callable(student_fn):
+        raise TypeError(f"student_fn must be a callable; got {validation.describe(student_fn)}")
+    atol = validation.number("atol", atol, low=0)
+    rtol = validation.number("rtol", rtol, low=0)
     name = name or getattr(student_fn, "__name__", "your function")
-    case_list = [cases(i) for i in range(5)] if callable(cases) else list(cases)
+    try:
+        case_list = [cases(i) for i in range(5)] if callable(cases) else list(cases)
+    except TypeError:
+        if callable(cases):
+            raise
+        raise TypeError(f"cases must be a list of argument tuples or a callable cases(i); got "
+                        f"{validation.describe(cases)}") from None
     for i, args in enumerate(case_list):
         args = args if isinstance(args, tuple) else (args,)
         want = reference_fn(*_clone(args))
