@@ -161,3 +161,35 @@ def test_bad_denoiser_arguments_are_named():
         Denoiser(lambda x, t: x, SCHED, "eps")
     with pytest.raises(ValueError, match="velocity"):
         convert.x0_eps_from("velocity", torch.zeros(2, 2), torch.zeros(2, 2), 0.5, 0.5)
+
+
+def test_bad_input_names_the_argument():
+    import pytest
+
+    from tinydiff import denoisers as dn
+
+    sched = td.NoiseSchedule.linear(T=10)
+    vp = dn.DiscreteVP(sched)
+    with pytest.raises(TypeError, match="sched"):
+        dn.DiscreteVP(10)
+    with pytest.raises(TypeError, match="sde"):
+        dn.ContinuousVP("vp")
+    with pytest.raises(ValueError, match="t must hold integer timesteps in 0..10"):
+        vp.alpha(torch.tensor([3, 11]))
+    with pytest.raises(ValueError, match="t"):
+        vp.sigma(torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="continuous time"):
+        dn.LinearPath().log_snr(torch.tensor([2]))
+    with pytest.raises(ValueError, match="sigma_ve"):
+        dn.VE().t_from_sigma_ve(None)
+    with pytest.raises(ValueError, match="sigma_data"):
+        dn.edm_coefs(torch.ones(3), sigma_data="0.5")
+    with pytest.raises(ValueError, match="t must be a scalar or have shape"):
+        dn.VE().q_sample(torch.zeros(4, 2), torch.full((5,), 0.5), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="eps"):
+        dn.VE().q_sample(torch.zeros(4, 2), 0.5, torch.zeros(3, 2))
+    d = dn.Denoiser(lambda x, t: 0.1 * x, vp)
+    with pytest.raises(TypeError, match="x"):
+        d.x0(None, 5)
+    with pytest.raises(ValueError, match="t"):
+        d.eps(torch.zeros(4, 2), torch.full((3,), 5))

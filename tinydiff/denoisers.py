@@ -25,6 +25,7 @@ for what it needs (``.x0``, ``.eps``, ``.score``, ``.v``, ``.velocity``), conver
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import convert, validation
@@ -42,6 +43,29 @@ class NoisePath:
     on the device of ``t``; none of them synchronises with the host, so samplers may call them inside loops."""
 
     name = "path"
+    discrete = False  # integer time (DiscreteVP) or continuous time
+
+    def _arg(self, t, name="t", *, integers=False):
+        """Check a time (or noise level) on its metadata only (these methods run inside samplers' loops: no host
+        sync): a Python number, or a real tensor of rank 0 or 1 (floating for continuous time unless ``integers``;
+        numpy and lists converted)."""
+        if isinstance(t, np.ndarray) or isinstance(t, (list, tuple)):
+            try:
+                t = torch.as_tensor(t)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"{name} must be a number or a 1-d tensor; got {validation.describe(t)}") from None
+        if isinstance(t, torch.Tensor):
+            if t.is_complex() or t.dtype == torch.bool:
+                raise ValueError(f"{name} must be a real number or tensor; got {validation.describe(t)}")
+            if not (self.discrete or integers or t.is_floating_point()):
+                raise ValueError(f"{name} must be a floating tensor ({self.name} has continuous time); got "
+                                 f"{validation.describe(t)}")
+            if t.ndim > 1:
+                raise ValueError(f"{name} must be a scalar or a 1-d tensor (B,); got {validation.describe(t)}")
+            return t
+        if self.discrete and name == "t":
+            return validation.integer(name, t, low=0, high=self.T)
+        return validation.number(name, t, allow_inf=True)
 
     def alpha(self, t) -> torch.Tensor:
         raise NotImplementedError
@@ -64,18 +88,33 @@ class NoisePath:
     # derived quantities ---------------------------------------------------------------------------
     def sigma_ve(self, t) -> torch.Tensor:
         r"""The VE / EDM noise level :math:`\sigma^{\mathrm{VE}}_t = \sigma_t/\alpha_t` of the variable :math:`x_t/\alpha_t`."""
+        t = self._arg(t)
         return self.sigma(t) / self.alpha(t)
 
     def log_snr(self, t) -> torch.Tensor:
         r""":math:`\lambda_t = \log(\alpha_t^2/\sigma_t^2)`, decreasing in ``t`` (DPM-Solver's variable is :math:`\lambda/2`)."""
+        t = self._arg(t)
         return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def coefs(self, t, x: torch.Tensor):
         r"""``(alpha_t, sigma_t)`` shaped to broadcast against ``x`` ``(B, ...)``, in ``x``'s dtype."""
+        x = validation.tensor("x", x)
+        t = self._batch(self._arg(t), x)
         return expand_to(self.alpha(t), x), expand_to(self.sigma(t), x)
+
+    def _batch(self, t, x, name="t"):
+        if isinstance(t, torch.Tensor) and t.ndim == 1 and (x.ndim == 0 or t.shape[0] not in (1, x.shape[0])):
+            raise ValueError(f"{name} must be a scalar or have shape (B,) with B = {x.shape[0] if x.ndim else 1} "
+                             f"(the batch of x); got {validation.describe(t)}")
+        return t
 
     def q_sample(self, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         r"""The noised point :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`."""
+        x0 = validation.tensor("x0", x0)
+        eps = validation.tensor("eps", eps)
+        if tuple(eps.shape) != tuple(x0.shape):
+            raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}; got {validation.describe(eps)}")
+        t = self._batch(self._arg(t), x0)
         a, s = self.coefs(self._time(t, x0), x0)
         return a * x0 + s * eps
 
@@ -96,15 +135,22 @@ class DiscreteVP(NoisePath):
 
     def __init__(self, sched):
         if not hasattr(sched, "alpha_bar") or not hasattr(sched, "T"):
-            raise TypeError(f"DiscreteVP needs a tinydiff.NoiseSchedule; got {validation.describe(sched)}")
+            raise TypeError(f"sched must be a tinydiff.NoiseSchedule (DiscreteVP's table); got {validation.describe(sched)}")
         self.sched = sched
         self.T = sched.T
         self.name = f"DiscreteVP({sched.name})"
         self._sigma_ve_table = ((1 - sched.alpha_bar) / sched.alpha_bar).sqrt()  # increasing in t, 0 at t = 0
 
+    discrete = True
+
     def _lookup(self, table, t):
+        t = self._arg(t)
         t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t)
-        return table_on(table, t.device)[t.long()]
+        try:
+            return table_on(table, t.device)[t.long()]
+        except IndexError:  # raised on the CPU only, without a host sync (a check of the values would need one)
+            raise ValueError(f"t must hold integer timesteps in 0..{self.T} (the schedule's T); got "
+                             f"{validation.describe(t)} with a value outside") from None
 
     def alpha(self, t):
         return self._lookup(self.sched.alpha_bar, t).sqrt()
@@ -116,7 +162,7 @@ class DiscreteVP(NoisePath):
         return self._lookup(self._sigma_ve_table, t)
 
     def t_from_sigma_ve(self, sigma_ve):
-        sv = torch.as_tensor(sigma_ve, dtype=torch.float64)
+        sv = torch.as_tensor(self._arg(sigma_ve, "sigma_ve", integers=True), dtype=torch.float64)
         table = table_on(self._sigma_ve_table, sv.device)
         hi = torch.searchsorted(table, sv.reshape(-1)).clamp(1, self.T)
         lo = hi - 1
@@ -133,12 +179,17 @@ class ContinuousVP(NoisePath):
 
     def __init__(self, sde=None, *, beta_min: float | None = None, beta_max: float | None = None):
         if sde is not None:
+            sde = validation.sde("sde", sde)
+            if not hasattr(sde, "beta_min") or not hasattr(sde, "beta_max"):
+                raise TypeError(f"sde must be a linear VP-SDE with beta_min and beta_max like td.sde.VPSDE(); got "
+                                f"{validation.describe(sde)}")
             beta_min, beta_max = sde.beta_min, sde.beta_max
         self.beta_min = validation.number("beta_min", 0.1 if beta_min is None else beta_min, low=0, strict_low=True)
         self.beta_max = validation.number("beta_max", 20.0 if beta_max is None else beta_max, low=self.beta_min)
         self.name = f"ContinuousVP(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
 
     def _t(self, t):
+        t = self._arg(t)
         return t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
 
     def beta(self, t):
@@ -165,7 +216,7 @@ class ContinuousVP(NoisePath):
 
     def t_from_sigma_ve(self, sigma_ve):
         # sigma_ve^2 = e^{B(t)} - 1  =>  B = log(1 + sigma_ve^2); solve the quadratic B(t) = B for t >= 0
-        B = torch.log1p(torch.as_tensor(sigma_ve, dtype=torch.float64) ** 2)
+        B = torch.log1p(torch.as_tensor(self._arg(sigma_ve, "sigma_ve", integers=True), dtype=torch.float64) ** 2)
         k = self.beta_max - self.beta_min
         if k == 0:
             return B / self.beta_min
@@ -179,19 +230,24 @@ class VE(NoisePath):
     name = "VE"
 
     def alpha(self, t):
+        t = self._arg(t)
         t = torch.as_tensor(t, dtype=torch.float64)
         return torch.ones_like(t)
 
     def sigma(self, t):
+        t = self._arg(t)
         return torch.as_tensor(t, dtype=torch.float64)
 
     def d_alpha(self, t):
+        t = self._arg(t)
         return torch.zeros_like(torch.as_tensor(t, dtype=torch.float64))
 
     def d_sigma(self, t):
+        t = self._arg(t)
         return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
 
     def t_from_sigma_ve(self, sigma_ve):
+        sigma_ve = self._arg(sigma_ve, "sigma_ve", integers=True)
         return torch.as_tensor(sigma_ve, dtype=torch.float64)
 
 
@@ -203,18 +259,23 @@ class LinearPath(NoisePath):
     name = "LinearPath"
 
     def alpha(self, t):
+        t = self._arg(t)
         return 1 - torch.as_tensor(t, dtype=torch.float64)
 
     def sigma(self, t):
+        t = self._arg(t)
         return torch.as_tensor(t, dtype=torch.float64)
 
     def d_alpha(self, t):
+        t = self._arg(t)
         return -torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
 
     def d_sigma(self, t):
+        t = self._arg(t)
         return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
 
     def t_from_sigma_ve(self, sigma_ve):
+        sigma_ve = self._arg(sigma_ve, "sigma_ve", integers=True)
         sv = torch.as_tensor(sigma_ve, dtype=torch.float64)
         return torch.where(torch.isinf(sv), torch.ones_like(sv), sv / (1 + sv))
 
@@ -226,6 +287,14 @@ def edm_coefs(sigma_ve, sigma_data: float = 0.5):
     :math:`c_{\text{out}} = \sigma\sigma_d/\sqrt{\sigma^2+\sigma_d^2}`,
     :math:`c_{\text{in}} = 1/\sqrt{\sigma^2+\sigma_d^2}`, :math:`c_{\text{noise}} = \tfrac14\log\sigma`; the denoiser is
     :math:`D(x;\sigma) = c_{\text{skip}}x + c_{\text{out}}F(c_{\text{in}}x; c_{\text{noise}})`. Returns the four as float64."""
+    sigma_data = validation.number("sigma_data", sigma_data, low=0, strict_low=True)
+    if isinstance(sigma_ve, np.ndarray):
+        sigma_ve = torch.from_numpy(sigma_ve)
+    if isinstance(sigma_ve, torch.Tensor):
+        if sigma_ve.is_complex() or sigma_ve.dtype == torch.bool:
+            raise ValueError(f"sigma_ve must be a real number or tensor; got {validation.describe(sigma_ve)}")
+    else:
+        sigma_ve = validation.number("sigma_ve", sigma_ve, low=0, allow_inf=True)
     s = torch.as_tensor(sigma_ve, dtype=torch.float64)
     n = s**2 + sigma_data**2
     return sigma_data**2 / n, s * sigma_data / n.sqrt(), 1 / n.sqrt(), 0.25 * torch.log(s)
@@ -261,13 +330,16 @@ class Denoiser:
         return device_of(self.fn)
 
     def _t(self, t, x):
+        x = validation.tensor("x", x, min_batch=1)
+        t = self.path._arg(t)
         if not isinstance(t, torch.Tensor):
             t = torch.full((x.shape[0],), t, device=x.device,
                            dtype=torch.long if isinstance(self.path, DiscreteVP) else torch.float64)
-        return t
+        return self.path._batch(t, x)
 
     def predict(self, x: torch.Tensor, t):
         r"""The pair :math:`(\hat x_0, \hat\varepsilon)` at :math:`x_t` = ``x`` (one call of ``fn``)."""
+        x = validation.tensor("x", x)
         t = self._t(t, x)
         a, s = self.path.alpha(t), self.path.sigma(t)
         if self.prediction == "edm":
