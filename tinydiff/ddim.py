@@ -63,12 +63,16 @@ def _check_n_steps(T: int, n) -> int:
     return validation.integer("n_steps (a sub-sequence of the T training steps)", n, low=1, high=T)
 
 
-def _times(t, t_prev, sched, *, upward: bool = False):
+def _times(t, t_prev, sched, *, upward: bool = False, names=("t", "t_prev")):
     """Validate ``(t, t_prev)`` (ints or LongTensors of one shape), once, and return them broadcast as LongTensors."""
     sched = validation.schedule("sched", sched)
-    t = validation.timesteps("t", t, sched.T, low=1)
-    t_prev = validation.timesteps("t_prev (0 = the clean data, alpha_bar_0 = 1)", t_prev, sched.T, low=0)
-    t, t_prev = torch.broadcast_tensors(t, t_prev.to(t.device))
+    t = validation.timesteps(names[0], t, sched.T, low=1)
+    t_prev = validation.timesteps(f"{names[1]} (0 = the clean data, alpha_bar_0 = 1)", t_prev, sched.T, low=0)
+    try:
+        t, t_prev = torch.broadcast_tensors(t, t_prev.to(t.device))
+    except RuntimeError:
+        raise ValueError(f"{names[0]} and {names[1]} must be ints or tensors of one shape (B,); got shapes "
+                         f"{tuple(t.shape)} and {tuple(t_prev.shape)}") from None
     if not upward and t.device.type != "meta" and bool((t_prev > t).any()):
         raise ValueError(
             "t_prev must not exceed t: a DDIM step goes from x_t down to x_{t_prev}. "
@@ -83,6 +87,13 @@ def _alpha_bars(t, t_prev, sched):
 
 
 def _check_sigma(sigma_t, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(sigma_t, torch.Tensor) or hasattr(sigma_t, "__array__"):
+        s = validation.tensor("sigma_t", sigma_t, ndim=(0, 1))
+        if s.ndim and like.ndim and s.shape[0] not in (1, like.shape[0]) or s.ndim and not like.ndim and s.shape[0] < 1:
+            raise ValueError(f"sigma_t must be a number or a tensor of the shape of t, {tuple(like.shape)}; got "
+                             f"{validation.describe(sigma_t)}")
+    else:
+        validation.number("sigma_t", sigma_t, allow_inf=True)  # inf is refused below, with the standard deviation
     s = torch.as_tensor(sigma_t, dtype=torch.float64).to(like.device)
     if s.device.type != "meta" and (not bool(torch.isfinite(s).all()) or bool((s < 0).any())):
         raise ValueError(f"sigma_t must be finite and >= 0 (it is a standard deviation); got {validation.describe(sigma_t)}")
@@ -209,8 +220,13 @@ def marginal_coefs(t, t_prev, sigma_t, sched) -> tuple[torch.Tensor, torch.Tenso
 def family_sample(xt: torch.Tensor, x0: torch.Tensor, t, t_prev, sigma_t, sched, noise: torch.Tensor) -> torch.Tensor:
     r"""Draw :math:`x_s \sim p(x_s\mid x_t, x_0) = \mathcal N(\kappa_t x_t + \lambda_t x_0, \sigma_t^2 I)`,
     :math:`s` = ``t_prev``, with the given standard normal ``noise``."""
+    xt, x0 = validation.tensor("xt", xt, ndim=tuple(range(1, 9))), validation.tensor("x0", x0)
+    noise = validation.tensor("noise", noise)
     check_same_shape(xt=xt, x0=x0, noise=noise)
     t, t_prev = _times(t, t_prev, sched)
+    if t.ndim and t.shape[0] not in (1, xt.shape[0]):
+        raise ValueError(f"t and t_prev must be ints or have shape ({xt.shape[0]},) (the batch of xt); got "
+                         f"{tuple(t.shape)}")
     t, t_prev = t.to(xt.device), t_prev.to(xt.device)
     s = _check_sigma(sigma_t, t)
     ab, ab_prev = _alpha_bars(t, t_prev, sched)
@@ -254,6 +270,7 @@ def sample_coefs(sched, n_steps: int, *, eta: float = 0.0, spacing: str = "leadi
     :math:`\kappa_t x_t + \lambda_t\hat x_0` gives :math:`a = \kappa_t + \lambda_t/\sqrt{\bar\alpha_t}`
     :math:`(=\sqrt{\bar\alpha_s/\bar\alpha_t})` and :math:`b = -\lambda_t\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t}`.
     Raises ``ValueError`` if ``eta`` is too large for some step of the sequence."""
+    sched = validation.schedule("sched", sched)
     eta = _check_eta(eta)
     ts = timesteps(sched.T, n_steps, spacing)
     prevs = torch.cat([ts[1:], ts.new_zeros(1)])
@@ -325,7 +342,9 @@ def invert_step(xs: torch.Tensor, eps: torch.Tensor, s, t, sched) -> torch.Tenso
     """
     xs, eps = validation.tensor("xs", xs), validation.tensor("eps", eps)
     check_same_shape(xs=xs, eps=eps)
-    t, s = _times(t, s, sched, upward=True)
+    t, s = _times(t, s, sched, upward=True, names=("t", "s"))
+    if t.ndim and t.shape[0] not in (1, xs.shape[0]):
+        raise ValueError(f"t and s must be ints or have shape ({xs.shape[0]},) (the batch of xs); got {tuple(t.shape)}")
     if t.device.type != "meta" and bool((s > t).any()):
         raise ValueError("invert_step goes upwards: it needs s <= t (use step to go down)")
     t, s = t.to(xs.device), s.to(xs.device)
@@ -377,6 +396,13 @@ def sweep(eps_fn, shape, sched, steps, etas, quality, *, spacing: str = "leading
     r"""The DDIM paper's Table 1 for any denoiser: ``quality(samples) -> float`` for every number of steps in
     ``steps`` and every :math:`\eta` in ``etas``. Each cell starts from the same seed. Returns
     ``{(n_steps, eta): value}``."""
+    sched = validation.schedule("sched", sched)
+    seed = validation.integer("seed", seed)
+    if not callable(quality):
+        raise TypeError(f"quality must be a callable quality(samples) -> float; got {validation.describe(quality)}")
+    for name, value in (("steps", steps), ("etas", etas)):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise TypeError(f"{name} must be a sequence like (10, 50, 100); got {validation.describe(value)}")
     steps, etas = list(steps), [_check_eta(e) for e in etas]
     for n in steps:
         _check_n_steps(sched.T, n)
@@ -384,6 +410,11 @@ def sweep(eps_fn, shape, sched, steps, etas, quality, *, spacing: str = "leading
     out = {}
     for n, e in progress(cells, desc="DDIM sweep", disable=not progress_bar):
         g = torch.Generator().manual_seed(seed)
-        out[(n, e)] = float(quality(sample(eps_fn, shape, sched, n, eta=e, spacing=spacing, generator=g,
-                                           device=device, progress_bar=False)))
+        value = quality(sample(eps_fn, shape, sched, n, eta=e, spacing=spacing, generator=g, device=device,
+                               progress_bar=False))
+        try:
+            out[(n, e)] = float(value)
+        except (TypeError, ValueError):
+            hint = " (did it forget to `return`?)" if value is None else ""
+            raise TypeError(f"quality must return a number; it returned {validation.describe(value)}{hint}") from None
     return out

@@ -86,6 +86,26 @@ def _check_t(sched, t, batch: int, *, low: int = 0) -> torch.Tensor:
     return validation.schedule("sched", sched).check_t(t, batch, low=low)
 
 
+def _x(name: str, value, min_ndim: int = 1) -> torch.Tensor:
+    """A data tensor argument ``(B, ...)`` (numpy converted, integers promoted, complex and non-tensors refused);
+    the ELBO terms sum over all but the batch dimension, so they take ``min_ndim=2``."""
+    return validation.tensor(name, value, ndim=tuple(range(min_ndim, 9)))
+
+
+def _fn(name: str, fn):
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable {name}(x, t); got {validation.describe(fn)}")
+    return fn
+
+
+def _out(fn_name: str, out, like: torch.Tensor) -> torch.Tensor:
+    """What a user callable returned, checked for kind and shape only (an oracle may answer in float64, and the
+    ELBO terms compute in float64 anyway)."""
+    if out is None or not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(like.shape):
+        return validation.output(fn_name, out, like=like, finite=False)  # raises the clear error
+    return out
+
+
 def _coef(sched, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The table ``name`` of :func:`_tables` at ``t``, shaped to broadcast against ``x``: read from a copy cast once
     to ``x``'s device and dtype (so indexing with device timesteps makes no host copy and no float64 op there)."""
@@ -98,6 +118,7 @@ def q_sample(x0: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
 
     ``t`` is an int or a LongTensor ``(B,)`` with values in ``0..T`` (``t = 0`` returns ``x0``).
     """
+    x0, eps = _x("x0", x0), _x("eps", eps)
     check_same_shape(x0=x0, eps=eps)
     t = _check_t(sched, t, x0.shape[0]).to(x0.device)
     return _coef(sched, "sqrt_ab", t, x0) * x0 + _coef(sched, "sqrt_1mab", t, x0) * eps
@@ -106,6 +127,7 @@ def q_sample(x0: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
 def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, sched) -> torch.Tensor:
     r"""One forward step :math:`x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{1-\alpha_t}\,\varepsilon_t`, ``t`` in ``1..T``
     (the transition :math:`q(x_t\mid x_{t-1}) = \mathcal N(\sqrt{\alpha_t}x_{t-1}, \beta_t I)`)."""
+    x_prev, eps = _x("x_prev", x_prev), _x("eps", eps)
     check_same_shape(x_prev=x_prev, eps=eps)
     t = _check_t(sched, t, x_prev.shape[0], low=1).to(x_prev.device)
     return _coef(sched, "sqrt_alpha", t, x_prev) * x_prev + _coef(sched, "sqrt_beta", t, x_prev) * eps
@@ -120,6 +142,8 @@ def q_sample_steps(x0: torch.Tensor, t: int, sched, *, generator: torch.Generato
     :math:`\bar\varepsilon = \sum_s w_s\varepsilon_s/\sqrt{1-\bar\alpha_t}\sim\mathcal N(0, I)` and
     ``q_sample(x0, t, eps_bar, sched)`` equals ``x_t`` exactly (the closed form, coupled to the same noise).
     """
+    sched = validation.schedule("sched", sched)
+    x0 = _x("x0", x0)
     t = validation.integer("t (the number of forward steps)", t, low=1, high=sched.T)
     x = x0
     noise_sum = torch.zeros_like(x0, dtype=torch.float64)
@@ -136,6 +160,7 @@ def posterior_mean_coefs(sched) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The two tables of the posterior mean, :math:`\tilde\mu_t = c^{(0)}_t x_0 + c^{(t)}_t x_t`:
     :math:`c^{(0)}_t = \sqrt{\bar\alpha_{t-1}}\beta_t/(1-\bar\alpha_t)` and
     :math:`c^{(t)}_t = \sqrt{\alpha_t}(1-\bar\alpha_{t-1})/(1-\bar\alpha_t)` (index 0 unused, set to 0)."""
+    sched = validation.schedule("sched", sched)
     denom = (1 - sched.alpha_bar).clone()
     denom[0] = 1.0
     c0 = sched.alpha_bar_prev.sqrt() * sched.beta / denom
@@ -149,6 +174,7 @@ def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t, sched) -> tuple[torch.Ten
 
     Returns ``(mean, var)``; ``var`` is :math:`\tilde\beta_t` shaped ``(B, 1, ..., 1)`` to broadcast with ``mean``.
     """
+    x0, xt = _x("x0", x0), _x("xt", xt)
     check_same_shape(x0=x0, xt=xt)
     t = _check_t(sched, t, x0.shape[0], low=1).to(x0.device)
     mean = _coef(sched, "c0", t, x0) * x0 + _coef(sched, "ct", t, xt) * xt
@@ -160,6 +186,7 @@ def reverse_variance(sched, var: str = "posterior") -> torch.Tensor:
     r"""The table of :math:`\sigma_t^2` for Algorithm 2: ``"posterior"`` gives :math:`\tilde\beta_t`
     (the lower bound of DDPM's paper), ``"beta"`` gives :math:`\beta_t` (the upper bound)."""
     _check_var(var)
+    sched = validation.schedule("sched", sched)
     return sched.posterior_variance if var == "posterior" else sched.beta
 
 
@@ -170,6 +197,7 @@ def p_mean(xt: torch.Tensor, eps: torch.Tensor, t, sched) -> torch.Tensor:
 
     It equals :func:`q_posterior`'s mean with :math:`x_0` replaced by :math:`\hat x_0(x_t, \varepsilon_\theta)`.
     """
+    xt, eps = _x("xt", xt), _x("eps", eps)
     check_same_shape(xt=xt, eps=eps)
     t = _check_t(sched, t, xt.shape[0], low=1).to(xt.device)
     return (xt - _coef(sched, "eps_coef", t, xt) * eps) * _coef(sched, "inv_sqrt_alpha", t, xt)
@@ -212,6 +240,7 @@ def sample_coefs(sched, var: str = "posterior", clip_x0: float | None = None) ->
     ``(r, q, c0, ct, sigma)`` of :math:`\hat x_0 = \mathrm{clip}(r\,x_t - q\,\hat\varepsilon)`,
     :math:`x_{t-1} = c^{(0)}_t\hat x_0 + c^{(t)}_t x_t + \sigma z`."""
     var = _check_var(var)
+    sched = validation.schedule("sched", sched)
     ts = torch.arange(sched.T, 0, -1)
     sig = reverse_variance(sched, var)[ts].sqrt() * (ts > 1)
     ab, alpha, beta = sched.alpha_bar[ts], sched.alpha[ts], sched.beta[ts]
@@ -322,9 +351,23 @@ def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=Non
         t = _check_t(sched, t, B, low=1).to(x0.device)
     if eps is None:
         eps = torch.randn_like(x0)
+    else:
+        eps = _x("eps", eps)
+        check_same_shape(x0=x0, eps=eps)
+    _fn("model", model)
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict of keyword arguments for the model, or None; got "
+                        f"{validation.describe(model_kwargs)}")
     a, s = _coef(sched, "sqrt_ab", t, x0), _coef(sched, "sqrt_1mab", t, x0)
     xt = a * x0 + s * eps
-    pred = model(xt, t, **(model_kwargs or {}))
+    try:
+        pred = model(xt, t, **(model_kwargs or {}))
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"the model refused x_t made from x0 ({validation.describe(x0)}): {exc}") from exc
+    if not isinstance(pred, torch.Tensor):
+        hint = " (did it forget to `return`?)" if pred is None else ""
+        raise TypeError(f"the model must return a torch.Tensor of the shape of x0, {tuple(x0.shape)}; it returned "
+                        f"{validation.describe(pred)}{hint}")
     if pred.shape != x0.shape:
         raise ValueError(f"the model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)} (same as x0)")
     if target == "eps":
@@ -344,7 +387,7 @@ def loss_weight(sched, target: str) -> torch.Tensor:
     :math:`1/\bar\alpha_t` for ``"v"``."""
     if target not in LOSS_TARGETS:
         raise ValueError(f"target must be one of {LOSS_TARGETS}; got {target!r}")
-    ab = sched.alpha_bar
+    ab = validation.schedule("sched", sched).alpha_bar
     if target == "eps":
         return torch.ones_like(ab)
     return (1 - ab) / ab if target == "x0" else 1 / ab
@@ -360,9 +403,10 @@ def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
     tiny :math:`(\mu_1-\mu_2)^2/v_2` next to :math:`v_1/v_2 = 1`, which float32 would round away.
     Returns float64 ``(B,)``.
     """
-    mean1, mean2 = torch.broadcast_tensors(torch.as_tensor(mean1).double(), torch.as_tensor(mean2).double())
-    var1 = torch.as_tensor(var1, dtype=torch.float64, device=mean1.device).expand_as(mean1)
-    var2 = torch.as_tensor(var2, dtype=torch.float64, device=mean1.device).expand_as(mean1)
+    mean1, mean2 = _x("mean1", mean1, 2).double(), _x("mean2", mean2, 2).double()
+    if mean1.shape != mean2.shape:
+        raise ValueError(f"mean1 and mean2 must have one shape; got {tuple(mean1.shape)} and {tuple(mean2.shape)}")
+    var1, var2 = _var("var1", var1, mean1), _var("var2", var2, mean1)
     if (var1 <= 0).any() or (var2 <= 0).any():
         raise ValueError("both variances of a Gaussian KL must be > 0 (the posterior variance is 0 at t = 1: "
                          "use the reconstruction term there)")
@@ -371,17 +415,36 @@ def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
     return kl.flatten(1).sum(1)
 
 
+def _var(name: str, var, like: torch.Tensor) -> torch.Tensor:
+    """A variance: a number or a tensor that broadcasts to ``like``'s shape, as float64 expanded to it."""
+    if isinstance(var, (int, float)) and not isinstance(var, bool):
+        var = validation.number(name, var)
+    else:
+        var = validation.tensor(name, var)
+    var = torch.as_tensor(var, dtype=torch.float64, device=like.device)
+    try:
+        return var.expand_as(like)
+    except RuntimeError:
+        raise ValueError(f"{name} must be a number or a tensor that broadcasts to shape {tuple(like.shape)}; got "
+                         f"{validation.describe(var)}") from None
+
+
 def gaussian_log_prob(x, mean, var) -> torch.Tensor:
     r""":math:`\log\mathcal N(x;\mu, v I)`, summed over all but the batch dimension (float64 ``(B,)``)."""
-    x = torch.as_tensor(x).double()
-    var = torch.as_tensor(var, dtype=torch.float64, device=x.device).expand_as(x)
-    lp = -0.5 * (torch.log(2 * math.pi * var) + (x - torch.as_tensor(mean).double()) ** 2 / var)
+    x = _x("x", x, 2).double()
+    mean = _x("mean", mean, 2).double()
+    if mean.shape != x.shape:
+        raise ValueError(f"mean must have the shape of x, {tuple(x.shape)}; got {tuple(mean.shape)}")
+    var = _var("var", var, x)
+    lp = -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
     return lp.flatten(1).sum(1)
 
 
 def prior_kl(x0: torch.Tensor, sched) -> torch.Tensor:
     r"""Prior matching term of eq. (58), :math:`\mathrm{KL}(q(x_T\mid x_0)\,\|\,\mathcal N(0, I))` per sample
     (nats, float64 ``(B,)``); no parameter touches it, it only says how far :math:`x_T` is from pure noise."""
+    sched = validation.schedule("sched", sched)
+    x0 = _x("x0", x0, 2)
     ab = expand_to(sched.alpha_bar[sched.T], x0)
     return gaussian_kl(ab.sqrt() * x0, 1 - ab, torch.zeros_like(x0), torch.ones_like(x0))
 
@@ -393,14 +456,19 @@ def denoising_kl(eps_fn, x0: torch.Tensor, t, sched, *, var: str = "posterior", 
 
     :math:`p_\theta(x_{t-1}\mid x_t) = \mathcal N(\mu_\theta(x_t, t), \sigma_t^2 I)` with :func:`p_mean` and
     :func:`reverse_variance`. Averaging over draws gives the expectation in eq. (58)."""
+    _fn("eps_fn", eps_fn)
+    x0 = _x("x0", x0, 2)
     B = x0.shape[0]
     t = _check_t(sched, t, B, low=2).to(x0.device)
     if eps is None:
         eps = noise_like(x0, generator)
+    else:
+        eps = _x("eps", eps)
     xt = q_sample(x0, t, eps, sched)
     q_mean, q_var = q_posterior(x0, xt, t, sched)
     p_var = expand_to(table_on(reverse_variance(sched, var), x0.device)[t], x0.double())
-    return gaussian_kl(q_mean, q_var, p_mean(xt, eps_fn(xt, t), t, sched), p_var)
+    eps_hat = _out("eps_fn", eps_fn(xt, t), xt)
+    return gaussian_kl(q_mean, q_var, p_mean(xt, eps_hat, t, sched), p_var)
 
 
 def reconstruction_log_prob(eps_fn, x0: torch.Tensor, sched, *, eps=None,
@@ -413,12 +481,18 @@ def reconstruction_log_prob(eps_fn, x0: torch.Tensor, sched, *, eps=None,
     uses :math:`\beta_1` there, but never adds that noise when sampling). At ``t = 1``,
     :math:`\mu_\theta(x_1, 1) = \hat x_0(x_1)` because :math:`\bar\alpha_0 = 1`. Returns float64 ``(B,)``.
     """
+    _fn("eps_fn", eps_fn)
+    sched = validation.schedule("sched", sched)
+    x0 = _x("x0", x0, 2)
     B = x0.shape[0]
     t = torch.ones(B, dtype=torch.long, device=x0.device)
     if eps is None:
         eps = noise_like(x0, generator)
+    else:
+        eps = _x("eps", eps)
     x1 = q_sample(x0, t, eps, sched)
-    return gaussian_log_prob(x0, p_mean(x1, eps_fn(x1, t), t, sched), sched.beta[1].item())
+    eps_hat = _out("eps_fn", eps_fn(x1, t), x1)
+    return gaussian_log_prob(x0, p_mean(x1, eps_hat, t, sched), sched.beta[1].item())
 
 
 @torch.no_grad()
@@ -432,6 +506,8 @@ def elbo_terms(eps_fn, x0: torch.Tensor, sched, *, var: str = "posterior", progr
     (in expectation over the draws). Noise comes from ``generator`` when given (reproducible).
     """
     _check_var(var)
+    _fn("eps_fn", eps_fn)
+    x0 = _x("x0", x0, 2)
     B = x0.shape[0]
     rec = reconstruction_log_prob(eps_fn, x0, sched, generator=generator)
     prior = prior_kl(x0, sched)

@@ -28,8 +28,8 @@ import math
 import torch
 
 from . import convert, validation
-from .ddpm import q_sample
-from .utils import check_same_shape, device_of, noise_like, progress, sampler_start
+from .ddpm import _out, q_sample
+from .utils import check_device, check_same_shape, device_of, noise_like, progress, sampler_start
 
 __all__ = [
     "gaussian_score",
@@ -66,11 +66,22 @@ def _count(name: str, value, low: int) -> int:
     return validation.integer(name, value, low=low)
 
 
-def _alpha_bar(alpha_bar_t) -> torch.Tensor:
-    ab = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+def _float64(name: str, value) -> torch.Tensor:
+    """``value`` (a number, a list or a tensor of real numbers) as a float64 tensor, or a ValueError naming it."""
+    if isinstance(value, (str, bytes)) or value is None or (isinstance(value, torch.Tensor) and value.is_complex()):
+        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}") \
+            from None
+
+
+def _alpha_bar(alpha_bar_t, name: str = "alpha_bar_t") -> torch.Tensor:
+    ab = _float64(name, alpha_bar_t)
     if ab.numel() and (not torch.isfinite(ab).all() or (ab <= 0).any() or (ab > 1).any()):
         raise ValueError(
-            "alpha_bar_t must lie in (0, 1] (alpha_bar_t = 0 is pure noise: x_t says nothing about x_0); "
+            f"{name} must lie in (0, 1] (alpha_bar_t = 0 is pure noise: x_t says nothing about x_0); "
             f"got values from {ab.min().item():.3g} to {ab.max().item():.3g}"
         )
     return ab
@@ -84,7 +95,14 @@ def gaussian_score(x: torch.Tensor, mean, var) -> torch.Tensor:
     """
     _check_float("x", x)
     var = _positive("var (the variance sigma^2)", var)
-    return -(x - torch.as_tensor(mean, dtype=x.dtype, device=x.device)) / var
+    mean = _float64("mean", mean)
+    try:
+        ok = torch.broadcast_shapes(mean.shape, x.shape) == x.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mean must broadcast against x {tuple(x.shape)}; got shape {tuple(mean.shape)}")
+    return -(x - mean.to(dtype=x.dtype, device=x.device)) / var
 
 
 def score_autograd(log_prob_fn, x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +113,8 @@ def score_autograd(log_prob_fn, x: torch.Tensor) -> torch.Tensor:
     Works with gradients disabled around it (e.g. inside ``torch.no_grad()``).
     """
     _check_float("x", x)
+    if not callable(log_prob_fn):
+        raise TypeError(f"log_prob_fn must be a callable log_prob_fn(x) -> (B,); got {validation.describe(log_prob_fn)}")
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         lp = log_prob_fn(xg)
@@ -120,6 +140,7 @@ def tweedie_x0(xt: torch.Tensor, score: torch.Tensor, alpha_bar_t) -> torch.Tens
     and :math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon)/\sqrt{\bar\alpha_t}`.
     """
     _check_float("xt", xt)
+    score = validation.tensor("score", score)
     check_same_shape(xt=xt, score=score)
     ab = _alpha_bar(alpha_bar_t)
     return convert.x0_from_eps(xt, convert.eps_from_score(score, ab), ab)
@@ -129,13 +150,13 @@ def tweedie_x0(xt: torch.Tensor, score: torch.Tensor, alpha_bar_t) -> torch.Tens
 def sigma_from_alpha_bar(alpha_bar) -> torch.Tensor:
     r"""The VE noise level of a VP step: :math:`\sigma_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}`
     (:math:`x_t/\sqrt{\bar\alpha_t} = x_0 + \sigma_t\varepsilon`). Returns float64."""
-    ab = _alpha_bar(alpha_bar)
+    ab = _alpha_bar(alpha_bar, "alpha_bar")
     return ((1 - ab) / ab).sqrt()
 
 
 def alpha_bar_from_sigma(sigma) -> torch.Tensor:
     r"""The inverse map: :math:`\bar\alpha = 1/(1+\sigma^2)`. Returns float64."""
-    s = torch.as_tensor(sigma, dtype=torch.float64)
+    s = _float64("sigma", sigma)
     if not torch.isfinite(s).all() or (s < 0).any():
         raise ValueError("sigma must be finite and >= 0")
     return 1 / (1 + s**2)
@@ -145,7 +166,8 @@ def timesteps_for_sigmas(sched, sigmas) -> torch.Tensor:
     r"""For each requested VE level :math:`\sigma`, the step ``t`` in ``1..T`` whose :math:`\sigma_t` is
     closest (in log scale). Returns a LongTensor; use ``sigma_from_alpha_bar(sched.alpha_bar[t])`` for
     the exact levels of those steps."""
-    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    sched = validation.schedule("sched", sched)
+    s = _float64("sigmas", sigmas).flatten()
     if not s.numel() or not torch.isfinite(s).all() or (s <= 0).any():
         raise ValueError("sigmas must be a non-empty list of positive, finite noise levels")
     table = sigma_from_alpha_bar(sched.alpha_bar[1:]).log()
@@ -219,12 +241,21 @@ def score_error_per_t(eps_fn, mixture, sched, ts, n: int, generator: torch.Gener
     Noise is drawn on the CPU from ``generator``; the network runs on ``device`` (default: the model's device, else
     the CPU).
     """
-    ts = torch.as_tensor(ts).flatten()
-    if ts.is_floating_point() or not ts.numel():
+    sched = validation.schedule("sched", sched)
+    if not callable(eps_fn):
+        raise TypeError(f"eps_fn must be a callable eps_fn(x, t); got {validation.describe(eps_fn)}")
+    if not all(callable(getattr(mixture, k, None)) for k in ("sample", "score")):
+        raise TypeError(f"mixture must be a td.data.GaussianMixture (with sample and score); got "
+                        f"{validation.describe(mixture)}")
+    try:
+        ts = torch.as_tensor(ts).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        ts = torch.empty(0)
+    if ts.is_floating_point() or ts.dtype == torch.bool or not ts.numel():
         raise ValueError("ts must be a non-empty list of integer timesteps in 1..T")
     ts = sched.check_t(ts, ts.numel(), low=1)
     n = _count("n (samples per timestep)", n, 1)
-    dev = device_of(eps_fn, fallback="cpu") if device is None else torch.device(device)
+    dev = device_of(eps_fn, fallback="cpu") if device is None else check_device("device", device)
     out = {k: torch.zeros(len(ts), dtype=torch.float64) for k in ("score_mse", "eps_mse", "x0_mse", "score_norm2")}
     for i, t_int in enumerate(ts.tolist()):
         x0 = mixture.sample(n, generator, dtype=torch.float64)
@@ -233,7 +264,9 @@ def score_error_per_t(eps_fn, mixture, sched, ts, n: int, generator: torch.Gener
         ab = sched.alpha_bar[t_int]
         true = mixture.score(xt, ab.sqrt(), (1 - ab).sqrt())
         t = torch.full((n,), t_int, dtype=torch.long, device=dev)
-        model = convert.score_from_eps(eps_fn(xt.float().to(dev), t).double().cpu(), ab)
+        x_in = xt.float().to(dev)
+        eps_hat = _out("eps_fn", eps_fn(x_in, t), x_in)
+        model = convert.score_from_eps(eps_hat.double().cpu(), ab)
         err = (model - true).pow(2).sum(1).mean()
         out["score_mse"][i] = err
         out["eps_mse"][i] = (1 - ab) * err
@@ -246,6 +279,8 @@ def score_error_per_t(eps_fn, mixture, sched, ts, n: int, generator: torch.Gener
 # ---------------------------------------------------------------------------------------- Langevin
 def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size, noise: torch.Tensor) -> torch.Tensor:
     r"""One step of unadjusted Langevin dynamics: :math:`x + \tfrac{\delta}{2}\nabla\log p(x) + \sqrt{\delta}\,z`."""
+    x, score = validation.tensor("x", x), validation.tensor("score", score)
+    noise = validation.tensor("noise", noise)
     check_same_shape(x=x, score=score, noise=noise)
     delta = _positive("step_size (delta)", step_size)
     return x + 0.5 * delta * score + math.sqrt(delta) * noise
@@ -265,7 +300,7 @@ def langevin(score_fn, x: torch.Tensor, step_size: float, n_steps: int, *, gener
     ``callback(i, t, x)`` gets ``i = 0..n_steps`` with the Langevin time :math:`t = i\delta` (the update is
     Euler–Maruyama for :math:`dx = \tfrac12\nabla\log p\,dt + dw` with :math:`dt = \delta`).
     """
-    x = _check_float("x", x)
+    x = validation.tensor("x", _check_float("x", x), finite=True)
     delta = _positive("step_size (delta)", step_size)
     n_steps = _count("n_steps", n_steps, 0)
     x, device = sampler_start(score_fn, None, x_T=x, generator=generator, device=device, callback=callback,
@@ -300,8 +335,8 @@ def annealed_langevin(score_fn, sigmas, x: torch.Tensor, *, steps_per_level: int
     steps_per_level`` with the level of that step; ``callback=td.utils.Trajectory(every=steps_per_level)`` keeps
     the start and the state after each level.
     """
-    x = _check_float("x", x)
-    sig = validation.tensor("sigmas", torch.as_tensor(sigmas, dtype=torch.float64), ndim=(0, 1)).reshape(-1)
+    x = validation.tensor("x", _check_float("x", x), finite=True)
+    sig = validation.tensor("sigmas", _float64("sigmas", sigmas), ndim=(0, 1)).reshape(-1)
     if not sig.numel() or not torch.isfinite(sig).all() or (sig <= 0).any():
         raise ValueError("sigmas must be a non-empty list of positive, finite noise levels")
     if sig.numel() > 1 and not (sig[1:] < sig[:-1]).all():
@@ -352,13 +387,15 @@ def component_fractions(mixture, x: torch.Tensor) -> torch.Tensor:
     r"""The fraction of samples ``x`` ``(B, D)`` that fall in each component's basin (``(K,)`` float64):
     each sample goes to :math:`\arg\max_k p(k\mid x)`. Compare with ``mixture.weights``."""
     x = validation.tensor("x", _check_float("x", x), finite=True)  # a NaN sample would count as component 0
+    if not callable(getattr(mixture, "component_posterior", None)):
+        raise TypeError(f"mixture must be a td.data.GaussianMixture; got {validation.describe(mixture)}")
     k = mixture.component_posterior(x.double()).argmax(1)
     return torch.bincount(k.cpu(), minlength=mixture.K).double() / x.shape[0]
 
 
 def total_variation(p, q) -> float:
     r"""Total-variation distance :math:`\tfrac12\sum_k |p_k - q_k|` between two probability vectors."""
-    p, q = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)
+    p, q = _float64("p", p), _float64("q", q)
     if p.shape != q.shape or p.ndim != 1:
         raise ValueError(f"p and q must be probability vectors of one length; "
                          f"got shapes {tuple(p.shape)}, {tuple(q.shape)}")

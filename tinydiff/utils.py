@@ -62,6 +62,10 @@ def expand_to(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     The coefficient is cast to ``x``'s dtype and device: schedules are stored in float64 and cast here,
     where they are used.
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor (B, ...); got {_describe(x)}")
+    if coef is None or isinstance(coef, str):
+        raise TypeError(f"coef must be a number or a per-sample tensor (B,); got {_describe(coef)}")
     coef = torch.as_tensor(coef)
     coef = coef.to(device=x.device, dtype=x.dtype if x.is_floating_point() else coef.dtype)
     if coef.ndim == 0:
@@ -83,6 +87,9 @@ def as_timesteps(t, batch: int, T: int, *, low: int = 0, name: str = "t") -> tor
     """
     from . import validation
 
+    T = validation.integer("T", T, low=0)
+    low = validation.integer("low", low, low=0)
+    batch = validation.integer("batch", batch, low=0)
     return validation.timesteps(name, t, T, low=low, batch=batch)
 
 
@@ -92,7 +99,10 @@ _TABLES: dict = {}
 def table_on(table: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A float64 schedule table cast to ``device`` and ``dtype`` once and cached, so indexing it with device
     timesteps (``table_on(sched.alpha_bar, t.device)[t]``) needs no host copy and no sync."""
-    device = torch.device(device)
+    if not isinstance(table, torch.Tensor):
+        raise TypeError(f"table must be a torch.Tensor (a schedule table like sched.alpha_bar); got {_describe(table)}")
+    if not isinstance(device, torch.device):
+        device = check_device("device", device)
     dtype = table.dtype if dtype is None else dtype
     if table.device == device and table.dtype == dtype:
         return table
@@ -103,6 +113,25 @@ def table_on(table: torch.Tensor, device, dtype: torch.dtype | None = None) -> t
     cast = table.to(device=device, dtype=dtype)
     _TABLES[key] = (weakref.ref(table, lambda _r, k=key: _TABLES.pop(k, None)), cast)
     return cast
+
+
+def _describe(value) -> str:
+    from . import validation
+
+    return validation.describe(value)
+
+
+def check_device(name: str, device) -> torch.device:
+    """``device`` as a ``torch.device`` (a name like ``'cpu'`` or ``'cuda:0'`` accepted), refused clearly when it is
+    no device or names CUDA on a machine without it."""
+    try:
+        dev = torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"{name} must be a torch.device or a name like 'cpu' or 'cuda'; got {_describe(device)}") \
+            from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} is {dev}, but CUDA is not available on this machine; use td.device()")
+    return dev
 
 
 def check_same_shape(**tensors: torch.Tensor) -> None:
@@ -130,9 +159,13 @@ def start_noise(shape, *, generator: torch.Generator | None = None, device=None,
     r"""The starting point of a sampler, :math:`x_T\sim\mathcal N(0, I)` of ``shape``, drawn on the CPU from
     ``generator`` and moved to ``device`` (so a seed gives the same samples on every machine); or ``x_T`` itself,
     checked against ``shape`` and moved to ``device``."""
-    device = torch.device("cpu") if device is None else torch.device(device)
+    from . import validation
+
+    device = torch.device("cpu") if device is None else check_device("device", device)
+    shape = validation.shape("shape", shape)
     if x_T is None:
         return _to_device(torch.randn(tuple(shape), generator=generator, dtype=dtype), device)
+    x_T = validation.tensor("x_T", x_T, floating=False)
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was requested")
     return x_T.to(device)
@@ -141,6 +174,8 @@ def start_noise(shape, *, generator: torch.Generator | None = None, device=None,
 def noise_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise of ``x``'s shape and dtype, drawn on the CPU from ``generator``, moved to ``x``'s device
     (on CUDA through pinned memory without blocking, so the copy does not wait for the queued kernels)."""
+    if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(f"x must be a floating torch.Tensor (the noise takes its shape and dtype); got {_describe(x)}")
     return _to_device(torch.randn(x.shape, generator=generator, dtype=x.dtype), x.device)
 
 
@@ -163,7 +198,7 @@ def sampler_start(denoiser, shape, *, x_T=None, generator=None, device=None, cal
     from . import validation
 
     if not callable(denoiser):
-        raise TypeError(f"{name} must be a callable {name}(x, t) (a model or a function); got "
+        raise TypeError(f"{name} (the denoiser) must be a callable {name}(x, t) (a model or a function); got "
                         f"{validation.describe(denoiser)}")
     validation.generator("generator", generator)
     validation.callback("callback", callback)
@@ -171,6 +206,8 @@ def sampler_start(denoiser, shape, *, x_T=None, generator=None, device=None, cal
         x_T = validation.tensor("x_T", x_T, finite=True)
         if x_T.ndim < 1:
             raise ValueError(f"x_T must have a batch dimension, shape (B, ...); got {validation.describe(x_T)}")
+    if data_start and x_T is None:
+        raise ValueError("data_start=True needs the data as x_T (the sampler starts from it)")
     if shape is None:
         if x_T is None:
             raise ValueError("pass shape=(B, ...) (x_T is then drawn from N(0, I)) or x_T itself")
@@ -179,11 +216,7 @@ def sampler_start(denoiser, shape, *, x_T=None, generator=None, device=None, cal
     if device is None:
         dev = device_of(denoiser, fallback=x_T.device) if data_start else device_of(denoiser, x_T)
     else:
-        try:
-            dev = torch.device(device)
-        except (TypeError, RuntimeError):
-            raise ValueError(f"device must be a torch.device or a name like 'cpu' or 'cuda'; got "
-                             f"{validation.describe(device)}") from None
+        dev = check_device("device", device)
     return start_noise(shape, generator=generator, device=dev, x_T=x_T), dev
 
 
@@ -199,6 +232,8 @@ def device_of(fn, x_T: torch.Tensor | None = None, *, fallback=None) -> torch.de
     ``gm.eps_fn(sched)`` holds CPU tables, so it samples on the CPU, where its results meet other CPU numbers).
     """
     if x_T is not None:
+        if not isinstance(x_T, torch.Tensor):
+            raise TypeError(f"x_T must be a torch.Tensor or None; got {_describe(x_T)}")
         return x_T.device
     try:
         found = _search(fn, strong=True) or _search(fn, strong=False)
