@@ -453,3 +453,34 @@ def test_a_learned_phi_that_sees_the_noisy_input_learns_the_merge():
             final[only_p] = rl.consistency_loss_latent(f, *p, xt, xt, xt, a, s, mask=obj.mask).item()
             literal = rl.masked_mse(rl.literal_residual(*p), obj.mask).item()
     assert final[False] < 0.02 * literal and final[False] < 0.5 * final[True]
+
+
+def test_bad_input_is_refused_by_name():
+    from tinydiff import relight as R
+    from tinydiff.data import relight as DR
+
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="xt_2 must have the shape of xt_12"):
+        R.offset("eps", x, x, x[:1], 0.5, 0.8)
+    with pytest.raises(ValueError, match="alpha must be a number or have shape"):
+        R.offset("eps", x, x, x, torch.ones(3), 0.8)
+    with pytest.raises(TypeError, match="sigma must be a real number"):
+        R.coefficients("eps", 0.5, None)
+    with pytest.raises(ValueError, match="black must be a finite number"):
+        R.x0_residual(x, x, x, black=float("nan"))
+    with pytest.raises(ValueError, match="mask must broadcast"):
+        R.masked_mse(x, torch.ones(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="r must hold at least one"):
+        R.rms(x[:, :0])
+    with pytest.raises(ValueError, match="lambda_vanilla must be >= 0"):
+        R.joint_loss(torch.tensor(1.0), torch.tensor(1.0), lambda_vanilla=-1.0)
+    with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
+        DR.make_objects(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="n_sources must be an int or a range"):
+        DR.random_lights(2, n_sources=(3, 1))
+    with pytest.raises(TypeError, match="objects must be an Objects"):
+        DR.render(None, torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="size must lie in 1"):
+        DR.light_features(torch.zeros(1, 3, 4, 4), size=0)
+    with pytest.raises(ValueError, match="light_cells must"):
+        td.models.relight.RelightUNet(light_cells=1.5)

@@ -55,9 +55,46 @@ LAMBDA_VANILLA = 1.0  #: the paper's default weight of the vanilla term
 LAMBDA_CONSISTENCY = 0.1  #: the paper's default weight of the consistency term
 
 
+def _coef(name: str, value, like=None) -> torch.Tensor:
+    """``alpha_t`` / ``sigma_t``: a real number or a per-sample tensor ``(B,)`` (checked against ``like``'s batch),
+    as a float64 tensor."""
+    if value is None or isinstance(value, (str, bytes, bool, complex)):
+        raise TypeError(f"{name} must be a real number or a per-sample tensor (B,); got {validation.describe(value)}")
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a real number or a per-sample tensor (B,); got "
+                        f"{validation.describe(value)}") from None
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be real; got {validation.describe(value)}")
+    if like is not None and t.ndim and (t.ndim != 1 or t.shape[0] not in (1, like.shape[0])):
+        raise ValueError(f"{name} must be a number or have shape ({like.shape[0]},), one per sample; got "
+                         f"{validation.describe(value)}")
+    return t.to(torch.float64)
+
+
+def _same(**tensors) -> list[torch.Tensor]:
+    """Validate tensors that enter one elementwise formula: floating (numpy accepted), every one of the first's
+    shape."""
+    out, first = [], None
+    for name, value in tensors.items():
+        x = validation.tensor(name, value)
+        if first is None:
+            first = (name, x)
+        elif x.shape != first[1].shape:
+            raise ValueError(f"{name} must have the shape of {first[0]}, {tuple(first[1].shape)}; got "
+                             f"{validation.describe(x)}")
+        out.append(x)
+    return out
+
+
+def _black(black) -> float:
+    return validation.number("black", black)
+
+
 def _ab(alpha, sigma, like):
-    a = expand_to(torch.as_tensor(alpha, dtype=torch.float64), like).to(like.dtype)
-    s = expand_to(torch.as_tensor(sigma, dtype=torch.float64), like).to(like.dtype)
+    a = expand_to(_coef("alpha", alpha, like), like).to(like.dtype)
+    s = expand_to(_coef("sigma", sigma, like), like).to(like.dtype)
     return a, s
 
 
@@ -65,7 +102,7 @@ def coefficients(prediction: str, alpha, sigma):
     r"""``(A, B)`` with :math:`p = A\,x_t + B\,\hat x_0` for ``prediction`` in ``eps``, ``x0``, ``v``:
     :math:`(1/\sigma, -\alpha/\sigma)`, :math:`(0, 1)`, :math:`(\alpha/\sigma, -(\alpha^2+\sigma^2)/\sigma)`."""
     validation.choice("prediction", prediction, PREDICTIONS)
-    a, s = torch.as_tensor(alpha, dtype=torch.float64), torch.as_tensor(sigma, dtype=torch.float64)
+    a, s = _coef("alpha", alpha), _coef("sigma", sigma)
     if prediction == "eps":
         return 1 / s, -a / s
     if prediction == "x0":
@@ -105,6 +142,8 @@ def offset(prediction: str, xt_12, xt_1, xt_2, alpha, sigma, black: float = BLAC
     r"""The offset term :math:`o = A\,(x_t^{12} - x_t^1 - x_t^2) - B\,b` of the derived identity
     :math:`p_{12} = p_1 + p_2 + o` (module docstring), computed from the inputs alone."""
     validation.choice("prediction", prediction, PREDICTIONS)
+    xt_12, xt_1, xt_2 = _same(xt_12=xt_12, xt_1=xt_1, xt_2=xt_2)
+    black = _black(black)
     dx = xt_12 - xt_1 - xt_2
     a, s = _ab(alpha, sigma, dx)
     x0 = torch.full_like(dx, -black)  # the x0 of the linear map at (dx, x0 = -b)
@@ -113,18 +152,22 @@ def offset(prediction: str, xt_12, xt_1, xt_2, alpha, sigma, black: float = BLAC
 
 def literal_residual(p_12, p_1, p_2) -> torch.Tensor:
     r"""The lecture's identity as written, :math:`p_{12} - (p_1 + p_2)` (no offset)."""
+    p_12, p_1, p_2 = _same(p_12=p_12, p_1=p_1, p_2=p_2)
     return p_12 - p_1 - p_2
 
 
 def consistency_residual(prediction: str, p_12, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma,
                          black: float = BLACK) -> torch.Tensor:
     r"""The derived residual :math:`r = p_{12} - p_1 - p_2 - o` (0 at the optimum, on the object)."""
+    p_12, p_1, p_2, xt_12 = _same(p_12=p_12, p_1=p_1, p_2=p_2, xt_12=xt_12)
     return p_12 - p_1 - p_2 - offset(prediction, xt_12, xt_1, xt_2, alpha, sigma, black)
 
 
 def x0_residual(x0_12, x0_1, x0_2, black: float = BLACK) -> torch.Tensor:
     r"""The consistency in :math:`x_0` space, :math:`\hat x_0^{12} - \hat x_0^1 - \hat x_0^2 + b`; the residual of
     any parameterisation is :math:`B` times this (``coefficients``)."""
+    x0_12, x0_1, x0_2 = _same(x0_12=x0_12, x0_1=x0_1, x0_2=x0_2)
+    black = _black(black)
     return x0_12 - x0_1 - x0_2 + black
 
 
@@ -132,6 +175,7 @@ def phi_exact(prediction: str, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma, black:
     r"""What the merging map :math:`\phi` of the latent-space loss must compute in image space:
     :math:`\phi(p_1, p_2) = p_1 + p_2 + o`. It needs the noisy inputs and :math:`t` (through :math:`o`), not just
     :math:`(p_1, p_2)`, except for ``x0`` (:math:`o = -b`)."""
+    p_1, p_2, xt_12 = _same(p_1=p_1, p_2=p_2, xt_12=xt_12)
     return p_1 + p_2 + offset(prediction, xt_12, xt_1, xt_2, alpha, sigma, black)
 
 
@@ -139,6 +183,9 @@ def phi_inputs(p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma) -> torch.Tensor:
     r"""The channels a learned :math:`\phi` needs to be able to represent the exact relation: the two
     predictions, the three noisy inputs and the maps :math:`\alpha_t`, :math:`\sigma_t`, :math:`\alpha_t/\sigma_t`,
     concatenated along the channels ``(B, 5C + 3, H, W)``."""
+    p_1, p_2, xt_12, xt_1, xt_2 = _same(p_1=p_1, p_2=p_2, xt_12=xt_12, xt_1=xt_1, xt_2=xt_2)
+    if p_1.ndim != 4:
+        raise ValueError(f"p_1 must be a batch of images (B, C, H, W); got {validation.describe(p_1)}")
     a, s = _ab(alpha, sigma, p_1[:, :1])
     ones = torch.ones_like(p_1[:, :1])
     return torch.cat([p_1, p_2, xt_12, xt_1, xt_2, a * ones, s * ones, a / s * ones], 1)
@@ -147,11 +194,31 @@ def phi_inputs(p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma) -> torch.Tensor:
 def masked_mse(r: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     r""":math:`\|M\odot r\|^2` averaged over the elements (``mask`` ``(B, 1, H, W)`` broadcast over channels;
     None = no mask)."""
+    r, mask = _residual_and_mask(r, mask)
     return (r if mask is None else mask * r).square().mean()
+
+
+def _residual_and_mask(r, mask):
+    r = validation.tensor("r", r, min_batch=1)
+    if r.numel() == 0:
+        raise ValueError(f"r must hold at least one value; got {validation.describe(r)}")
+    if mask is not None:
+        mask = validation.tensor("mask", mask, floating=False)
+        if mask.is_complex():
+            raise ValueError(f"mask must be real; got {validation.describe(mask)}")
+        try:
+            torch.broadcast_shapes(mask.shape, r.shape)
+        except RuntimeError:
+            raise ValueError(f"mask must broadcast against r {tuple(r.shape)} (e.g. (B, 1, H, W)); got "
+                             f"{validation.describe(mask)}") from None
+        if torch.broadcast_shapes(mask.shape, r.shape) != r.shape:
+            raise ValueError(f"mask must broadcast to the shape of r, {tuple(r.shape)}; got {validation.describe(mask)}")
+    return r, mask
 
 
 def rms(r: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     r"""Root mean square of ``r`` over the pixels where ``mask`` is 1 (all pixels without a mask)."""
+    r, mask = _residual_and_mask(r, mask)
     if mask is None:
         return r.double().square().mean().sqrt().item()
     m = mask.expand_as(r).bool()
@@ -160,6 +227,7 @@ def rms(r: torch.Tensor, mask: torch.Tensor | None = None) -> float:
 
 def vanilla_loss(pred, target) -> torch.Tensor:
     r""":math:`\mathcal L_\text{vanilla} = \|\text{target} - \delta(x_t, t, L, I_d)\|^2` (mean over elements)."""
+    pred, target = _same(pred=pred, target=target)
     return masked_mse(pred - target)
 
 
@@ -183,6 +251,9 @@ def joint_loss(vanilla, consistency, *, lambda_vanilla: float = LAMBDA_VANILLA,
                lambda_consistency: float = LAMBDA_CONSISTENCY) -> torch.Tensor:
     r""":math:`\mathcal L = \lambda_\text{vanilla}\mathcal L_\text{vanilla} + \lambda_\text{consistency}
     \mathcal L_\text{consistency}` (defaults 1.0 and 0.1, the paper's)."""
+    vanilla, consistency = validation.tensor("vanilla", vanilla), validation.tensor("consistency", consistency)
+    lambda_vanilla = validation.number("lambda_vanilla", lambda_vanilla, low=0)
+    lambda_consistency = validation.number("lambda_consistency", lambda_consistency, low=0)
     return lambda_vanilla * vanilla + lambda_consistency * consistency
 
 
@@ -272,6 +343,9 @@ def psnr_ssim(pred, true) -> tuple[torch.Tensor, torch.Tensor]:
         raise ImportError("psnr_ssim needs scikit-image (in tinydiff's [dev] extra; Colab has it): "
                           "pip install scikit-image") from exc
 
+    pred, true = _same(pred=pred, true=true)
+    if pred.ndim != 4:
+        raise ValueError(f"pred must be display images (B, 3, H, W); got {validation.describe(pred)}")
     p = pred.detach().double().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
     q = true.detach().double().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
     win = min(7, p.shape[1] - (1 - p.shape[1] % 2), p.shape[2] - (1 - p.shape[2] % 2))

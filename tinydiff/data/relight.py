@@ -63,12 +63,25 @@ class Objects:
         return Objects(*(t.to(*args, **kwargs) for t in (self.normals, self.albedo, self.mask, self.background)))
 
 
+def _dtype(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype like torch.float32; got {validation.describe(dtype)}")
+    return dtype
+
+
+def _objects(objects) -> "Objects":
+    if not all(isinstance(getattr(objects, k, None), torch.Tensor) for k in ("normals", "albedo", "mask", "background")):
+        raise TypeError(f"objects must be an Objects from make_objects(...); got {validation.describe(objects)}")
+    return objects
+
+
 def front_half_directions(res: int, dtype=torch.float64):
     r"""Directions :math:`\omega_k` ``(R*R, 3)`` and solid angles :math:`\Delta\Omega_k` ``(R*R,)`` of a front-half
     environment map of ``res x res`` pixels: azimuth :math:`\phi \in (-\pi/2, \pi/2)` (columns, left to right),
     elevation :math:`\theta \in (-\pi/2, \pi/2)` (rows, top = up), :math:`\omega = (\cos\theta\sin\phi,\ \sin\theta,\
     \cos\theta\cos\phi)`, :math:`\Delta\Omega = \cos\theta\,\Delta\theta\,\Delta\phi` (they sum to :math:`2\pi`)."""
     res = validation.integer("res", res, low=1)
+    dtype = _dtype(dtype)
     step = math.pi / res
     centres = -math.pi / 2 + step * (torch.arange(res, dtype=torch.float64) + 0.5)
     theta = centres.flip(0)[:, None].expand(res, res)  # row 0 is the top of the map (looking up)
@@ -88,6 +101,7 @@ def make_objects(n: int, size: int = 16, *, generator: torch.Generator | None = 
     n = validation.integer("n", n, low=1)
     size = validation.integer("size", size, low=4)
     validation.choice("background", background, ("grey", "random"))
+    dtype = _dtype(dtype)
     g = generator
 
     def u(*shape, lo=0.0, hi=1.0):
@@ -136,6 +150,7 @@ def irradiance(normals: torch.Tensor, light: torch.Tensor, *, chunk: int = 256) 
     ``normals`` ``(N, 3, H, W)`` under environment maps ``light`` ``(N, 3, R, R)``; linear in the light."""
     normals = validation.tensor("normals", normals, ndim=4)
     light = _check_light(light, normals.shape[0])
+    chunk = validation.integer("chunk", chunk, low=1)
     N, _, H, W = normals.shape
     dirs, d_omega = front_half_directions(light.shape[-1], dtype=normals.dtype)
     dirs, d_omega = dirs.to(normals.device), d_omega.to(normals.device)
@@ -153,6 +168,7 @@ def render(objects: Objects, light: torch.Tensor, *, background: bool = True) ->
 
     With ``background=False`` the off-object pixels are black (0) and :math:`I` is exactly linear in the light
     everywhere; with the (unlit) background, only on the mask."""
+    objects = _objects(objects)
     e = irradiance(objects.normals, light)
     fg = objects.albedo * e * objects.mask
     return fg + (1 - objects.mask) * objects.background if background else fg
@@ -166,8 +182,14 @@ def random_lights(n: int, res: int = 16, *, n_sources: int | tuple[int, int] = 1
     :math:`\sum_k L_k\Delta\Omega_k` in ``(0.8, 1.4)``, so one source lights a facing surface to about 1."""
     n = validation.integer("n", n, low=1)
     res = validation.integer("res", res, low=2)
-    lo, hi = (n_sources, n_sources) if isinstance(n_sources, int) else n_sources
+    dtype = _dtype(dtype)
+    if isinstance(n_sources, (tuple, list)) and len(n_sources) == 2:
+        lo, hi = n_sources
+    else:
+        lo = hi = n_sources
     lo, hi = validation.integer("n_sources", lo, low=1), validation.integer("n_sources", hi, low=1)
+    if hi < lo:
+        raise ValueError(f"n_sources must be an int or a range (lo, hi) with lo <= hi; got {n_sources}")
     g = generator
     dirs, d_omega = front_half_directions(res)
     counts = torch.randint(lo, hi + 1, (n,), generator=g)
@@ -194,6 +216,9 @@ def lobe_lights(mu: torch.Tensor, res: int = 16, *, kappa: float = 20.0, power: 
     mu = validation.tensor("mu", mu, ndim=2).to(torch.float64)
     if mu.shape[1] != 3:
         raise ValueError(f"mu must hold unit directions (K, 3); got {validation.describe(mu)}")
+    kappa = validation.number("kappa", kappa, low=0)
+    power = validation.number("power", power, low=0)
+    dtype = _dtype(dtype)
     dirs, d_omega = front_half_directions(res)
     lobe = torch.exp(kappa * (torch.nn.functional.normalize(mu, dim=1) @ dirs.T - 1))
     lobe = power * lobe / (lobe * d_omega).sum(-1, keepdim=True)
@@ -226,22 +251,29 @@ def tone_map(hdr: torch.Tensor, *, exposure: float = 1.0, gamma: float = 2.2) ->
     r"""Display image :math:`d = \mathrm{clip}(e\,I, 0, 1)^{1/\gamma}` in ``[0, 1]`` (a separate, non-linear step)."""
     exposure = validation.number("exposure", exposure, low=0, strict_low=True)
     gamma = validation.number("gamma", gamma, low=0, strict_low=True)
+    hdr = validation.tensor("hdr", hdr)
     return (exposure * hdr).clamp(0, 1) ** (1 / gamma)
 
 
 def to_model(hdr: torch.Tensor) -> torch.Tensor:
     r"""Model space :math:`x = 2I - 1` (affine: black :math:`\mapsto -1`, grey 0.5 :math:`\mapsto 0`)."""
+    hdr = validation.tensor("hdr", hdr)
     return 2 * hdr - 1
 
 
 def from_model(x: torch.Tensor) -> torch.Tensor:
     r"""Linear HDR :math:`I = (x + 1)/2`."""
+    x = validation.tensor("x", x)
     return (x + 1) / 2
 
 
 def merge(x1: torch.Tensor, x2: torch.Tensor, black: float = BLACK) -> torch.Tensor:
     r"""The model-space image of the summed light: :math:`x_{12} = x_1 + x_2 - b` with :math:`b` the model-space
     black (:math:`-1` for :math:`x = 2I - 1`), since :math:`I_{12} = I_1 + I_2` is measured from black."""
+    x1, x2 = validation.tensor("x1", x1), validation.tensor("x2", x2)
+    if x1.shape != x2.shape:
+        raise ValueError(f"x2 must have the shape of x1, {tuple(x1.shape)}; got {validation.describe(x2)}")
+    black = validation.number("black", black)
     return x1 + x2 - black
 
 
@@ -249,7 +281,7 @@ def condition(objects: Objects, *, with_background: bool = False) -> torch.Tenso
     r"""The conditioning image :math:`I_d` in model space: the albedo on the object and exactly 0 (grey) off it,
     plus the mask as a fourth channel ``(N, 4, H, W)``; with ``with_background`` also the background
     ``(N, 7, H, W)`` (model space, 0 off the background, i.e. on the object)."""
-    m = objects.mask
+    m = _objects(objects).mask
     fg = to_model(objects.albedo) * m  # grey (0) off the object, IC-Light's "127 -> 0"
     parts = [fg, m]
     if with_background:
@@ -261,6 +293,7 @@ def light_features(light: torch.Tensor, size: int = 4) -> torch.Tensor:
     r"""A linear summary of an environment map for the model: radiance times solid angle, summed over
     ``size x size`` blocks, ``(B, 3 * size * size)``. Linear in :math:`L`, so :math:`f(L_1 + L_2) = f(L_1) + f(L_2)`."""
     light = _check_light(light)
+    size = validation.integer("size", size, low=1)
     res = light.shape[-1]
     if res % size:
         raise ValueError(f"size must divide the environment map's resolution {res}; got {size}")

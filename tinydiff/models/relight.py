@@ -108,8 +108,12 @@ class RelightUNet(nn.Module):
         super().__init__()
         self.prediction = validation.choice("prediction", prediction, ("eps", "x0", "v"))
         self.cond_channels = validation.integer("cond_channels", cond_channels, low=0)
+        light_cells = validation.integer("light_cells", light_cells, low=1)
+        image_channels = validation.integer("image_channels", image_channels, low=1)
         self.light_res, self.light_cells = light_res, light_cells
         self.image_channels = image_channels
+        if unet is not None and not (isinstance(unet, UNet) or all(hasattr(unet, k) for k in ("embed", "inp"))):
+            raise TypeError(f"unet must be a td.models.UNet (or None to build one); got {validation.describe(unet)}")
         if unet is None:
             unet = UNet(image_channels + cond_channels, image_channels, base_channels, channel_mults, num_res_blocks,
                         attn_levels)
@@ -132,6 +136,7 @@ class RelightUNet(nn.Module):
     def add_background(self, channels: int = 3) -> "RelightUNet":
         r"""The background-conditioned variant: ``channels`` more zero-initialised input channels for the
         background (fill them with zeros for a sample without one). Returns ``self``."""
+        channels = validation.integer("channels", channels, low=1)
         widen_input(self.unet, channels)
         self.cond_channels += channels
         return self
@@ -150,6 +155,8 @@ class PhiNet(nn.Module):
 
     def __init__(self, channels: int = 3, hidden: int = 64):
         super().__init__()
+        channels = validation.integer("channels", channels, low=1)
+        hidden = validation.integer("hidden", hidden, low=1)
         self.net = nn.Sequential(nn.Conv2d(5 * channels + 3, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, hidden, 1),
                                  nn.SiLU(), nn.Conv2d(hidden, channels, 1))
 
