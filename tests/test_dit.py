@@ -278,3 +278,29 @@ def test_a_v_predicting_dit_plugs_into_the_denoiser_interface():
     torch.testing.assert_close(den.eps(x, t), ab.sqrt() * v + (1 - ab).sqrt() * x, atol=1e-5, rtol=1e-5)
     out = td.ddim.sample(den, (4, 1, 8, 8), sched, 5, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out).all()
+
+
+def test_bad_arguments_are_refused_by_name():
+    from tinydiff.models import dit, mmdit
+
+    with pytest.raises(ValueError, match="heads must lie in 1"):
+        dit.Attention(8, 0)
+    with pytest.raises(ValueError, match="mlp_ratio must be > 0"):
+        dit.DiTBlock(8, 2, mlp_ratio=-1.0)
+    with pytest.raises(ValueError, match="depth must be an int"):
+        dit.DiT(depth=2.5)
+    with pytest.raises(ValueError, match="shift must have shape"):
+        dit.modulate(torch.zeros(2, 3, 4), torch.zeros(3, 4), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        dit.adaln(torch.zeros(2, 3, 4), torch.zeros(2, 4), torch.zeros(2, 4), eps=-1.0)
+    with pytest.raises(ValueError, match="h must be an int"):
+        dit.pos_embed_2d(8, 2.5)
+    model = dit.DiT(input_size=4, patch_size=2, hidden_size=8, depth=1, heads=2, num_classes=3)
+    with pytest.raises(ValueError, match="x must be a floating tensor of the model's dtype"):
+        model(torch.zeros(2, 1, 4, 4, dtype=torch.float16), torch.ones(2, dtype=torch.long))
+    with pytest.raises(TypeError, match="t must be timesteps"):
+        model(torch.zeros(2, 1, 4, 4), None)
+    with pytest.raises(ValueError, match="weight must be None or a tensor of shape"):
+        mmdit.rms_norm(torch.zeros(2, 4), torch.ones(3))
+    with pytest.raises(ValueError, match="text_layers must"):
+        mmdit.MMDiT(vocab_size=10, text_layers=0)

@@ -58,7 +58,7 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     numbers run over (row in patch, column in patch, channel): the layout DiT's final layer writes and
     :func:`unpatchify` reads."""
     p = V.integer("p", p, low=1)
-    V.tensor("x", x, ndim=4)
+    x = V.tensor("x", x, ndim=4, floating=False)
     B, C, H, W = x.shape
     if H % p or W % p:
         raise ValueError(f"x: H and W must be divisible by the patch size p={p}; got {H}x{W}")
@@ -70,8 +70,9 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
 def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int | None = None) -> torch.Tensor:
     r"""The inverse of :func:`patchify`: ``(B, h*w, p*p*C)`` -> ``(B, C, h*p, w*p)`` (DiT's ``unpatchify``)."""
     p = V.integer("p", p, low=1)
-    w = h if w is None else w
-    V.tensor("tokens", tokens, ndim=3)
+    h = V.integer("h", h, low=1)
+    w = h if w is None else V.integer("w", w, low=1)
+    tokens = V.tensor("tokens", tokens, ndim=3, floating=False)
     B, N, D = tokens.shape
     if N != h * w or D % (p * p):
         raise ValueError(f"tokens: expected (B, {h}*{w}, p*p*C) with p={p}; got {tuple(tokens.shape)}")
@@ -87,6 +88,7 @@ def pos_embed_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     dim = V.integer("dim", dim, low=2)
     if dim % 2:
         raise ValueError(f"dim must be even; got {dim}")
+    pos = V.tensor("pos", pos, floating=False)
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
     out = pos.double().reshape(-1)[:, None] * omega[None]
     return torch.cat([out.sin(), out.cos()], dim=1)
@@ -100,7 +102,8 @@ def pos_embed_2d(dim: int, h: int, w: int | None = None) -> torch.Tensor:
     dim = V.integer("dim", dim, low=4)
     if dim % 4:
         raise ValueError(f"dim must be divisible by 4 (two sin-cos halves); got {dim}")
-    w = h if w is None else w
+    h = V.integer("h", h, low=1)
+    w = h if w is None else V.integer("w", w, low=1)
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     return torch.cat([pos_embed_1d(dim // 2, cols), pos_embed_1d(dim // 2, rows)], dim=1)
 
@@ -109,12 +112,30 @@ def pos_embed_2d(dim: int, h: int, w: int | None = None) -> torch.Tensor:
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     r"""Per-sample affine modulation of tokens ``x`` ``(B, N, D)``: :math:`x\odot(1 + \gamma) + \beta` with
     ``scale`` :math:`\gamma` and ``shift`` :math:`\beta` ``(B, D)``. The ``1 +`` makes :math:`\gamma = 0` the identity."""
+    _check_modulation(x, shift, scale)
     return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def _check_modulation(x, shift, scale) -> None:
+    """Shapes only (no values are read: this runs inside every forward pass)."""
+    for name, v in (("x", x), ("shift", shift), ("scale", scale)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {V.describe(v)}")
+    if x.ndim != 3:
+        raise ValueError(f"x must be tokens (B, N, D); got {V.describe(x)}")
+    for name, v in (("shift", shift), ("scale", scale)):
+        if tuple(v.shape) != (x.shape[0], x.shape[-1]):
+            raise ValueError(f"{name} must have shape ({x.shape[0]}, {x.shape[-1]}), one vector per sample of x; "
+                             f"got {V.describe(v)}")
 
 
 def adaln(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     r"""Adaptive layer norm :math:`\frac{x - \mathrm E[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}\odot(1+\gamma(c)) + \beta(c)`
     (mean and biased variance over the last dimension): ``F.layer_norm`` without affine, then :func:`modulate`."""
+    eps = V.number("eps", eps, low=0)
+    _check_modulation(x, shift, scale)
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating tensor; got {V.describe(x)}")
     return modulate(F.layer_norm(x, x.shape[-1:], eps=eps), shift, scale)
 
 
@@ -126,6 +147,9 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None):
         super().__init__()
+        dim, heads = V.integer("dim", dim, low=1), V.integer("heads", heads, low=1)
+        if context_dim is not None:
+            context_dim = V.integer("context_dim", context_dim, low=1)
         if dim % heads:
             raise ValueError(f"heads must divide the hidden size; got dim={dim}, heads={heads}")
         self.heads, self.context_dim = heads, context_dim
@@ -153,6 +177,7 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
+        dim, hidden = V.integer("dim", dim, low=1), V.integer("hidden", hidden, low=1)
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x):
@@ -165,10 +190,13 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, dim: int, freq_dim: int = 256, time_scale: float = 1.0):
         super().__init__()
+        dim, freq_dim = V.integer("dim", dim, low=1), V.integer("freq_dim", freq_dim, low=2)
         self.freq_dim, self.time_scale = freq_dim, time_scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t must be a torch.Tensor of timesteps (B,); got {V.describe(t)}")
         phi = timestep_embedding(t.float() * self.time_scale, self.freq_dim)
         return self.mlp(phi.to(self.mlp[0].weight.dtype))
 
@@ -179,11 +207,21 @@ class LabelEmbedder(nn.Module):
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
+        num_classes, dim = V.integer("num_classes", num_classes, low=1), V.integer("dim", dim, low=1)
         self.num_classes = num_classes
         self.table = nn.Embedding(num_classes + 1, dim)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must be an integer tensor of labels in 0..{self.num_classes}; got {V.describe(y)}")
         return self.table(y)
+
+
+def _mlp_hidden(dim: int, mlp_ratio) -> int:
+    mlp_ratio = V.number("mlp_ratio", mlp_ratio, low=0, strict_low=True)
+    if int(dim * mlp_ratio) < 1:
+        raise ValueError(f"mlp_ratio must give an MLP of at least 1 unit (dim * mlp_ratio >= 1); got {mlp_ratio:g}")
+    return int(dim * mlp_ratio)
 
 
 class DiTBlock(nn.Module):
@@ -195,6 +233,8 @@ class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, cond: str = "adaln_zero"):
         super().__init__()
         self.cond = V.choice("cond", cond, CONDITIONING)
+        dim, heads = V.integer("dim", dim, low=1), V.integer("heads", heads, low=1)
+        _mlp_hidden(dim, mlp_ratio)
         adaptive = cond in ("adaln_zero", "adaln")
         # adaLN's norms have no affine parameters of their own (the modulation supplies them).
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=not adaptive, eps=1e-6)
@@ -228,6 +268,8 @@ class FinalLayer(nn.Module):
 
     def __init__(self, dim: int, p: int, out_channels: int, adaptive: bool):
         super().__init__()
+        dim, p = V.integer("dim", dim, low=1), V.integer("p", p, low=1)
+        out_channels = V.integer("out_channels", out_channels, low=1)
         self.adaptive = adaptive
         self.norm = nn.LayerNorm(dim, elementwise_affine=not adaptive, eps=1e-6)
         self.linear = nn.Linear(dim, p * p * out_channels)
@@ -268,8 +310,16 @@ class DiT(nn.Module):
         input_size, patch_size = V.integer("input_size", input_size, low=1), V.integer("patch_size", patch_size, low=1)
         if input_size % patch_size:
             raise ValueError(f"input_size ({input_size}) must be divisible by patch_size ({patch_size})")
+        hidden_size = V.integer("hidden_size", hidden_size, low=4)
+        in_channels = V.integer("in_channels", in_channels, low=1)
+        depth, heads = V.integer("depth", depth, low=1), V.integer("heads", heads, low=1)
+        if num_classes is not None:
+            num_classes = V.integer("num_classes", num_classes, low=0)
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2-D sin-cos positions); got {hidden_size}")
+        if hidden_size % heads:
+            raise ValueError(f"heads must divide hidden_size; got hidden_size={hidden_size}, heads={heads}")
+        _mlp_hidden(hidden_size, mlp_ratio)
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.learn_sigma = learn_sigma
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -344,6 +394,9 @@ class DiT(nn.Module):
         if y is None:
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)  # the null label
         y = torch.as_tensor(y, device=device)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must be ({batch},) integer labels in 0..{self.num_classes - 1}, or {self.num_classes} "
+                             f"for the null label; got {tuple(y.shape)} {y.dtype}")
         bad_values = y.device.type != "meta" and bool(((y < 0) | (y > self.num_classes)).any())  # meta: no values
         if y.is_floating_point() or y.shape != (batch,) or bad_values:
             raise ValueError(f"y must be ({batch},) integer labels in 0..{self.num_classes - 1}, or {self.num_classes} "
@@ -351,9 +404,18 @@ class DiT(nn.Module):
         return y.long()
 
     def forward(self, x: torch.Tensor, t, y=None, *, return_sigma: bool = False):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor (B, {self.in_channels}, {self.input_size}, {self.input_size}); "
+                            f"got {V.describe(x)}")
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"x must have shape (B, {self.in_channels}, {self.input_size}, {self.input_size}); "
                              f"got {tuple(x.shape)}")
+        w = self.x_embedder.weight
+        if not x.is_floating_point() or (x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type)):
+            raise ValueError(f"x must be a floating tensor of the model's dtype {w.dtype} (or run under autocast); "
+                             f"got {V.describe(x)}")
+        if t is None or isinstance(t, (str, bytes)):
+            raise TypeError(f"t must be timesteps, an int or a tensor (B,); got {V.describe(t)}")
         B = x.shape[0]
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(B) if t.ndim == 0 else t

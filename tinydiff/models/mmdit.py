@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import validation as V
-from .dit import Mlp, TimestepEmbedder, modulate, patchify, pos_embed_2d, unpatchify
+from .dit import Mlp, TimestepEmbedder, _mlp_hidden, modulate, patchify, pos_embed_2d, unpatchify
 from .text import TextEncoder
 
 __all__ = ["rms_norm", "RMSNorm", "JointAttention", "JointBlock", "MMDiT", "eps_fn", "joint_block_to_diffusers"]
@@ -33,6 +33,12 @@ __all__ = ["rms_norm", "RMSNorm", "JointAttention", "JointBlock", "MMDiT", "eps_
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     r""":math:`x / \sqrt{\mathrm{mean}(x^2) + \epsilon}\,\odot w` over the last dimension (no centring, unlike LayerNorm)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating tensor (..., D); got {V.describe(x)}")
+    if weight is not None and (not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(x.shape[-1:])):
+        raise ValueError(f"weight must be None or a tensor of shape ({x.shape[-1]},); got {V.describe(weight)}")
+    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0):
+        raise ValueError(f"eps must be a number >= 0; got {V.describe(eps)}")
     out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return out if weight is None else out * weight
 
@@ -42,7 +48,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
-        self.eps = eps
+        dim, self.eps = V.integer("dim", dim, low=1), V.number("eps", eps, low=0)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
@@ -58,6 +64,7 @@ class JointAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, qk_norm: bool = False, context_pre_only: bool = False):
         super().__init__()
+        dim, heads = V.integer("dim", dim, low=1), V.integer("heads", heads, low=1)
         if dim % heads:
             raise ValueError(f"heads must divide the hidden size; got dim={dim}, heads={heads}")
         self.heads, self.context_pre_only = heads, context_pre_only
@@ -100,6 +107,8 @@ class JointBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False,
                  context_pre_only: bool = False):
         super().__init__()
+        dim, heads = V.integer("dim", dim, low=1), V.integer("heads", heads, low=1)
+        _mlp_hidden(dim, mlp_ratio)
         self.context_pre_only = context_pre_only
         self.norm1_x = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.norm1_c = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -145,6 +154,10 @@ class MMDiT(nn.Module):
         super().__init__()
         input_size, patch_size = V.integer("input_size", input_size, low=1), V.integer("patch_size", patch_size, low=1)
         depth = V.integer("depth", depth, low=1)
+        hidden_size = V.integer("hidden_size", hidden_size, low=4)
+        in_channels = V.integer("in_channels", in_channels, low=1)
+        text_dim, text_layers = V.integer("text_dim", text_dim, low=1), V.integer("text_layers", text_layers, low=1)
+        _mlp_hidden(hidden_size, mlp_ratio)
         if input_size % patch_size:
             raise ValueError(f"input_size ({input_size}) must be divisible by patch_size ({patch_size})")
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
@@ -215,6 +228,11 @@ def eps_fn(model: MMDiT, ids: torch.Tensor, mask: torch.Tensor, *, gamma: float 
     gamma = V.number("gamma", gamma)
     if gamma and null is None:
         raise ValueError("null: guidance (gamma != 0) needs the null caption, tokenizer.encode('')")
+    if not isinstance(model, nn.Module) or not callable(model):
+        raise TypeError(f"model must be an MMDiT; got {V.describe(model)}")
+    ids, mask = V.tensor("ids", ids, ndim=2, floating=False), V.tensor("mask", mask, ndim=2, floating=False)
+    if ids.shape != mask.shape:
+        raise ValueError(f"mask must have the shape of ids, {tuple(ids.shape)}; got {V.describe(mask)}")
     model.eval()
     dev = next(model.parameters()).device
     ids, mask = ids.to(dev), mask.to(dev)
