@@ -427,3 +427,31 @@ def test_agrees_with_the_denoiser_interface_and_the_sigma_solver(gm, sched):
     x_flow = flow.sample(flow.mixture_velocity_fn(gm), x_T.shape, times=flow.linear_times(sched, grid),
                          x_T=flow.to_linear(x_T, a_T, (1 - a_T**2).sqrt())[0], progress_bar=False)
     torch.testing.assert_close(x_flow, x_sigma, atol=1e-10, rtol=0)
+
+
+def test_bad_input_names_the_argument():
+    import pytest
+
+    from tinydiff import flow
+
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="t must"):
+        flow.xt(x, x, None)
+    with pytest.raises(ValueError, match="eps"):
+        flow.xt(x, x[:3], 0.5)
+    with pytest.raises(ValueError, match="t must be a number or have shape"):
+        flow.x0_from_velocity(x, x, torch.full((5,), 0.5))
+    with pytest.raises(TypeError, match="gm"):
+        flow.mixture_velocity(None, x, 0.5)
+    with pytest.raises(TypeError, match="returned None"):
+        flow.cfm_loss(lambda x, t: None, x)
+    with pytest.raises(ValueError, match="time_sampling"):
+        flow.cfm_loss(lambda x, t: x, x, time_sampling="normal")
+    with pytest.raises(ValueError, match="batch_size"):
+        flow.ode_pairs(lambda x, t: -x, 4, (2,), 2, batch_size=0)
+    with pytest.raises(ValueError, match="device"):
+        flow.sample_time(4, device="cpu-nonsense")
+    with pytest.raises(ValueError, match=r"t must lie in \(0, 1\)"):
+        flow.logit_normal_log_density(torch.tensor([0.5, 1.5]))
+    with pytest.raises(TypeError, match="sched"):
+        flow.linear_times(10, [1, 2])

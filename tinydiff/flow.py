@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from . import validation
@@ -70,7 +71,17 @@ TIME_SAMPLINGS = ("uniform", "logit_normal")
 # ---------------------------------------------------------------------------------- input checks
 def _t(t, x: torch.Tensor, name: str = "t") -> torch.Tensor:
     """``t`` (a number or a ``(B,)`` tensor in [0, 1]) as a tensor broadcastable against ``x``."""
-    t = torch.as_tensor(t, dtype=torch.float64 if not isinstance(t, torch.Tensor) else None)
+    if isinstance(t, np.ndarray):
+        t = torch.from_numpy(t)
+    if t is None or isinstance(t, (bool, complex, str, bytes)):
+        raise ValueError(f"{name} must hold continuous times in [0, 1]; got {validation.describe(t)}")
+    try:
+        t = torch.as_tensor(t, dtype=torch.float64 if not isinstance(t, torch.Tensor) else None)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must hold continuous times in [0, 1]; got {validation.describe(t)}") from None
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0] if x.ndim else 1)):
+        raise ValueError(f"{name} must be a number or have shape (B,) with B = {x.shape[0] if x.ndim else 1} (the batch "
+                         f"of x); got {validation.describe(t)}")
     if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name} must hold continuous times in [0, 1]; got {validation.describe(t)}")
     if t.numel() and (not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1):
@@ -79,35 +90,95 @@ def _t(t, x: torch.Tensor, name: str = "t") -> torch.Tensor:
     return expand_to(t, x)
 
 
+def _data(name, value):
+    return validation.tensor(name, value)
+
+
+def _same(name, value, like, like_name):
+    value = validation.tensor(name, value)
+    if tuple(value.shape) != tuple(like.shape):
+        raise ValueError(f"{name} must have the shape of {like_name}, {tuple(like.shape)}; got {validation.describe(value)}")
+    return value
+
+
+def _model(name, model):
+    if not callable(model):
+        raise TypeError(f"{name} must be a callable {name}(x, t) (a network); got {validation.describe(model)}")
+    return model
+
+
+def _pred(name, out, like):
+    """What a model returned in a loss: a tensor of ``like``'s shape (its dtype may differ under autocast)."""
+    if out is None:
+        raise TypeError(f"{name} returned None: did it forget to `return` its prediction?")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor of shape {tuple(like.shape)}; it returned "
+                        f"{validation.describe(out)}")
+    if tuple(out.shape) != tuple(like.shape):
+        raise ValueError(f"the {name} returned shape {tuple(out.shape)}, expected {tuple(like.shape)} (same as x0)")
+    return out
+
+
+def _device(device):
+    if device is None:
+        return None
+    if isinstance(device, int) and not isinstance(device, bool):
+        raise ValueError(f"device must be a device name like 'cpu' or 'cuda' or a torch.device; got {validation.describe(device)}")
+    try:
+        return torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"device must be a device name like 'cpu' or 'cuda' or a torch.device; got "
+                         f"{validation.describe(device)}") from None
+
+
+def _coef(name, c, x):
+    if isinstance(c, np.ndarray):
+        c = torch.from_numpy(c)
+    if isinstance(c, torch.Tensor):
+        if c.is_complex() or c.dtype == torch.bool:
+            raise ValueError(f"{name} must be a real scalar or (B,) tensor; got {validation.describe(c)}")
+        if c.ndim > 1 or (c.ndim == 1 and c.shape[0] not in (1, x.shape[0] if x.ndim else 1)):
+            raise ValueError(f"{name} must be a scalar or have shape (B,) with B = {x.shape[0] if x.ndim else 1}; got "
+                             f"{validation.describe(c)}")
+        return c
+    return validation.number(name, c)
+
+
 # ---------------------------------------------------------------------------------- the path
 def xt(x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
     r"""A point of the linear path :math:`x_t = (1 - t)\,x_0 + t\,\varepsilon` (diffusers' ``scale_noise``)."""
-    if x0.shape != eps.shape:
-        raise ValueError(f"x0 and eps must have one shape; got {tuple(x0.shape)} and {tuple(eps.shape)}")
+    x0 = _data("x0", x0)
+    eps = _same("eps", eps, x0, "x0")
     t = _t(t, x0)
     return (1 - t) * x0 + t * eps
 
 
 def conditional_velocity(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     r"""The conditional velocity :math:`u_t(x_t\mid x_0,\varepsilon) = dx_t/dt = \varepsilon - x_0` (the same at every ``t``)."""
-    if x0.shape != eps.shape:
-        raise ValueError(f"x0 and eps must have one shape; got {tuple(x0.shape)} and {tuple(eps.shape)}")
+    x0 = _data("x0", x0)
+    eps = _same("eps", eps, x0, "x0")
     return eps - x0
 
 
 def x0_from_velocity(x: torch.Tensor, v: torch.Tensor, t) -> torch.Tensor:
     r""":math:`\hat x_0 = x_t - t\,v` (from :math:`x_t = (1-t)x_0 + t\varepsilon` and :math:`v = \varepsilon - x_0`)."""
+    x = _data("x", x)
+    v = _same("v", v, x, "x")
     return x - _t(t, x) * v
 
 
 def eps_from_velocity(x: torch.Tensor, v: torch.Tensor, t) -> torch.Tensor:
     r""":math:`\hat\varepsilon = x_t + (1 - t)\,v`."""
+    x = _data("x", x)
+    v = _same("v", v, x, "x")
     return x + (1 - _t(t, x)) * v
 
 
 def velocity_from_x0(x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
     r""":math:`v = (x_t - \hat x_0)/t`; with :math:`\hat x_0 = \mathbb E[x_0\mid x_t]` this is the marginal velocity.
     Needs ``t > 0``."""
+    x = _data("x", x)
+    x0 = _same("x0", x0, x, "x")
     t = _t(t, x)
     if bool((t <= 0).any()):
         raise ValueError("velocity_from_x0 divides by t: every t must be > 0 (at t = 0 the velocity is "
@@ -118,6 +189,8 @@ def velocity_from_x0(x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
 def velocity_from_score(x: torch.Tensor, score: torch.Tensor, t) -> torch.Tensor:
     r""":math:`v = -(x + t\,\nabla\log p_t(x))/(1 - t)`: Tweedie's :math:`\hat x_0 = (x + t^2\nabla\log p_t)/(1-t)`
     put into :math:`(x - \hat x_0)/t`. Needs ``t < 1``."""
+    x = _data("x", x)
+    score = _same("score", score, x, "x")
     t = _t(t, x)
     if bool((t >= 1).any()):
         raise ValueError("velocity_from_score divides by 1 - t: every t must be < 1")
@@ -132,6 +205,9 @@ def mixture_velocity(gm, x: torch.Tensor, t) -> torch.Tensor:
     with the posterior mean of :math:`Y = (1-t)X + t\varepsilon` from :meth:`GaussianMixture.posterior_mean`
     (``a = 1 - t``, ``s = t``); at ``t = 0`` its limit :math:`\mathbb E[\varepsilon] - x = -x`. Computed in float64,
     returned in ``x``'s dtype."""
+    if not callable(getattr(gm, "posterior_mean", None)):
+        raise TypeError(f"gm must be a tinydiff.data.GaussianMixture; got {validation.describe(gm)}")
+    x = _data("x", x)
     x64 = x.to(torch.float64)
     t = _t(t, x64)
     tb = t.expand(x.shape[0], *([1] * (x.ndim - 1))).reshape(-1)
@@ -166,12 +242,16 @@ def cfm_loss(model, x0: torch.Tensor, *, noise: torch.Tensor | None = None, t=No
     ``shift``). ``model(x_t, t, **model_kwargs)`` is called with ``t`` a float tensor ``(B,)``.
     """
     validation.choice("reduction", reduction, ("mean", "none"))
+    model = _model("model", model)
     x0 = validation.tensor("x0", x0, ndim=tuple(range(2, 6)))
+    validation.choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict of keyword arguments or None; got {validation.describe(model_kwargs)}")
     B = x0.shape[0]
     if noise is None:
         noise = torch.randn_like(x0)
-    elif noise.shape != x0.shape:
-        raise ValueError(f"noise must have the shape of x0, {tuple(x0.shape)}; got {tuple(noise.shape)}")
+    else:
+        noise = _same("noise", noise, x0, "x0")
     if t is None:
         t = sample_time(B, time_sampling, loc=loc, scale=scale, shift=shift, device=x0.device)
     t = torch.as_tensor(t).to(device=x0.device, dtype=x0.dtype)
@@ -179,9 +259,7 @@ def cfm_loss(model, x0: torch.Tensor, *, noise: torch.Tensor | None = None, t=No
         t = t.expand(B)
     if t.shape != (B,):
         raise ValueError(f"t must be a number or have shape ({B},); got {tuple(t.shape)}")
-    pred = model(xt(x0, noise, t), t, **(model_kwargs or {}))
-    if pred.shape != x0.shape:
-        raise ValueError(f"the model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)} (same as x0)")
+    pred = _pred("model", model(xt(x0, noise, t), t, **(model_kwargs or {})), x0)
     per_sample = (pred - conditional_velocity(x0, noise)).pow(2).flatten(1).sum(1)
     return per_sample if reduction == "none" else per_sample.mean()
 
@@ -199,9 +277,10 @@ def fm_loss(model, x: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> to
     r"""The marginal flow-matching loss :math:`\mathbb E\,\|v_\theta(x_t, t) - v^*(x_t, t)\|^2` on given points
     ``x`` ``(B, ...)`` at times ``t`` ``(B,)`` with the exact marginal velocity ``target`` (e.g. :func:`mixture_velocity`).
     Not trainable in practice (:math:`v^*` is unknown); here to check that it has the gradient of :func:`cfm_loss`."""
-    if target.shape != x.shape:
-        raise ValueError(f"target must have the shape of x, {tuple(x.shape)}; got {tuple(target.shape)}")
-    pred = model(x, t)
+    model = _model("model", model)
+    x = _data("x", x)
+    target = _same("target", target, x, "x")
+    pred = _pred("model", model(x, t), x)
     return (pred - target).pow(2).flatten(1).sum(1).mean()
 
 
@@ -212,6 +291,13 @@ def shift_time(t, shift: float) -> torch.Tensor:
     :math:`\operatorname{logit} t' = \operatorname{logit} t + \log\alpha`, i.e.
     :math:`\lambda' = \lambda - 2\log\alpha` with :math:`\lambda = 2\log\frac{1-t}{t}`."""
     shift = validation.number("shift", shift, low=0, strict_low=True)
+    if isinstance(t, np.ndarray):
+        t = torch.from_numpy(t)
+    if isinstance(t, torch.Tensor):
+        if t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"t must hold times in [0, 1]; got {validation.describe(t)}")
+    else:
+        t = validation.number("t", t)
     t = torch.as_tensor(t, dtype=torch.float64 if not isinstance(t, torch.Tensor) else None)
     return shift * t / (1 + (shift - 1) * t)
 
@@ -231,7 +317,16 @@ def logit_normal_log_density(t, loc: float = 0.0, scale: float = 1.0) -> torch.T
     as a log-density (float64), for ``t`` in (0, 1)."""
     loc = validation.number("loc", loc)
     scale = validation.number("scale", scale, low=0, strict_low=True)
+    if isinstance(t, np.ndarray):
+        t = torch.from_numpy(t)
+    if isinstance(t, torch.Tensor):
+        if not t.is_floating_point():
+            raise ValueError(f"t must hold floating times in (0, 1); got {validation.describe(t)}")
+    else:
+        t = validation.number("t", t, low=0, strict_low=True, high=1)
     t = torch.as_tensor(t, dtype=torch.float64)
+    if t.numel() and not bool(((t > 0) & (t < 1)).all()):
+        raise ValueError(f"t must lie in (0, 1) (the logit-normal density is defined there); got {validation.describe(t)}")
     z = (torch.log(t) - torch.log1p(-t) - loc) / scale
     return -0.5 * z**2 - math.log(scale * math.sqrt(2 * math.pi)) - torch.log(t) - torch.log1p(-t)
 
@@ -246,6 +341,7 @@ def sample_time(n: int, kind: str = "uniform", *, loc: float = 0.0, scale: float
     validation.choice("kind", kind, TIME_SAMPLINGS)
     loc = validation.number("loc", loc)
     scale = validation.number("scale", scale, low=0, strict_low=True)
+    device = _device(device)
     if kind == "uniform":
         t = torch.rand(n, generator=generator, dtype=torch.float64)
     else:
@@ -258,13 +354,18 @@ def sample_time(n: int, kind: str = "uniform", *, loc: float = 0.0, scale: float
 def step(x: torch.Tensor, v: torch.Tensor, t, t_next) -> torch.Tensor:
     r"""One Euler step of the flow ODE :math:`dx/dt = v`: :math:`x_{t'} = x_t + (t' - t)\,v` (``t' < t`` when
     sampling; diffusers' ``prev_sample = sample + (sigma_next - sigma) * model_output``)."""
-    if x.shape != v.shape:
-        raise ValueError(f"v must have the shape of x, {tuple(x.shape)}; got {tuple(v.shape)}")
+    x = _data("x", x)
+    v = _same("v", v, x, "x")
     return x + (_t(t_next, x, "t_next") - _t(t, x)) * v
 
 
 def _check_times(times) -> torch.Tensor:
-    times = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
+    if times is None or isinstance(times, (str, bytes, bool)):
+        raise ValueError(f"times must be at least 2 finite values in [0, 1]; got {validation.describe(times)}")
+    try:
+        times = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"times must be at least 2 finite values in [0, 1]; got {validation.describe(times)}") from None
     if times.numel() < 2 or not bool(torch.isfinite(times).all()) or float(times.min()) < 0 or float(times.max()) > 1:
         raise ValueError("times must be at least 2 finite values in [0, 1]")
     if not bool((times[1:] < times[:-1]).all()):
@@ -294,7 +395,10 @@ def sample(velocity_fn, shape, n_steps: int | None = None, *, x_T: torch.Tensor 
         if n_steps is not None and validation.integer("n_steps", n_steps, low=1) != times.numel() - 1:
             raise ValueError(f"n_steps = {n_steps} but times has {times.numel()} values (n_steps + 1 are needed)")
     shape = validation.shape("shape", shape)
-    device = device_of(velocity_fn, x_T) if device is None else torch.device(device)
+    validation.callback("callback", callback)
+    if not callable(velocity_fn):
+        raise TypeError(f"velocity_fn must be a callable velocity_fn(x, t); got {validation.describe(velocity_fn)}")
+    device = device_of(velocity_fn, x_T) if device is None else _device(device)
     x = start_noise(shape, generator=generator, device=device, x_T=x_T)
     if callback is not None:
         callback(0, float(times[0]), x)
@@ -318,17 +422,19 @@ def to_linear(x: torch.Tensor, alpha, sigma) -> tuple[torch.Tensor, torch.Tensor
               \qquad t = \frac{\sigma}{\alpha + \sigma}.
 
     Both have the same signal-to-noise ratio :math:`\alpha/\sigma = (1-t)/t`. Returns ``(x_fm, t)``."""
-    a = torch.as_tensor(alpha, dtype=torch.float64)
-    s = torch.as_tensor(sigma, dtype=torch.float64)
+    x = _data("x", x)
+    a = torch.as_tensor(_coef("alpha", alpha, x), dtype=torch.float64)
+    s = torch.as_tensor(_coef("sigma", sigma, x), dtype=torch.float64)
     return x / expand_to(a + s, x), s / (a + s)
 
 
 def from_linear(x_fm: torch.Tensor, t, alpha, sigma) -> torch.Tensor:
     r"""The inverse of :func:`to_linear`: :math:`x = (\alpha + \sigma)\,x_{\mathrm{fm}}` (``t`` is only checked
     against :math:`\sigma/(\alpha+\sigma)`)."""
-    a = torch.as_tensor(alpha, dtype=torch.float64)
-    s = torch.as_tensor(sigma, dtype=torch.float64)
-    if not torch.allclose(torch.as_tensor(t, dtype=torch.float64), s / (a + s), atol=1e-9):
+    x_fm = _data("x_fm", x_fm)
+    a = torch.as_tensor(_coef("alpha", alpha, x_fm), dtype=torch.float64)
+    s = torch.as_tensor(_coef("sigma", sigma, x_fm), dtype=torch.float64)
+    if not torch.allclose(torch.as_tensor(_coef("t", t, x_fm), dtype=torch.float64), s / (a + s), atol=1e-9):
         raise ValueError("t does not equal sigma / (alpha + sigma): these are not the same noise level")
     return x_fm * expand_to(a + s, x_fm)
 
@@ -336,7 +442,8 @@ def from_linear(x_fm: torch.Tensor, t, alpha, sigma) -> torch.Tensor:
 def linear_times(sched, ts) -> torch.Tensor:
     r"""The linear-path times :math:`t = \sigma/(\alpha+\sigma)` of discrete VP timesteps ``ts`` (ints in 0..T;
     ``0`` gives ``t = 0``): :math:`\alpha = \sqrt{\bar\alpha}`, :math:`\sigma = \sqrt{1-\bar\alpha}`. Float64."""
-    ts = torch.as_tensor(ts).long().cpu()
+    sched = validation.schedule("sched", sched)
+    ts = validation.timesteps("ts", ts, sched.T).cpu()
     if ts.numel() and (int(ts.min()) < 0 or int(ts.max()) > sched.T):
         raise ValueError(f"ts must lie in 0..T = 0..{sched.T}")
     ab = sched.alpha_bar[ts]
@@ -351,6 +458,9 @@ def velocity_fn_from_eps_fn(eps_fn, sched):
     :math:`\hat x_0 = (x_{\mathrm{vp}} - \sigma_k\hat\varepsilon)/\alpha_k` and :math:`v = \hat\varepsilon - \hat x_0`.
     Times off the table raise ``ValueError`` (a discrete network knows only its ``T`` noise levels). Euler steps of
     this velocity on ``linear_times(sched, [tau_S, ..., 0])`` are DDIM (``eta = 0``) steps on ``tau``, step for step."""
+    if not callable(eps_fn):
+        raise TypeError(f"eps_fn must be a callable eps_fn(x, t); got {validation.describe(eps_fn)}")
+    sched = validation.schedule("sched", sched)
     table = linear_times(sched, torch.arange(sched.T + 1))
 
     def velocity_fn(x, t):
@@ -382,6 +492,10 @@ def ode_pairs(velocity_fn, n: int, shape_rest, n_steps: int, *, generator: torch
     ``(x0, x1)`` on the CPU; train on them with :func:`reflow_loss`."""
     n = validation.integer("n", n, low=1)
     shape_rest = tuple(validation.shape("shape_rest", shape_rest))
+    batch_size = validation.integer("batch_size", batch_size, low=1)
+    device = _device(device)
+    if not callable(velocity_fn):
+        raise TypeError(f"velocity_fn must be a callable velocity_fn(x, t); got {validation.describe(velocity_fn)}")
     x0s, x1s = [], []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
@@ -401,7 +515,7 @@ def straightness(traj: torch.Tensor, times) -> torch.Tensor:
     :math:`S = \sum_i \Delta t_i\,\|v_i\|^2 - \|x_1 - x_0\|^2` exactly when the times run from 1 to 0. Returns the
     per-sample values ``(B,)`` (float64)."""
     times = _check_times(times)
-    traj = torch.as_tensor(traj).double().cpu()
+    traj = validation.tensor("traj", traj, ndim=tuple(range(2, 7))).double().cpu()
     if traj.shape[0] != times.numel():
         raise ValueError(f"traj has {traj.shape[0]} states but times has {times.numel()} values")
     dt = times[:-1] - times[1:]  # > 0
