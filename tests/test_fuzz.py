@@ -491,6 +491,7 @@ OVERRIDES = {
     "tinydiff.validation.callback": {"name": lambda: "callback", "value": lambda: None},
     "tinydiff.weights.path": {"name": lambda: "00_tour_mlp"}, "tinydiff.weights.load": {"name": lambda: "00_tour_mlp"},
     "tinydiff.weights.verify": {"name": lambda: "00_tour_mlp"},
+    "tinydiff.weights.sha256": {"file": lambda: td.weights.__file__},
     "tinydiff.vae.LinearGaussianModel.random": {"n": lambda: 2, "m": lambda: 1},
     "tinydiff.vae.LinearGaussianModel.elbo": _LGM_Q,
     "tinydiff.vae.LinearGaussianModel.expected_log_likelihood": _LGM_Q,
@@ -1048,14 +1049,8 @@ KNOWN: dict[str, list[str]] = {
     'tinydiff.denoisers.NoisePath.sigma_ve': ['-'],
     'tinydiff.denoisers.NoisePath.t_from_sigma_ve': ['-'],
     # --- book engineer
-    'tinydiff.profiles.autocast_dtype': ['device'],
-    'tinydiff.profiles.choose': ['full', 'quick', 'standard'],
     'tinydiff.weights.Checkpoint': ['-'],
-    'tinydiff.weights.load': ['device', 'name'],
     'tinydiff.weights.make': ['-'],
-    'tinydiff.weights.path': ['name'],
-    'tinydiff.weights.sha256': ['-'],
-    'tinydiff.weights.verify': ['name'],
     # --- lesson 09 engineer
     'tinydiff.models.dit.Attention.forward': ['x'],
     'tinydiff.models.dit.DiT.from_preset': ['-'],

@@ -43,8 +43,21 @@ def test_a_git_lfs_pointer_and_a_missing_file_say_what_to_do(copy_of_the_folder)
     file.unlink()
     with pytest.raises(FileNotFoundError, match="make 00_tour_mlp"):
         W.load("00_tour_mlp")
-    with pytest.raises(ValueError, match="no shipped checkpoint named 'nope'"):
+    with pytest.raises(ValueError, match="name must be a shipped checkpoint, one of 00_tour_mlp; got str 'nope'"):
         W.load("nope")
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="name must be a shipped checkpoint"):
+        W.path(None)
+    with pytest.raises(ValueError, match="device must be a torch.device"):
+        W.load("00_tour_mlp", device=3.5)
+    with pytest.raises(ValueError, match="file must be the path of an existing file"):
+        W.sha256("/nonexistent/file.pt")
+    with pytest.raises(ValueError, match="device must be a torch.device"):
+        td.profiles.autocast_dtype("nonsense")
+    with pytest.raises(TypeError, match="standard must be a dict"):
+        td.profiles.choose(quick={"n": 1}, standard=None)
 
 
 def test_the_shipped_lesson_00_mlp_is_trained():

@@ -44,6 +44,10 @@ def choose(*, quick: dict, standard: dict, full: dict | None = None, profile: st
     ``full`` defaults to ``standard`` when omitted. Every profile must define the same keys, so a
     notebook cannot silently depend on a setting that only one profile has.
     """
+    for arg, settings in (("quick", quick), ("standard", standard), ("full", full)):
+        if not isinstance(settings, dict) and not (arg == "full" and settings is None):
+            raise TypeError(f"{arg} must be a dict of settings like dict(steps=200, n=512); got "
+                            f"{type(settings).__name__} {settings!r:.60}")
     table = {"quick": quick, "standard": standard, "full": standard if full is None else full}
     keys = set(quick)
     for name, settings in table.items():
@@ -66,7 +70,11 @@ def autocast_dtype(device=None) -> torch.dtype | None:
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"device must be a torch.device or a name like 'cuda' or 'cpu'; got "
+                         f"{type(device).__name__} {device!r:.60}") from None
     if device.type != "cuda":
         return None
     try:

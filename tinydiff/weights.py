@@ -80,8 +80,9 @@ MANIFEST: dict[str, Checkpoint] = {
 
 
 def _entry(name: str) -> Checkpoint:
-    if name not in MANIFEST:
-        raise ValueError(f"no shipped checkpoint named {name!r}; there are: {', '.join(sorted(MANIFEST))}")
+    if not isinstance(name, str) or name not in MANIFEST:
+        raise ValueError(f"name must be a shipped checkpoint, one of {', '.join(sorted(MANIFEST))}; got "
+                         f"{type(name).__name__} {name!r:.60}")
     return MANIFEST[name]
 
 
@@ -92,6 +93,8 @@ def path(name: str) -> Path:
 
 def sha256(file) -> str:
     """The SHA-256 of a file, hex."""
+    if not isinstance(file, (str, Path)) or not Path(file).is_file():
+        raise ValueError(f"file must be the path of an existing file; got {type(file).__name__} {file!r:.80}")
     h = hashlib.sha256()
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -118,6 +121,12 @@ def verify(name: str) -> Path:
 
 def load(name: str, *, device=None) -> torch.nn.Module:
     """The shipped model ``name``, checked (SHA-256), built, loaded and in eval mode, on ``device`` (default CPU)."""
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (TypeError, RuntimeError, ValueError):
+            raise ValueError(f"device must be a torch.device or a name like 'cuda' or 'cpu'; got "
+                             f"{type(device).__name__} {device!r:.60}") from None
     file = verify(name)
     model = _entry(name).build()
     state = torch.load(file, map_location="cpu", weights_only=True)
