@@ -405,3 +405,23 @@ def test_bad_inputs_raise_value_errors(model):
         V.grad_score_function(torch.sin, 0.0, -1.0, 10)
     with pytest.raises(ValueError, match="one value per draw"):
         V.grad_reparam(lambda z: z.sum(), 0.0, 1.0, 10)
+
+
+def test_bad_input_is_refused_by_name():
+    from tinydiff import vae as Vm
+
+    with pytest.raises(TypeError, match="mu must be a torch.Tensor"):
+        Vm.gaussian_kl_std_normal(None, torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="W must be a tensor or an array of numbers"):
+        Vm.LinearGaussianModel(None, [0.0, 0.0], 0.5)
+    with pytest.raises(TypeError, match="s must be a positive real number"):
+        Vm.LinearGaussianModel([[1.0], [0.0]], [0.0, 0.0], "0.5")
+    model = Vm.VAE(data_shape=(2,), latent_dim=2, hidden=8)
+    with pytest.raises(ValueError, match="x must have the VAE's dtype"):
+        model.encode(torch.zeros(3, 2, dtype=torch.float16))
+    with pytest.raises(ValueError, match="z must have shape"):
+        model.log_likelihood(torch.zeros(3, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="baseline must be a finite number"):
+        Vm.grad_score_function(lambda z: z, 0.0, 1.0, 4, baseline=float("nan"))
+    with pytest.raises(TypeError, match="f returned None"):
+        Vm.grad_reparam(lambda z: None, 0.0, 1.0, 4)

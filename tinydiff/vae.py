@@ -30,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from . import validation as V
 from .utils import check_same_shape
 
 __all__ = [
@@ -59,6 +60,24 @@ def _check_batched(name: str, x: torch.Tensor) -> None:
         )
 
 
+def _tensors(**tensors) -> list[torch.Tensor]:
+    """Each argument as a floating tensor (numpy converted, integers promoted; None, lists, bool, complex refused)."""
+    return [V.tensor(name, value) for name, value in tensors.items()]
+
+
+def _as64(name: str, value) -> torch.Tensor:
+    """``value`` (a tensor, numpy array, number or nested list) as a float64 tensor, refusing None, strings,
+    booleans and complex values by name."""
+    if value is None or isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a tensor or an array of numbers; got {V.describe(value)}")
+    if (isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool)) or isinstance(value, complex):
+        raise ValueError(f"{name} must hold real numbers; got {V.describe(value)}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor or an array of numbers; got {V.describe(value)}") from None
+
+
 def _check_finite(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
@@ -66,7 +85,15 @@ def _check_finite(**tensors: torch.Tensor) -> None:
 
 
 def _check_positive(name: str, value) -> torch.Tensor:
-    v = torch.as_tensor(value)
+    arg = name.split(" ")[0]
+    if value is None or isinstance(value, (str, bytes, bool, complex)):
+        raise TypeError(f"{arg} must be a positive real number; got {V.describe(value)}")
+    try:
+        v = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{arg} must be a positive real number; got {V.describe(value)}") from None
+    if v.is_complex() or v.dtype == torch.bool:
+        raise ValueError(f"{arg} must be a real number; got {V.describe(value)}")
     if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
         raise ValueError(
             f"{name} must be positive and finite (a standard deviation or a variance); got {value!r}. "
@@ -88,6 +115,7 @@ def gaussian_kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tens
 
     ``mu`` and ``logvar`` have shape ``(B, m)`` (or ``(B, ...)``); returns ``(B,)``, summed over the rest.
     """
+    mu, logvar = _tensors(mu=mu, logvar=logvar)
     check_same_shape(mu=mu, logvar=logvar)
     _check_batched("mu", mu)
     kl = 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar)
@@ -103,6 +131,7 @@ def gaussian_kl(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, log
     Arguments are means and log-variances of shape ``(B, m)`` (the second pair may broadcast against the
     first); returns ``(B,)``. With ``mu2 = 0, logvar2 = 0`` it is :func:`gaussian_kl_std_normal`.
     """
+    mu1, logvar1, mu2, logvar2 = _tensors(mu1=mu1, logvar1=logvar1, mu2=mu2, logvar2=logvar2)
     check_same_shape(mu1=mu1, logvar1=logvar1)
     _check_batched("mu1", mu1)
     try:
@@ -123,8 +152,18 @@ def diag_gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar) -> torch.T
     ``x``, ``mu`` and ``logvar`` broadcast together (so ``x`` may carry extra leading sample dimensions,
     e.g. ``(K, B, m)`` against ``(B, m)``); returns the broadcast shape without its last dimension.
     """
+    x, mu = _tensors(x=x, mu=mu)
     if not torch.is_tensor(logvar):
-        logvar = torch.as_tensor(logvar, dtype=mu.dtype, device=mu.device)
+        logvar = torch.as_tensor(V.number("logvar", logvar, allow_inf=True), dtype=mu.dtype, device=mu.device)
+    else:
+        logvar = V.tensor("logvar", logvar)
+    try:
+        torch.broadcast_shapes(x.shape, mu.shape, logvar.shape)
+    except RuntimeError:
+        raise ValueError(f"x {tuple(x.shape)}, mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must broadcast "
+                         "together") from None
+    if min(x.ndim, mu.ndim) < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must have a last (feature) dimension of size >= 1; got {V.describe(x)}")
     return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
@@ -135,6 +174,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     ``eps`` has the shape of ``mu`` or ``(S, *mu.shape)`` (S draws per sample); ``z`` has the shape of ``eps``.
     Gradients flow to ``mu`` and ``logvar`` through a deterministic function: that is the whole trick.
     """
+    mu, logvar, eps = _tensors(mu=mu, logvar=logvar, eps=eps)
     check_same_shape(mu=mu, logvar=logvar)
     if tuple(eps.shape[-mu.ndim:]) != tuple(mu.shape) or eps.ndim not in (mu.ndim, mu.ndim + 1):
         raise ValueError(
@@ -168,7 +208,17 @@ def mvn_log_prob(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torc
     ``x`` ``(..., d)`` broadcasts against ``mean`` ``(..., d)``; ``cov`` is ``(d, d)`` or ``(B, d, d)``
     matching a batch dimension just before ``d``. Computed with a Cholesky factor, in float64.
     """
+    x, mean, cov = _tensors(x=x, mean=mean, cov=cov)
+    if x.ndim < 1 or mean.shape[-1:] != x.shape[-1:]:
+        raise ValueError(f"mean must end in the dimension of x, {tuple(x.shape[-1:])}; got {V.describe(mean)}")
+    try:
+        torch.broadcast_shapes(x.shape, mean.shape)
+    except RuntimeError:
+        raise ValueError(f"mean {tuple(mean.shape)} must broadcast against x {tuple(x.shape)}") from None
     L = _cholesky("cov", cov.double())
+    if L.shape[-1] != x.shape[-1]:
+        raise ValueError(f"cov must be ({x.shape[-1]}, {x.shape[-1]}) for x of dimension {x.shape[-1]}; got "
+                         f"{tuple(cov.shape)}")
     diff = (x.double() - mean.double()).unsqueeze(-1)
     sol = torch.linalg.solve_triangular(L.expand(*diff.shape[:-2], *L.shape[-2:]), diff, upper=False)
     maha = sol.squeeze(-1).pow(2).sum(-1)
@@ -182,7 +232,13 @@ def gaussian_kl_full(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tenso
 
     Means ``(B, m)``; covariances ``(m, m)`` or ``(B, m, m)``; returns ``(B,)`` in float64.
     """
+    mean1, cov1, mean2, cov2 = _tensors(mean1=mean1, cov1=cov1, mean2=mean2, cov2=cov2)
     _check_batched("mean1", mean1)
+    if mean1.ndim != 2 or mean1.shape[0] == 0:
+        raise ValueError(f"mean1 must have shape (B, m) with B >= 1; got {V.describe(mean1)}")
+    if mean2.shape[-1:] != mean1.shape[-1:] or mean2.ndim > 2 or (mean2.ndim == 2 and mean2.shape[0] not in (1, mean1.shape[0])):
+        raise ValueError(f"mean2 must have shape ({mean1.shape[0]}, {mean1.shape[1]}) or ({mean1.shape[1]},); got "
+                         f"{V.describe(mean2)}")
     L1, L2 = _cholesky("cov1", cov1.double()), _cholesky("cov2", cov2.double())
     m = mean1.shape[-1]
     B = mean1.shape[0]
@@ -196,6 +252,7 @@ def gaussian_kl_full(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tenso
 # ---------------------------------------------------------------------------------- importance sampling
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     r""":math:`\log\frac1K\sum_k e^{\ell_k}` along ``dim``, computed stably (``logsumexp`` minus ``log K``)."""
+    log_w = V.tensor("log_w", log_w)
     return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
 
 
@@ -209,7 +266,8 @@ def iwae_bound(log_w: torch.Tensor, K: int | None = None) -> torch.Tensor:
     ``K = 1`` is the plain Monte Carlo ELBO; as ``K`` grows, :math:`\mathcal L_K\uparrow\log p(x)`.
     Returns ``(B,)``.
     """
-    if log_w.ndim != 2:
+    log_w = V.tensor("log_w", log_w)
+    if log_w.ndim != 2 or log_w.shape[0] == 0:
         raise ValueError(
             f"log_w must have shape (N, B): N importance samples for each of B inputs; got {tuple(log_w.shape)}"
         )
@@ -237,10 +295,10 @@ class LinearGaussianModel:
     """
 
     def __init__(self, W, b, s: float):
-        W = torch.as_tensor(W, dtype=torch.float64)
+        W = _as64("W", W)
         if W.ndim != 2:
             raise ValueError(f"W must be a matrix (n, m): n data dimensions, m latent dimensions; got {tuple(W.shape)}")
-        b = torch.as_tensor(b, dtype=torch.float64).flatten()
+        b = _as64("b", b).flatten()
         if b.shape != (W.shape[0],):
             raise ValueError(f"b must have shape ({W.shape[0]},) (one offset per data dimension); got {tuple(b.shape)}")
         _check_finite(W=W, b=b)
@@ -262,17 +320,17 @@ class LinearGaussianModel:
 
     # ------------------------------------------------------------------ checks
     def _x(self, x) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=torch.float64)
+        x = _as64("x", x)
         if x.ndim != 2 or x.shape[1] != self.n:
             raise ValueError(f"x must have shape (B, {self.n}) for this model (n = {self.n}); got {tuple(x.shape)}")
         return x
 
     def _q(self, x, q_mean, q_cov):
-        q_mean = torch.as_tensor(q_mean, dtype=torch.float64)
+        q_mean = _as64("q_mean", q_mean)
         if q_mean.shape != (x.shape[0], self.m):
             raise ValueError(f"q_mean must have shape ({x.shape[0]}, {self.m}): one latent mean per input; got "
                              f"{tuple(q_mean.shape)}")
-        q_cov = torch.as_tensor(q_cov, dtype=torch.float64)
+        q_cov = _as64("q_cov", q_cov)
         if q_cov.shape not in ((self.m, self.m), (x.shape[0], self.m, self.m)):
             raise ValueError(f"q_cov must have shape ({self.m}, {self.m}) or ({x.shape[0]}, {self.m}, {self.m}); got "
                              f"{tuple(q_cov.shape)}")
@@ -298,13 +356,13 @@ class LinearGaussianModel:
 
     def log_prior(self, z) -> torch.Tensor:
         r""":math:`\log p(z) = \log\mathcal N(z; 0, I_m)`, over the last dimension of ``z``."""
-        z = torch.as_tensor(z, dtype=torch.float64)
+        z = V.tensor("z", _as64("z", z))
         return diag_gaussian_log_prob(z, torch.zeros_like(z), 0.0)
 
     def log_likelihood(self, x, z) -> torch.Tensor:
         r""":math:`\log p(x\mid z) = \log\mathcal N(x; Wz+b, s^2 I_n)`. ``z`` is ``(B, m)`` or ``(K, B, m)``."""
         x = self._x(x)
-        z = torch.as_tensor(z, dtype=torch.float64)
+        z = _as64("z", z)
         if z.shape[-2:] != (x.shape[0], self.m) or z.ndim not in (2, 3):
             raise ValueError(f"z must have shape ({x.shape[0]}, {self.m}) or (K, {x.shape[0]}, {self.m}); "
                              f"got {tuple(z.shape)}")
@@ -370,8 +428,8 @@ class LinearGaussianModel:
         ``(K, B)``."""
         _check_count("K", K)
         z = self.sample_q(x, q_mean, q_cov, K, generator)
-        q_mean = torch.as_tensor(q_mean, dtype=torch.float64)
-        q_cov = torch.as_tensor(q_cov, dtype=torch.float64)
+        q_mean = _as64("q_mean", q_mean)
+        q_cov = _as64("q_cov", q_cov)
         return self.log_joint(x, z) - mvn_log_prob(z, q_mean, q_cov)
 
     def log_prob_is(self, x, q_mean, q_cov, K: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -409,7 +467,10 @@ class VAE(nn.Module):
     def __init__(self, data_shape=(1, 8, 8), latent_dim: int = 8, hidden: int = 256, depth: int = 2,
                  decoder_std: float | None = None):
         super().__init__()
-        self.data_shape = tuple(int(d) for d in data_shape)
+        try:
+            self.data_shape = V.shape("data_shape", data_shape)
+        except ValueError:
+            raise ValueError(f"data_shape must be the shape of one input, e.g. (1, 8, 8); got {data_shape!r}") from None
         if not self.data_shape or any(d < 1 for d in self.data_shape):
             raise ValueError(f"data_shape must be the shape of one input, e.g. (1, 8, 8); got {data_shape!r}")
         _check_count("latent_dim", latent_dim)
@@ -426,7 +487,18 @@ class VAE(nn.Module):
             self.register_buffer("decoder_logvar", torch.tensor(2 * math.log(std)))
 
     # ------------------------------------------------------------------ helpers
+    def _input(self, name: str, x) -> torch.Tensor:
+        """A floating tensor of the networks' dtype (numpy converted, integers promoted; under autocast any float)."""
+        x = V.tensor(name, x)
+        w = self.decoder_logvar
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"{name} must have the VAE's dtype {w.dtype} (or run under autocast); got {V.describe(x)}")
+        return x
+
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._input("x", x)
+        if x.shape[0] == 0:
+            raise ValueError(f"x must hold at least one input; got {V.describe(x)}")
         if x.ndim != len(self.data_shape) + 1 or tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.data_shape))}) for this VAE; "
                              f"got {tuple(x.shape)}")
@@ -449,6 +521,7 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         r"""The decoder mean :math:`\mathrm{dec}_\theta(z)`: ``z`` ``(..., latent_dim)`` -> ``(..., *data_shape)``."""
+        z = self._input("z", z)
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have latent_dim = {self.latent_dim} in its last dimension; got {tuple(z.shape)}")
         return self._at_least_float32(self.decoder(z)).reshape(*z.shape[:-1], *self.data_shape)
@@ -458,6 +531,10 @@ class VAE(nn.Module):
 
         ``z`` is ``(B, m)`` or ``(S, B, m)``; returns ``(B,)`` or ``(S, B)``."""
         x = self._flat(x)
+        z = self._input("z", z)
+        if z.ndim not in (2, 3) or tuple(z.shape[-2:]) != (x.shape[0], self.latent_dim):
+            raise ValueError(f"z must have shape ({x.shape[0]}, {self.latent_dim}) or (S, {x.shape[0]}, "
+                             f"{self.latent_dim}); got {V.describe(z)}")
         mean = self._at_least_float32(self.decoder(z))
         return diag_gaussian_log_prob(x, mean, self.decoder_logvar.expand(self.n))
 
@@ -523,17 +600,21 @@ class VAE(nn.Module):
 
 # ---------------------------------------------------------------------------------- gradient estimators
 def _draws(mu, sigma, n, generator):
-    mu = torch.as_tensor(mu, dtype=torch.float64)
+    mu = _as64("mu", mu)
     if mu.ndim > 1:
         raise ValueError(f"mu must be a scalar or a vector (D,); got shape {tuple(mu.shape)}")
-    sigma = _check_positive("sigma", torch.as_tensor(sigma, dtype=torch.float64))
+    sigma = _check_positive("sigma", _as64("sigma", sigma))
     _check_count("n", n)
     eps = torch.randn(n, *mu.shape, generator=generator, dtype=torch.float64)
     return mu, sigma, eps
 
 
 def _values(f, z, n):
+    if not callable(f):
+        raise TypeError(f"f must be a callable f(z) -> values (n,); got {V.describe(f)}")
     out = f(z)
+    if out is None:
+        raise TypeError("f returned None: did it forget to `return` its values?")
     out = torch.as_tensor(out)
     if out.shape != (n,):
         raise ValueError(
@@ -555,6 +636,9 @@ def grad_reparam(f, mu, sigma, n: int, generator: torch.Generator | None = None)
     mu_rep = mu.expand(eps.shape).clone().requires_grad_(True)  # one copy of mu per draw
     with torch.enable_grad():
         values = _values(f, mu_rep + sigma * eps, n)
+        if not values.requires_grad:
+            raise TypeError("f must return a differentiable torch function of z; its values carry no gradient "
+                            "(a numpy array, a detached tensor?)")
         (grad,) = torch.autograd.grad(values.sum(), mu_rep)
     return grad.detach()
 
@@ -568,6 +652,7 @@ def grad_score_function(f, mu, sigma, n: int, generator: torch.Generator | None 
     It needs only values of ``f`` (no derivative). The constant ``baseline`` :math:`c` keeps it unbiased
     (the score has mean zero) and can reduce its variance. Same shapes as :func:`grad_reparam`.
     """
+    baseline = V.number("baseline", baseline)
     mu, sigma, eps = _draws(mu, sigma, n, generator)
     z = mu + sigma * eps
     with torch.no_grad():
