@@ -441,3 +441,34 @@ def test_analytic_sampler_with_gamma_one_is_ddpm_and_the_optimal_variance_helps(
     ddpm = td.ddim.sample(eps_fn, (4000, 2), SCHED, n, eta=1.0, generator=torch.Generator().manual_seed(9))
     assert td.metrics.mmd_rbf(opt, ref) < 0.3 * td.metrics.mmd_rbf(ddpm, ref)  # measured 0.0013 vs 0.0096
     assert abs(opt.std() - ref.std()) < 0.5 * abs(ddpm.std() - ref.std())  # measured 1.39 and 1.21 vs 1.43
+
+
+def test_bad_input_names_the_argument():
+    import pytest
+
+    from tinydiff import solvers
+
+    sched = td.NoiseSchedule.linear(T=10)
+    x = torch.zeros(4, 2)
+    sigmas = torch.tensor([2.0, 1.0, 0.0])
+    with pytest.raises(TypeError, match="x0_fn"):
+        solvers.euler(3, sigmas, x)
+    with pytest.raises(TypeError, match="callback"):
+        solvers.heun(lambda x, s: x, sigmas, x, callback="print")
+    with pytest.raises(ValueError, match="d_prev"):
+        solvers.dpmpp_2m_step(x, x, x[:3], 2.0, 1.0, 0.5)
+    with pytest.raises(ValueError, match="sigma_next"):
+        solvers.dpmpp_2m_step(x, x, x, 2.0, 1.0, 1.5)
+    with pytest.raises(TypeError, match="path"):
+        solvers.sigmas_of_timesteps(None, [9, 5, 1])
+    with pytest.raises(ValueError, match="ts"):
+        solvers.sigmas_of_timesteps(td.denoisers.DiscreteVP(sched), [90, 5, 1])
+    with pytest.raises(ValueError, match="rtol"):
+        solvers.ode_reference(lambda x, s: 0.5 * x, 2.0, 0.1, x, rtol=float("nan"))
+    with pytest.raises(TypeError, match="sched"):
+        solvers.analytic_variance(10, 5, 3, 0.5)
+    with pytest.raises(ValueError, match="spacing"):
+        solvers.sample(td.denoisers.Denoiser(lambda x, t: 0.1 * x, td.denoisers.DiscreteVP(sched)), (4, 2), 3,
+                       spacing="uniform")
+    with pytest.raises(TypeError, match="eps_fn"):
+        solvers.eps_sq_mean(None, x, sched, [2, 5])

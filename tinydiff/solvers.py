@@ -50,7 +50,17 @@ def _grid(sigmas) -> torch.Tensor:
 def sigmas_of_timesteps(path, ts) -> torch.Tensor:
     r"""The VE noise levels :math:`\sigma_t/\alpha_t` of a decreasing sequence of a path's times ``ts``, with a final 0
     appended (the clean data): the grid on which :func:`euler` reproduces ``ddim.sample(eta=0)`` step for step."""
-    ts = torch.as_tensor(ts)
+    from .denoisers import DiscreteVP, NoisePath
+
+    if not isinstance(path, NoisePath):
+        raise TypeError(f"path must be a tinydiff.denoisers path (DiscreteVP, ContinuousVP, VE, LinearPath); got "
+                        f"{validation.describe(path)}")
+    if isinstance(path, DiscreteVP):
+        ts = validation.timesteps("ts", ts, path.T)
+    else:
+        ts = validation.tensor("ts", ts, ndim=1)
+    if ts.ndim != 1:
+        raise ValueError(f"ts must be a 1-d decreasing sequence of times; got {validation.describe(ts)}")
     return torch.cat([path.sigma_ve(ts).to(torch.float64).cpu(), torch.zeros(1, dtype=torch.float64)])
 
 
@@ -67,6 +77,7 @@ def euler(x0_fn, sigmas, x: torch.Tensor, *, callback=None, progress_bar: bool =
     s = _grid(sigmas)
     x = validation.tensor("x", x, finite=True)
     levels = s.tolist()  # Python floats: the loop below never reads a tensor back from the device
+    _fns(x0_fn, callback)
     if callback is not None:
         callback(0, levels[0], x)
     checked = False
@@ -155,6 +166,26 @@ def grid(path, n_steps: int, kind: str = "karras", *, sigma_min=None, sigma_max=
 
 
 # ---------------------------------------------------------------------------------- shared loop helpers
+def _fns(x0_fn, callback, name="x0_fn"):
+    """The user callables, checked once before a loop (their outputs are checked at the first call)."""
+    if not callable(x0_fn):
+        raise TypeError(f"{name} must be a callable {name}(x, sigma); got {validation.describe(x0_fn)}")
+    validation.callback("callback", callback)
+
+
+def _device(device):
+    if device is None:
+        return None
+    if isinstance(device, int) and not isinstance(device, bool):
+        raise ValueError(f"device must be a device name like 'cpu' or 'cuda' or a torch.device; got "
+                         f"{validation.describe(device)}")
+    try:
+        return torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"device must be a device name like 'cpu' or 'cuda' or a torch.device; got "
+                         f"{validation.describe(device)}") from None
+
+
 def _start(sigmas, x):
     s = _grid(sigmas)
     return s.tolist(), validation.tensor("x", x, finite=True)
@@ -197,6 +228,7 @@ def heun(x0_fn, sigmas, x: torch.Tensor, *, callback=None, progress_bar: bool = 
     """
     levels, x = _start(sigmas, x)
     D = _Calls(x0_fn)
+    _fns(x0_fn, callback)
     if callback is not None:
         callback(0, levels[0], x)
     for i in _loop(levels, "Heun (sigma)", progress_bar):
@@ -230,6 +262,7 @@ def dpmpp_1(x0_fn, sigmas, x: torch.Tensor, *, callback=None, progress_bar: bool
     Algebraically this is :func:`euler` and deterministic DDIM (the same numbers up to rounding)."""
     levels, x = _start(sigmas, x)
     D = _Calls(x0_fn)
+    _fns(x0_fn, callback)
     if callback is not None:
         callback(0, levels[0], x)
     for i in _loop(levels, "DPM-Solver++(1)", progress_bar):
@@ -250,6 +283,18 @@ def dpmpp_2m_step(x: torch.Tensor, d: torch.Tensor, d_prev: torch.Tensor, sigma_
     .. math:: x' = \frac{\sigma'}{\sigma}x + \varphi_1\Big(D_i + \frac{1}{2r}(D_i - D_{i-1})\Big),\qquad
               \varphi_1 = 1 - e^{-h},\ h = \log\frac{\sigma}{\sigma'},\ r = \log\frac{\sigma_{i-1}}{\sigma}\Big/h.
     """
+    # Python numbers and tensor metadata only: this step runs inside dpmpp_2m's loop
+    x = validation.tensor("x", x)
+    for name, v in (("d", d), ("d_prev", d_prev)):
+        v = validation.tensor(name, v)
+        if tuple(v.shape) != tuple(x.shape):
+            raise ValueError(f"{name} must have the shape of x, {tuple(x.shape)}; got {validation.describe(v)}")
+    d, d_prev = validation.tensor("d", d), validation.tensor("d_prev", d_prev)
+    sigma = validation.number("sigma", sigma, low=0, strict_low=True)
+    sigma_prev = validation.number("sigma_prev", sigma_prev, low=sigma, strict_low=True, allow_inf=True)
+    sigma_next = validation.number("sigma_next", sigma_next, low=0)
+    if sigma_next >= sigma:
+        raise ValueError(f"sigma_next must be < sigma = {sigma:g} (the grid decreases); got {sigma_next:g}")
     h, phi = _phi1(sigma, sigma_next)
     if sigma_next == 0:
         return d
@@ -282,6 +327,7 @@ def dpmpp_2m(x0_fn, sigmas, x: torch.Tensor, *, callback=None, progress_bar: boo
     Equal to diffusers' ``DPMSolverMultistepScheduler(solver_order=2, algorithm_type="dpmsolver++")``."""
     levels, x = _start(sigmas, x)
     D = _Calls(x0_fn)
+    _fns(x0_fn, callback)
     if callback is not None:
         callback(0, levels[0], x)
     d_prev = None
@@ -320,6 +366,7 @@ def dpmpp_3m(x0_fn, sigmas, x: torch.Tensor, *, exact_taylor: bool = False, lowe
     levels, x = _start(sigmas, x)
     D = _Calls(x0_fn)
     n = len(levels) - 1
+    _fns(x0_fn, callback)
     if callback is not None:
         callback(0, levels[0], x)
     ds, hs = [], []  # previous D's and step sizes in lambda (most recent last)
@@ -374,6 +421,7 @@ def plms(x0_fn, sigmas, x: torch.Tensor, *, callback=None, progress_bar: bool = 
     (``tests/test_solvers.py::test_diffusers_pndm_steps_by_t_over_n_whatever_its_spacing``)."""
     levels, x = _start(sigmas, x)
     D = _Calls(x0_fn)
+    _fns(x0_fn, callback)
     if callback is not None:
         callback(0, levels[0], x)
     es = []
@@ -419,6 +467,7 @@ def pndm(x0_fn, sigmas, x: torch.Tensor, *, mid_sigmas=None, callback=None, prog
             raise ValueError(f"mid_sigmas must hold 3 noise levels, each strictly inside its step "
                              f"(sigmas[i+1] < mid_sigmas[i] < sigmas[i]); got {mids}")
     D = _Calls(x0_fn)
+    _fns(x0_fn, callback)
     if callback is not None:
         callback(0, levels[0], x)
     es = []
@@ -468,6 +517,9 @@ def sample(denoiser, shape, n_steps: int | None = None, *, solver: str = "dpmpp_
     state, which is :math:`x_0` when the grid ends at 0. Runs on ``device`` (default: that of ``x_T`` or the model).
     """
     solver = validation.choice("solver", solver, tuple(SOLVERS))
+    spacing = validation.choice("spacing", spacing, GRIDS)
+    validation.callback("callback", callback)
+    device = _device(device)
     path = getattr(denoiser, "path", None)
     D = denoiser.x0_sigma() if hasattr(denoiser, "x0_sigma") else denoiser
     if not callable(D):
@@ -483,7 +535,9 @@ def sample(denoiser, shape, n_steps: int | None = None, *, solver: str = "dpmpp_
         raise ValueError("give either n_steps or sigmas, not both")
     sigmas = _grid(sigmas)
     shape = validation.shape("shape", shape)
-    device = torch.device(device) if device is not None else device_of(denoiser, x_T)
+    if x_T is not None:
+        x_T = validation.tensor("x_T", x_T, finite=True)
+    device = device if device is not None else device_of(denoiser, x_T)
     a0, s0 = 1.0, float(sigmas[0])
     if path is not None:
         t0 = path.t_from_sigma_ve(sigmas[:1])
@@ -507,13 +561,23 @@ def ode_reference(x0_fn, sigma_max: float, sigma_min: float, x: torch.Tensor, *,
     from scipy.integrate import solve_ivp
 
     lo, hi = _ends(sigma_min, sigma_max)
+    _fns(x0_fn, None)
+    rtol = validation.number("rtol", rtol, low=0, strict_low=True)
+    atol = validation.number("atol", atol, low=0, strict_low=True)
     x = validation.tensor("x", x, finite=True).detach().to("cpu", torch.float64)
     shape = x.shape
+    checked = []
 
     def rhs(u, y):
         y = torch.from_numpy(y).reshape(shape)
         s = torch.full((shape[0],), math.exp(u), dtype=torch.float64)
-        return (y - x0_fn(y, s).to(torch.float64)).reshape(-1).numpy()
+        out = x0_fn(y, s)
+        if not checked:
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                out = out.to(torch.float64)
+            validation.output("x0_fn", out, like=y)
+            checked.append(True)
+        return (y - out.to(torch.float64)).reshape(-1).numpy()
 
     sol = solve_ivp(rhs, (math.log(hi), math.log(lo)), x.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=atol)
     if not sol.success:
@@ -524,8 +588,18 @@ def ode_reference(x0_fn, sigma_max: float, sigma_min: float, x: torch.Tensor, *,
 def order(n, err) -> float:
     r"""The order :math:`p` of a solver read off a log-log plot: the least-squares slope of :math:`\log` error against
     :math:`\log n` (``n`` steps or NFE), negated, so that error :math:`\approx C n^{-p}`."""
-    n = torch.as_tensor(n, dtype=torch.float64).log()
-    e = torch.as_tensor(err, dtype=torch.float64)
+    def _seq(name, v):
+        if isinstance(v, (list, tuple)):
+            try:
+                v = torch.as_tensor(v, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"{name} must be a sequence of numbers; got {validation.describe(v)}") from None
+        return validation.tensor(name, v, ndim=1, finite=True).to(torch.float64)
+
+    n, e = _seq("n", n), _seq("err", err)
+    if not bool((n > 0).all()):
+        raise ValueError("n must hold positive step counts")
+    n = n.log()
     if n.shape != e.shape or n.numel() < 2 or not bool((e > 0).all()):
         raise ValueError("order needs two or more (n, error) pairs with positive errors")
     e = e.log()
@@ -542,7 +616,9 @@ def eps_sq_mean(eps_fn, x0: torch.Tensor, sched, ts, *, generator: torch.Generat
     :math:`\Gamma_t = (1-\bar\alpha_t)\,\mathbb E\|\nabla\log q_t\|^2/d \in [0, 1]`. Float64 ``(len(ts),)``."""
     x0 = validation.tensor("x0", x0, finite=True)
     reps = _count("repeats", repeats)
-    ts = torch.as_tensor(ts, dtype=torch.long).reshape(-1)
+    sched = validation.schedule("sched", sched)
+    _fns(eps_fn, None, "eps_fn")
+    ts = validation.timesteps("ts", ts, sched.T).reshape(-1)
     out = torch.zeros(len(ts), dtype=torch.float64)
     for j, t in enumerate(ts.tolist()):
         ab = float(sched.alpha_bar[t])
@@ -551,6 +627,8 @@ def eps_sq_mean(eps_fn, x0: torch.Tensor, sched, ts, *, generator: torch.Generat
             eps = noise_like(x0, generator)
             xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
             e = eps_fn(xt, torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device))
+            if j == 0:
+                validation.output("eps_fn", e, like=xt)
             acc += float(e.to(torch.float64).pow(2).mean())
         out[j] = acc / reps
     return out
@@ -570,7 +648,19 @@ def analytic_variance(sched, t, s, gamma, lambda2=None) -> torch.Tensor:
     :math:`\alpha_{t|s}` is that per-step (per-skip) factor, never :math:`\bar\alpha_t`. Float64."""
     from .ddim import sigma as ddim_sigma
 
-    t, s = torch.as_tensor(t, dtype=torch.long), torch.as_tensor(s, dtype=torch.long)
+    sched = validation.schedule("sched", sched)
+    t, s = validation.timesteps("t", t, sched.T), validation.timesteps("s", s, sched.T)
+    if t.ndim != s.ndim or (t.ndim == 1 and t.shape != s.shape):
+        raise ValueError(f"s must have the shape of t, {tuple(t.shape)}; got {tuple(s.shape)}")
+    if lambda2 is not None:
+        if isinstance(lambda2, (int, float)) and not isinstance(lambda2, bool):
+            lambda2 = validation.number("lambda2", lambda2, low=0)
+        else:
+            lambda2 = validation.tensor("lambda2", lambda2)
+    if isinstance(gamma, torch.Tensor) or hasattr(gamma, "__array__"):
+        gamma = validation.tensor("gamma", gamma)
+    else:
+        gamma = validation.number("gamma", gamma)
     ab_t, ab_s = sched.alpha_bar[t], sched.alpha_bar[s]
     lam2 = ddim_sigma(t, s, sched, 1.0) ** 2 if lambda2 is None else torch.as_tensor(lambda2, dtype=torch.float64)
     g = torch.as_tensor(gamma, dtype=torch.float64).clamp(0, 1)
@@ -589,14 +679,19 @@ def analytic_ddpm_sample(eps_fn, shape, sched, n_steps: int, gamma, *, spacing: 
     :func:`tinydiff.ddim.sample`, so ``gamma = 1`` (variance :math:`\lambda^2`) reproduces ``ddim.sample(eta=1)``."""
     from . import ddim
 
+    sched = validation.schedule("sched", sched)
+    _fns(eps_fn, callback, "eps_fn")
+    device = _device(device)
     ts = ddim.timesteps(sched.T, n_steps, spacing)
     prevs = torch.cat([ts[1:], ts.new_zeros(1)])
+    if gamma is None or isinstance(gamma, (str, bytes, complex, bool)):
+        raise ValueError(f"gamma must hold one number per step ({len(ts)}); got {validation.describe(gamma)}")
     g = validation.tensor("gamma", torch.as_tensor(gamma, dtype=torch.float64).reshape(-1), ndim=1)
     if g.numel() != len(ts):
         raise ValueError(f"gamma must hold one value per step ({len(ts)}); got {g.numel()}")
     std = analytic_variance(sched, ts, prevs, g).sqrt().tolist()
     shape = validation.shape("shape", shape)
-    device = torch.device(device) if device is not None else device_of(eps_fn, x_T)
+    device = device if device is not None else device_of(eps_fn, x_T)
     x = start_noise(shape, generator=generator, device=device, x_T=x_T)
     if callback is not None:
         callback(0, int(ts[0]), x)
