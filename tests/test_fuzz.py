@@ -1051,21 +1051,6 @@ KNOWN: dict[str, list[str]] = {
     # --- lesson 11 engineer
     'tinydiff.flow.cfm_loss': ['x0'],  # x0 of a rank the model refuses: the model's error names its own x
     # --- lesson 12 engineer
-    'tinydiff.solvers.analytic_ddpm_sample': ['callback', 'device', 'eps_fn', 'gamma', 'sched', 'x_T'],
-    'tinydiff.solvers.analytic_variance': ['gamma', 'lambda2', 's', 'sched', 't'],
-    'tinydiff.solvers.dpmpp_1': ['callback', 'x0_fn'],
-    'tinydiff.solvers.dpmpp_2m': ['callback', 'x0_fn'],
-    'tinydiff.solvers.dpmpp_2m_step': ['d', 'd_prev', 'sigma', 'sigma_next', 'sigma_prev', 'x'],
-    'tinydiff.solvers.dpmpp_3m': ['callback', 'x0_fn'],
-    'tinydiff.solvers.eps_sq_mean': ['eps_fn', 'sched', 'ts'],
-    'tinydiff.solvers.euler': ['callback', 'x0_fn'],
-    'tinydiff.solvers.heun': ['callback', 'x0_fn'],
-    'tinydiff.solvers.ode_reference': ['atol', 'rtol', 'x0_fn'],
-    'tinydiff.solvers.order': ['err', 'n'],
-    'tinydiff.solvers.plms': ['callback', 'x0_fn'],
-    'tinydiff.solvers.pndm': ['callback', 'x0_fn'],
-    'tinydiff.solvers.sample': ['callback', 'device', 'spacing', 'x_T'],
-    'tinydiff.solvers.sigmas_of_timesteps': ['path', 'ts'],
 }
 
 
