@@ -995,12 +995,6 @@ KNOWN: dict[str, list[str]] = {
     'tinydiff.metrics.mixture_check': ['-'],
     'tinydiff.metrics.mixture_statistics': ['-'],
     'tinydiff.metrics.within_class_spread': ['labels'],  # labels beyond the samples' classes: documented NaN spread
-    'tinydiff.plotting.density2d': ['ax', 'lim', 'log_prob_fn', 'n', 'vmax', 'vmin'],
-    'tinydiff.plotting.image_grid': ['nrow', 'pad', 'x'],
-    'tinydiff.plotting.scatter2d': ['ax', 'lim', 'x'],
-    'tinydiff.plotting.show_images': ['ax', 'nrow', 'pad', 'x'],
-    'tinydiff.plotting.trajectories2d': ['ax', 'lim', 'n_show', 'traj'],
-    'tinydiff.plotting.vector_field': ['ax', 'field_fn', 'lim', 'n'],
     # --- lead
     'tinydiff.denoisers.Denoiser.velocity': ['-'],
     'tinydiff.denoisers.Denoiser.x0': ['t', 'x'],

@@ -180,3 +180,20 @@ def test_check_refuses_what_is_no_number_by_name():
         td.check_less("nan bound", 0.5, float("nan"))
     with pytest.raises(td.checks.CheckFailed, match="not below"):
         td.check_less("nan value", float("nan"), 1.0)
+
+
+def test_plotting_refuses_bad_arguments_by_name():
+    from tinydiff import plotting
+
+    with pytest.raises(ValueError, match="x must be images of shape"):
+        plotting.image_grid(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="pad must lie in 0"):
+        plotting.image_grid(torch.zeros(2, 1, 4, 4), pad=-1)
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes"):
+        plotting.scatter2d(torch.zeros(4, 2), ax="nonsense")
+    with pytest.raises(TypeError, match="log_prob_fn returned None"):
+        plotting.density2d(lambda p: None, n=4)
+    with pytest.raises(ValueError, match="field_fn must return shape"):
+        plotting.vector_field(lambda p: p[:, :1], n=4)
+    with pytest.raises(ValueError, match="traj must be a non-empty sequence"):
+        plotting.trajectories2d([])

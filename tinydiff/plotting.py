@@ -9,14 +9,58 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from . import validation as V
+
 __all__ = ["image_grid", "show_images", "scatter2d", "density2d", "vector_field", "trajectories2d", "animate_frames"]
+
+
+def _ax(ax):
+    if ax is not None:
+        from matplotlib.axes import Axes
+
+        if not isinstance(ax, Axes):
+            raise TypeError(f"ax must be a matplotlib Axes or None; got {V.describe(ax)}")
+    return ax
+
+
+def _lim(lim, optional: bool = False):
+    if lim is None and optional:
+        return None
+    return V.number("lim", lim, low=0, strict_low=True)
+
+
+def _points_tensor(name: str, x) -> torch.Tensor:
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a tensor or an array; got {V.describe(x)}")
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor or an array; got {V.describe(x)}") from None
+    if t.is_complex():
+        raise ValueError(f"{name} must be real; got {V.describe(x)}")
+    return t.detach().float().cpu()
+
+
+def _fn_output(name: str, out, numel: int, cols: int | None = None) -> torch.Tensor:
+    if out is None:
+        raise TypeError(f"{name} returned None: did it forget to `return` its values?")
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(out)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor; it returned {V.describe(out)}")
+    want = (numel,) if cols is None else (numel, cols)
+    if (cols is None and out.numel() != numel) or (cols is not None and tuple(out.shape) != want):
+        raise ValueError(f"{name} must return shape {want} for the {numel} grid points; it returned {V.describe(out)}")
+    return out
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
     """Tile images ``(B, C, H, W)`` in ``[-1, 1]`` into one ``(rows*H, nrow*W, C)`` array in ``[0, 1]``."""
-    x = torch.as_tensor(x).detach().float().cpu()
+    x = _points_tensor("x", x)
     if x.ndim != 4:
-        raise ValueError(f"images must have shape (B, C, H, W); got {tuple(x.shape)}")
+        raise ValueError(f"x must be images of shape (B, C, H, W); got {tuple(x.shape)}")
+    nrow = V.integer("nrow", nrow, low=1)
+    pad = V.integer("pad", pad, low=0)
     B, C, H, W = x.shape
     x = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
     nrow = max(1, min(nrow, B))
@@ -30,6 +74,8 @@ def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
 
 def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, pad: int = 1):
     """Show a grid of images in ``[-1, 1]`` (grey for one channel, RGB for three)."""
+    _ax(ax)
+    x = _points_tensor("x", x)
     grid = image_grid(x, nrow, pad)
     if ax is None:
         _, ax = plt.subplots(figsize=(min(12, 0.6 * grid.shape[1] / (x.shape[-1] + pad) + 1),) * 2)
@@ -44,7 +90,11 @@ def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, ax=Non
 def scatter2d(x: torch.Tensor, ax=None, title: str | None = None, lim: float | None = 3.5, s: float = 2,
               alpha: float = 0.5, **kwargs):
     """Scatter 2-D points ``(N, 2)`` with equal axes."""
-    x = torch.as_tensor(x).detach().float().cpu()
+    x = _points_tensor("x", x)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError(f"x must be 2-D points of shape (N, 2); got {tuple(x.shape)}")
+    _ax(ax)
+    lim = _lim(lim, optional=True)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, **kwargs)
@@ -72,9 +122,16 @@ def density2d(log_prob_fn, ax=None, lim: float = 3.5, n: int = 150, title: str |
               colorbar: bool = False, vmin=None, vmax=None, label: str | None = None):
     """Image of the density ``exp(log_prob_fn(points))`` on ``[-lim, lim]^2``. ``colorbar=True`` adds a colour bar
     (titled ``label``); ``vmin``/``vmax`` fix the colour scale (e.g. 0 and 1 for probabilities shared by panels)."""
+    if not callable(log_prob_fn):
+        raise TypeError(f"log_prob_fn must be a callable log_prob_fn(points (M, 2)) -> (M,); got "
+                        f"{V.describe(log_prob_fn)}")
+    _ax(ax)
+    lim, n = _lim(lim), V.integer("n", n, low=2)
+    vmin = None if vmin is None else V.number("vmin", vmin)
+    vmax = None if vmax is None else V.number("vmax", vmax)
     gx, gy, pts = _grid(lim, n)
     with torch.no_grad():
-        p = log_prob_fn(pts).exp().reshape(n, n).cpu().numpy()
+        p = _fn_output("log_prob_fn", log_prob_fn(pts), n * n).exp().reshape(n, n).cpu().numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     im = ax.imshow(p, origin="lower", extent=(-lim, lim, -lim, lim), cmap=cmap, vmin=vmin, vmax=vmax)
@@ -90,9 +147,13 @@ def density2d(log_prob_fn, ax=None, lim: float = 3.5, n: int = 150, title: str |
 def vector_field(field_fn, ax=None, lim: float = 3.5, n: int = 20, title: str | None = None, normalize: bool = True,
                  **kwargs):
     """Quiver plot of a 2-D vector field (e.g. a score) ``field_fn(points (M, 2)) -> (M, 2)``."""
+    if not callable(field_fn):
+        raise TypeError(f"field_fn must be a callable field_fn(points (M, 2)) -> (M, 2); got {V.describe(field_fn)}")
+    _ax(ax)
+    lim, n = _lim(lim), V.integer("n", n, low=2)
     gx, gy, pts = _grid(lim, n)
     with torch.no_grad():
-        v = field_fn(pts.float()).detach().double().cpu()
+        v = _fn_output("field_fn", field_fn(pts.float()), n * n, 2).detach().double().cpu()
     if normalize:
         v = v / (v.norm(dim=1, keepdim=True) + 1e-12) * v.norm(dim=1, keepdim=True).clamp(max=1.0 * lim / n * 2)
     if ax is None:
@@ -107,7 +168,20 @@ def vector_field(field_fn, ax=None, lim: float = 3.5, n: int = 20, title: str | 
 
 def trajectories2d(traj, ax=None, n_show: int = 20, lim: float | None = 3.5, title: str | None = None):
     """Draw the paths of ``n_show`` particles from a list of ``(N, 2)`` states (first state marked ○, last ●)."""
-    path = torch.stack([torch.as_tensor(p).detach().float().cpu() for p in traj])  # (steps, N, 2)
+    try:
+        if traj is None or isinstance(traj, (str, bytes)):
+            raise TypeError
+        items = list(traj)
+    except TypeError:
+        raise TypeError(f"traj must be a sequence of (N, 2) states; got {V.describe(traj)}") from None
+    states = [_points_tensor("traj", p) for p in items]
+    if not states or any(p.ndim != 2 or p.shape[1] < 2 or p.shape != states[0].shape for p in states):
+        raise ValueError(f"traj must be a non-empty sequence of states of one shape (N, 2); got "
+                         f"{[tuple(p.shape) for p in states[:4]]}")
+    n_show = V.integer("n_show", n_show, low=1)
+    _ax(ax)
+    lim = _lim(lim, optional=True)
+    path = torch.stack(states)  # (steps, N, 2)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     for i in range(min(n_show, path.shape[1])):
