@@ -51,6 +51,14 @@ __all__ = [
 LOG_2PI = math.log(2 * math.pi)
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is active for this device type (False for types autocast does not know, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 # ---------------------------------------------------------------------------------- input checks
 def _check_batched(name: str, x: torch.Tensor) -> None:
     if x.ndim < 2:
@@ -491,7 +499,7 @@ class VAE(nn.Module):
         """A floating tensor of the networks' dtype (numpy converted, integers promoted; under autocast any float)."""
         x = V.tensor(name, x)
         w = self.decoder_logvar
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != w.dtype and not _autocast_on(x.device.type):
             raise ValueError(f"{name} must have the VAE's dtype {w.dtype} (or run under autocast); got {V.describe(x)}")
         return x
 

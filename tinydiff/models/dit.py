@@ -51,6 +51,14 @@ DIT_SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S":
 
 
 # ------------------------------------------------------------------------------------------ patches
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is active for this device type (False for types autocast does not know, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     r"""Cut images ``(B, C, H, W)`` into ``N = (H/p)(W/p)`` tokens of ``p*p*C`` numbers, ``(B, N, p*p*C)``.
 
@@ -411,7 +419,7 @@ class DiT(nn.Module):
             raise ValueError(f"x must have shape (B, {self.in_channels}, {self.input_size}, {self.input_size}); "
                              f"got {tuple(x.shape)}")
         w = self.x_embedder.weight
-        if not x.is_floating_point() or (x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type)):
+        if not x.is_floating_point() or (x.dtype != w.dtype and not _autocast_on(x.device.type)):
             raise ValueError(f"x must be a floating tensor of the model's dtype {w.dtype} (or run under autocast); "
                              f"got {V.describe(x)}")
         if t is None or isinstance(t, (str, bytes)):
