@@ -59,7 +59,35 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _check_gamma(gamma, x: torch.Tensor | None = None):
+def _x(name: str, value) -> torch.Tensor:
+    return validation.tensor(name, value, ndim=tuple(range(1, 9)))
+
+
+def _float64(name: str, value) -> torch.Tensor:
+    if value is None or isinstance(value, (str, bytes)) or (isinstance(value, torch.Tensor) and value.is_complex()):
+        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}") \
+            from None
+
+
+def _alpha_bar(value) -> torch.Tensor:
+    r""":math:`\bar\alpha_t` as float64, in ``[0, 1]`` (checked for values on the CPU only: no device sync)."""
+    ab = _float64("alpha_bar_t", value)
+    if ab.device.type == "cpu" and ab.numel() and not bool(((ab >= 0) & (ab <= 1)).all()):
+        raise ValueError(f"alpha_bar_t must lie in [0, 1]; got values from {float(ab.min()):.3g} to {float(ab.max()):.3g}")
+    return ab
+
+
+def _check_gm(gm):
+    if not all(callable(getattr(gm, k, None)) for k in ("conditional", "log_prob", "eps_fn")):
+        raise TypeError(f"gm must be a labelled td.data.GaussianMixture; got {validation.describe(gm)}")
+    return gm
+
+
+def _check_gamma(gamma, x: torch.Tensor | None = None, name: str = "gamma (the guidance strength, 0 = no guidance)"):
     """γ is a finite real number, or a per-sample tensor ``(B,)`` (several strengths in one batch)."""
     if isinstance(gamma, torch.Tensor) and gamma.ndim > 0:
         if not torch.isfinite(gamma).all():
@@ -67,7 +95,7 @@ def _check_gamma(gamma, x: torch.Tensor | None = None):
         if x is not None and (gamma.ndim != 1 or gamma.shape[0] != x.shape[0]):
             raise ValueError(f"a per-sample gamma must have shape ({x.shape[0]},); got {tuple(gamma.shape)}")
         return gamma
-    return validation.number("gamma (the guidance strength, 0 = no guidance)", gamma)
+    return validation.number(name, gamma)
 
 
 def _as_labels(y, batch: int, num_classes: int | None = None, *, allow_null: bool = False) -> torch.Tensor:
@@ -75,7 +103,11 @@ def _as_labels(y, batch: int, num_classes: int | None = None, *, allow_null: boo
 
     The range is checked for labels on the CPU; labels already on an accelerator are checked for dtype and shape
     only (reading them would cost a device->host sync at every sampler step)."""
-    y = torch.as_tensor(y)
+    try:
+        y = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"labels y must be an int or a LongTensor of class indices; got {validation.describe(y)}") \
+            from None
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"labels y must be integer class indices; got dtype {y.dtype}")
     if y.ndim == 0:
@@ -87,6 +119,11 @@ def _as_labels(y, batch: int, num_classes: int | None = None, *, allow_null: boo
         if int(y.min()) < 0 or int(y.max()) > top:
             raise ValueError(f"labels y must lie in 0..{top}; got values from {int(y.min())} to {int(y.max())}")
     return y.long()
+
+
+def _scalar(y) -> bool:
+    """Whether labels ``y`` are one label (an int, a 0-d tensor, None or anything without a length)."""
+    return (isinstance(y, torch.Tensor) and y.ndim == 0) or not hasattr(y, "__len__") or isinstance(y, (str, bytes))
 
 
 def _on(value, x: torch.Tensor, cache: dict):
@@ -116,6 +153,7 @@ def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, gamma) -> torch.Tensor
     ``gamma = 0`` returns the conditional prediction, ``gamma = -1`` the unconditional one. ``gamma`` may be
     a per-sample tensor ``(B,)``.
     """
+    eps_uncond, eps_cond = _x("eps_uncond", eps_uncond), _x("eps_cond", eps_cond)
     check_same_shape(eps_uncond=eps_uncond, eps_cond=eps_cond)
     g = expand_to(_check_gamma(gamma, eps_cond), eps_cond)
     return (1 + g) * eps_cond - g * eps_uncond
@@ -125,8 +163,9 @@ def cfg_diffusers(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_sca
     r"""The same combination in diffusers' convention:
     :math:`\hat\varepsilon = \varepsilon_\varnothing + w\,(\varepsilon_y - \varepsilon_\varnothing)`,
     with ``guidance_scale`` :math:`w = 1 + \gamma` (so :math:`w = 1` is the conditional model, not :math:`w = 0`)."""
+    eps_uncond, eps_cond = _x("eps_uncond", eps_uncond), _x("eps_cond", eps_cond)
     check_same_shape(eps_uncond=eps_uncond, eps_cond=eps_cond)
-    w = expand_to(_check_gamma(guidance_scale, eps_cond), eps_cond)
+    w = expand_to(_check_gamma(guidance_scale, eps_cond, "guidance_scale"), eps_cond)
     return eps_uncond + w * (eps_cond - eps_uncond)
 
 
@@ -137,7 +176,7 @@ def guidance_scale_from_gamma(gamma):
 
 def gamma_from_guidance_scale(guidance_scale):
     r"""The lecture's strength :math:`\gamma = w - 1` for diffusers' ``guidance_scale`` :math:`w`."""
-    return _check_gamma(guidance_scale) - 1
+    return _check_gamma(guidance_scale, name="guidance_scale") - 1
 
 
 def classifier_eps(eps: torch.Tensor, grad_log_py: torch.Tensor, alpha_bar_t, gamma) -> torch.Tensor:
@@ -146,14 +185,19 @@ def classifier_eps(eps: torch.Tensor, grad_log_py: torch.Tensor, alpha_bar_t, ga
 
     ``alpha_bar_t`` is a scalar or per-sample ``(B,)``; ``gamma`` a number or per-sample ``(B,)``.
     """
+    eps, grad_log_py = _x("eps", eps), _x("grad_log_py", grad_log_py)
     check_same_shape(eps=eps, grad_log_py=grad_log_py)
     g = expand_to(_check_gamma(gamma, eps), eps)
-    ab = expand_to(torch.as_tensor(alpha_bar_t, dtype=torch.float64), eps)
+    ab = _alpha_bar(alpha_bar_t)
+    if ab.ndim > 1 or (ab.ndim == 1 and ab.shape[0] not in (1, eps.shape[0])):
+        raise ValueError(f"alpha_bar_t must be a number or have shape ({eps.shape[0]},); got {tuple(ab.shape)}")
+    ab = expand_to(ab, eps)
     return eps - g * (1 - ab).sqrt() * grad_log_py
 
 
 def guided_score(score: torch.Tensor, grad_log_py: torch.Tensor, gamma) -> torch.Tensor:
     r"""The guided score :math:`\nabla\log p(x_t) + \gamma\,\nabla\log p(y\mid x_t)` (``gamma = 1``: the conditional score)."""
+    score, grad_log_py = _x("score", score), _x("grad_log_py", grad_log_py)
     check_same_shape(score=score, grad_log_py=grad_log_py)
     return score + expand_to(_check_gamma(gamma, score), score) * grad_log_py
 
@@ -161,10 +205,19 @@ def guided_score(score: torch.Tensor, grad_log_py: torch.Tensor, gamma) -> torch
 def guided_mean(mean: torch.Tensor, var, grad_log_py: torch.Tensor, gamma) -> torch.Tensor:
     r"""Dhariwal & Nichol's guided DDPM step mean :math:`\mu + \gamma\,\Sigma\,\nabla_{x_t}\log p_\phi(y\mid x_t)`
     with :math:`\Sigma = \sigma_t^2 I`; ``var`` is :math:`\sigma_t^2` (a number, per-sample ``(B,)``, or broadcastable)."""
+    mean, grad_log_py = _x("mean", mean), _x("grad_log_py", grad_log_py)
     check_same_shape(mean=mean, grad_log_py=grad_log_py)
+    var = _float64("var", var) if not isinstance(var, torch.Tensor) else validation.tensor("var", var)
     var = torch.as_tensor(var, dtype=mean.dtype, device=mean.device)
     if var.ndim == 1:
+        if var.shape[0] not in (1, mean.shape[0]):
+            raise ValueError(f"var must be a number or have shape ({mean.shape[0]},); got {tuple(var.shape)}")
         var = expand_to(var, mean)
+    else:
+        try:
+            torch.broadcast_shapes(var.shape, mean.shape)
+        except RuntimeError:
+            raise ValueError(f"var must broadcast against mean {tuple(mean.shape)}; got {tuple(var.shape)}") from None
     return mean + expand_to(_check_gamma(gamma, mean), mean) * var * grad_log_py
 
 
@@ -175,8 +228,7 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: to
     p_uncond = validation.number("p_uncond (a probability; the paper uses 0.1 or 0.2)", p_uncond, low=0, high=1)
     null_label = validation.integer("null_label (the int num_classes, the index after the last class)", null_label,
                                     low=1)
-    y = torch.as_tensor(y)
-    y = _as_labels(y, y.shape[0] if y.ndim else 1, null_label)
+    y = _as_labels(y, 1, null_label) if _scalar(y) else _as_labels(y, len(y), null_label)
     drop = torch.rand(y.shape[0], generator=generator).to(y.device) < p_uncond
     return torch.where(drop, torch.full_like(y, null_label), y)
 
@@ -195,6 +247,10 @@ def cfg_loss(model, x0: torch.Tensor, y: torch.Tensor, sched, *, p_uncond: float
 def classifier_loss(classifier, x0: torch.Tensor, y: torch.Tensor, sched, *, t=None, eps=None) -> torch.Tensor:
     r"""Cross-entropy of a noise-conditional classifier :math:`p_\phi(y\mid x_t, t)` on noised data
     :math:`x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\varepsilon`, :math:`t\sim\mathcal U\{1..T\}`."""
+    sched = validation.schedule("sched", sched)
+    x0 = _x("x0", x0)
+    if not callable(classifier):
+        raise TypeError(f"classifier must be a callable classifier(x, t) -> logits; got {validation.describe(classifier)}")
     B = x0.shape[0]
     y = _as_labels(y, B).to(x0.device)
     if t is None:
@@ -203,7 +259,19 @@ def classifier_loss(classifier, x0: torch.Tensor, y: torch.Tensor, sched, *, t=N
     if eps is None:
         eps = torch.randn_like(x0)
     xt = ddpm.q_sample(x0, t, eps, sched)
-    return F.cross_entropy(classifier(xt, t), y)
+    logits = _logits(classifier(xt, t), B)
+    _as_labels(y, B, logits.shape[1])  # the labels against the classifier's K
+    return F.cross_entropy(logits, y)
+
+
+def _logits(out, batch: int) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        hint = " (did it forget to `return`?)" if out is None else ""
+        raise TypeError(f"the classifier must return logits, a tensor ({batch}, K); it returned "
+                        f"{validation.describe(out)}{hint}")
+    if out.ndim != 2 or out.shape[0] != batch:
+        raise ValueError(f"the classifier must return logits of shape ({batch}, K); got {tuple(out.shape)}")
+    return out
 
 
 def _null_label_of(model) -> int:
@@ -222,11 +290,12 @@ def classifier_grad(classifier, x: torch.Tensor, t, y) -> torch.Tensor:
     Works inside ``torch.no_grad()`` samplers. Each sample's gradient is that of its own log-probability
     (the batch is summed, which is exact as long as the classifier treats samples independently: no BatchNorm).
     """
+    x = _x("x", x)
+    if not callable(classifier):
+        raise TypeError(f"classifier must be a callable classifier(x, t) -> logits; got {validation.describe(classifier)}")
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
-        logits = classifier(x_, t)
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"the classifier must return logits of shape ({x.shape[0]}, K); got {tuple(logits.shape)}")
+        logits = _logits(classifier(x_, t), x.shape[0])
         yy = _as_labels(y, x.shape[0], logits.shape[1]).to(x.device)
         logp = torch.log_softmax(logits.float(), dim=1).gather(1, yy[:, None]).sum()
         (grad,) = torch.autograd.grad(logp, x_)
@@ -237,9 +306,10 @@ def oracle_class_log_prob(gm, x: torch.Tensor, alpha_bar_t, y) -> torch.Tensor:
     r"""Exact :math:`\log p(y\mid x_t)` of a labelled mixture at noise level :math:`\bar\alpha_t`, by Bayes' rule:
     :math:`\log\pi_y + \log p(x_t\mid y) - \log p(x_t)` (each a log-sum-exp over components, so it never underflows).
     ``y`` is an int (one class for the whole batch)."""
-    gm._require_labels()
-    y = int(y)
-    ab = torch.as_tensor(alpha_bar_t, dtype=torch.float64, device=x.device)
+    _check_gm(gm)._require_labels()
+    x = _x("x", x)
+    y = validation.integer("y (one class for the whole batch)", y)
+    ab = _alpha_bar(alpha_bar_t).to(x.device)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     cond = gm.conditional(y)
     log_pi = torch.log(gm.weights[gm.labels == y].sum())
@@ -249,6 +319,7 @@ def oracle_class_log_prob(gm, x: torch.Tensor, alpha_bar_t, y) -> torch.Tensor:
 def oracle_class_grad(gm, x: torch.Tensor, alpha_bar_t, y) -> torch.Tensor:
     r""":math:`\nabla_{x_t}\log p(y\mid x_t)` of the mixture oracle, by autograd of :func:`oracle_class_log_prob`
     (float64 inside; independent of the closed-form scores, so it can check them)."""
+    x = _x("x", x)
     with torch.enable_grad():
         x_ = x.detach().to(torch.float64).requires_grad_(True)
         (grad,) = torch.autograd.grad(oracle_class_log_prob(gm, x_, alpha_bar_t, y).sum(), x_)
@@ -291,6 +362,8 @@ def cfg_eps_fn(model, y, gamma, *, null_label: int | None = None):
     """
     if null_label is None:
         null_label = _null_label_of(model)
+    null_label = validation.integer("null_label (the int num_classes, the index after the last class)", null_label,
+                                    low=1)
     gamma = _check_gamma(gamma)
     if isinstance(y, torch.Tensor) and y.ndim:
         _as_labels(y, y.shape[0], null_label)  # checked once, here
@@ -312,12 +385,14 @@ def cfg_eps_fn(model, y, gamma, *, null_label: int | None = None):
 
 def oracle_cfg_eps_fn(gm, sched, y: int, gamma):
     r"""Exact CFG on the mixture oracle: :math:`(1+\gamma)\varepsilon^*(x_t\mid y) - \gamma\varepsilon^*(x_t)`."""
-    return cfg_eps_fn_from(gm.conditional(y).eps_fn(sched), gm.eps_fn(sched), gamma)
+    return cfg_eps_fn_from(_check_gm(gm).conditional(y).eps_fn(sched), gm.eps_fn(sched), gamma)
 
 
 def oracle_classifier_eps_fn(gm, sched, y: int, gamma):
     r"""Exact classifier guidance on the mixture oracle:
     :math:`\varepsilon^*(x_t) - \gamma\sqrt{1-\bar\alpha_t}\nabla\log p(y\mid x_t)`."""
+
+    _check_gm(gm)
 
     def grad_fn(x, t, yy):
         return oracle_class_grad(gm, x, table_on(sched.alpha_bar, t.device)[t], yy)
@@ -374,7 +449,7 @@ def tilted_log_density(gm, y: int, gamma):
     i.e. :math:`\log\big[p(x\mid y)\,p(y\mid x)^{\gamma}\big]` up to a constant: what CFG would sample if guidance
     commuted with noising. Returns a function ``x (N, D) -> (N,)``."""
     gamma = _check_gamma(gamma)
-    cond = gm.conditional(y)
+    cond = _check_gm(gm).conditional(y)
 
     def log_density(x):
         return (1 + gamma) * cond.log_prob(x) - gamma * gm.log_prob(x)
@@ -385,13 +460,23 @@ def tilted_log_density(gm, y: int, gamma):
 def grid_moments(log_density_fn, *, lim: float = 5.0, n: int = 400, center=(0.0, 0.0)):
     r"""Mean ``(2,)`` and covariance ``(2, 2)`` of the 2-D density :math:`\propto e^{\text{log\_density\_fn}}` by
     quadrature on an ``n × n`` grid over ``center ± lim`` (float64; the normaliser cancels)."""
-    if n < 10 or lim <= 0:
-        raise ValueError(f"grid_moments needs n >= 10 points per axis and lim > 0; got n={n}, lim={lim}")
-    c = torch.as_tensor(center, dtype=torch.float64)
+    n = validation.integer("n (grid points per axis)", n, low=10)
+    lim = validation.number("lim", lim, low=0, strict_low=True)
+    if not callable(log_density_fn):
+        raise TypeError(f"log_density_fn must be a callable log_density_fn(x (N, 2)) -> (N,); got "
+                        f"{validation.describe(log_density_fn)}")
+    c = _float64("center", center)
+    if c.shape != (2,):
+        raise ValueError(f"center must be a 2-D point like (0.0, 0.0); got {validation.describe(center)}")
     u = torch.linspace(-lim, lim, n, dtype=torch.float64)
     gx, gy = torch.meshgrid(u + c[0], u + c[1], indexing="xy")
     pts = torch.stack([gx.flatten(), gy.flatten()], 1)
-    logp = log_density_fn(pts).double()
+    logp = log_density_fn(pts)
+    if not isinstance(logp, torch.Tensor) or tuple(logp.shape) != (n * n,):
+        hint = " (did it forget to `return`?)" if logp is None else ""
+        raise ValueError(f"log_density_fn must return one log-density per point, shape ({n * n},); it returned "
+                         f"{validation.describe(logp)}{hint}")
+    logp = logp.double()
     w = torch.softmax(logp, 0)
     edge = torch.cat([w.reshape(n, n)[[0, -1]].flatten(), w.reshape(n, n)[:, [0, -1]].flatten()]).max()
     if edge > 1e-8:

@@ -50,12 +50,29 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------ scale factor
+def _module(name: str, value, *attrs: str):
+    """An ``nn.Module`` argument (with the given attributes), or a TypeError naming it."""
+    if not isinstance(value, nn.Module) or not all(hasattr(value, a) for a in attrs):
+        what = f"an nn.Module with {', '.join(attrs)}" if attrs else "an nn.Module"
+        raise TypeError(f"{name} must be {what}; got {validation.describe(value)}")
+    return value
+
+
+def _tokens(name: str, value) -> torch.Tensor:
+    """Caption token ids or their mask ``(B, M)``."""
+    return validation.tensor(name, value, ndim=2, floating=False)
+
+
+def _batch_size(batch_size) -> int:
+    return validation.integer("batch_size", batch_size, low=1)
+
+
 def scale_factor(z: torch.Tensor) -> float:
     r"""The LDM scale factor :math:`s = 1/\hat\sigma`, :math:`\hat\sigma` the standard deviation of *all*
     entries of a batch of latents :math:`\mathcal E(x)` (one number for the whole latent space)."""
-    z = torch.as_tensor(z).detach().double()
+    z = validation.tensor("z", z, finite=True).detach().double()
     if z.numel() < 2:
-        raise ValueError("need at least two latent entries to estimate their standard deviation")
+        raise ValueError("z must hold at least two latent entries to estimate their standard deviation")
     std = float(z.std())
     if not std > 0:
         raise ValueError("the latents have zero spread (a constant encoder?): the scale factor 1/std is undefined")
@@ -66,6 +83,10 @@ def scale_factor(z: torch.Tensor) -> float:
 def encode(autoencoder, x: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
     r""":math:`z_0 = s\,\mathcal E(x)` for images ``x`` ``(N, C, H, W)``, in batches (deterministic encoder; run in
     eval mode, the caller's train/eval mode is restored afterwards)."""
+    _module("autoencoder", autoencoder, "encode")
+    x = validation.tensor("x", x, ndim=4)
+    validation.number("scale", scale)
+    batch_size = _batch_size(batch_size)
     dev = next(autoencoder.parameters()).device
     with eval_mode(autoencoder):
         return torch.cat([autoencoder.encode(x[i:i + batch_size].to(dev)).cpu()
@@ -76,6 +97,10 @@ def encode(autoencoder, x: torch.Tensor, scale: float = 1.0, *, batch_size: int 
 def decode(autoencoder, z: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
     r""":math:`x = \mathcal D(z_0/s)`, clamped to ``[-1, 1]``, in batches (in eval mode; the caller's mode is
     restored)."""
+    _module("autoencoder", autoencoder, "decode")
+    z = validation.tensor("z", z, ndim=4)
+    validation.number("scale", scale, low=0, strict_low=True)
+    batch_size = _batch_size(batch_size)
     dev = next(autoencoder.parameters()).device
     with eval_mode(autoencoder):
         return torch.cat([autoencoder.decode(z[i:i + batch_size].to(dev) / scale).clamp(-1, 1).cpu()
@@ -85,9 +110,8 @@ def decode(autoencoder, z: torch.Tensor, scale: float = 1.0, *, batch_size: int 
 def snr(sched, data_var: float = 1.0) -> torch.Tensor:
     r"""Signal-to-noise ratio of :math:`q(z_t\mid z_0)` for data of variance ``data_var`` per entry:
     :math:`\mathrm{SNR}(t) = \mathrm{Var}(z_0)\,\bar\alpha_t/(1-\bar\alpha_t)` (index 0 is ``inf``)."""
-    if not data_var > 0:
-        raise ValueError(f"data_var must be > 0; got {data_var}")
-    return data_var * sched.snr()
+    data_var = validation.number("data_var", data_var, low=0, strict_low=True)
+    return data_var * validation.schedule("sched", sched).snr()
 
 
 # ------------------------------------------------------------------------------------ the conditional model
@@ -97,12 +121,15 @@ class CaptionUNet(nn.Module):
 
     def __init__(self, unet: UNet, text_encoder: TextEncoder):
         super().__init__()
+        _module("unet", unet, "context_dim")
+        _module("text_encoder", text_encoder, "dim")
         if unet.context_dim != text_encoder.dim:
             raise ValueError(f"the UNet's context_dim ({unet.context_dim}) must equal the text encoder's dim "
                              f"({text_encoder.dim})")
         self.unet, self.text = unet, text_encoder
 
     def forward(self, z: torch.Tensor, t, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        z, ids = validation.tensor("z", z, ndim=4), _tokens("ids", ids)
         if ids.shape[0] != z.shape[0]:
             raise ValueError(f"one caption per latent: z has batch {z.shape[0]}, ids has {ids.shape[0]}")
         return self.unet(z, t, context=self.text(ids, mask), context_mask=mask)
@@ -112,6 +139,9 @@ def caption_unet(vocab_size: int, latent_channels: int = 4, *, base_channels: in
                  attn_levels=(1,), text_dim: int = 64, text_layers: int = 2, heads: int = 4,
                  max_len: int = 8) -> CaptionUNet:
     """Build a :class:`CaptionUNet` from a :class:`tinydiff.models.UNet` and a :class:`tinydiff.models.TextEncoder`."""
+    latent_channels = validation.integer("latent_channels", latent_channels, low=1)
+    text_dim = validation.integer("text_dim", text_dim, low=1)
+    text_layers = validation.integer("text_layers", text_layers, low=1)
     text = TextEncoder(vocab_size, text_dim, text_layers, heads, max_len)
     unet = UNet(latent_channels, base_channels=base_channels, channel_mults=channel_mults, attn_levels=attn_levels,
                 context_dim=text_dim, heads=heads)
@@ -122,8 +152,11 @@ def drop_captions(ids: torch.Tensor, mask: torch.Tensor, p: float, null_ids: tor
                   generator: torch.Generator | None = None):
     """Caption dropout for classifier-free guidance: replace each caption by the null (empty) caption with
     probability ``p``. ``null_ids``/``null_mask`` are ``(1, M)`` (e.g. ``tokenizer.encode("")``)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"the caption-dropout probability p must lie in [0, 1]; got {p}")
+    p = validation.number("p (the caption-dropout probability, in [0, 1])", p, low=0, high=1)
+    ids, mask = _tokens("ids", ids), _tokens("mask", mask)
+    null_ids, null_mask = _tokens("null_ids", null_ids), _tokens("null_mask", null_mask)
+    if mask.shape != ids.shape:
+        raise ValueError(f"mask must have the shape of ids {tuple(ids.shape)}; got {tuple(mask.shape)}")
     if null_ids.shape != (1, ids.shape[1]) or null_mask.shape != null_ids.shape:
         raise ValueError(f"null_ids and null_mask must be (1, {ids.shape[1]}); got {tuple(null_ids.shape)}, "
                          f"{tuple(null_mask.shape)}")
@@ -135,7 +168,13 @@ def loss(model: CaptionUNet, batch, sched, *, p_uncond: float = 0.1, null=None) 
     r"""The conditional LDM loss :math:`\mathbb E\,\|\varepsilon - \varepsilon_\theta(z_t, t, \tau_\theta(y))\|^2`
     (``td.ddpm.loss``) on ``batch = (z0, ids, mask)``, with captions dropped to ``null = (null_ids, null_mask)``
     with probability ``p_uncond``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+        raise TypeError(f"batch must be a tuple (z0, ids, mask); got {validation.describe(batch)}")
     z0, ids, mask = batch
+    p_uncond = validation.number("p_uncond", p_uncond, low=0, high=1)
+    if null is not None and (not isinstance(null, (tuple, list)) or len(null) != 2):
+        raise TypeError(f"null must be the null caption (null_ids, null_mask), e.g. tokenizer.encode(''); got "
+                        f"{validation.describe(null)}")
     if p_uncond > 0:
         if null is None:
             raise ValueError("caption dropout needs the null caption: pass null=tokenizer.encode('')")
@@ -158,6 +197,8 @@ def eps_fn(model: CaptionUNet, ids: torch.Tensor, mask: torch.Tensor, *, gamma: 
     gamma = validation.number("gamma", gamma)
     if gamma and null is None:
         raise ValueError("guidance (gamma > 0) needs the null caption: pass null=tokenizer.encode('')")
+    _module("model", model, "text", "unet")
+    ids, mask = _tokens("ids", ids), _tokens("mask", mask)
     dev = next(model.parameters()).device
     ids, mask = ids.to(dev), mask.to(dev)
     with torch.no_grad(), eval_mode(model):
@@ -200,6 +241,7 @@ def sample(model: CaptionUNet, shape, sched, n_steps: int = 50, *, autoencoder, 
     from . import ddim
 
     shape = validation.shape("shape", shape if x_T is None or shape is not None else tuple(x_T.shape))
+    ids, mask = _tokens("ids", ids), _tokens("mask", mask)
     if shape[0] != ids.shape[0]:
         raise ValueError(f"shape {shape} must hold one latent per caption: ids has {ids.shape[0]} captions")
     scale = validation.number("scale", scale, low=0, strict_low=True)
@@ -255,6 +297,12 @@ def cross_attention_maps(model: CaptionUNet, z: torch.Tensor, t, ids: torch.Tens
     r"""Where each word is looked at: the cross-attention weights :math:`\mathrm{softmax}(QK^\top/\sqrt d)` of every
     layer, averaged over heads and over the layers of the finest resolution that has them, reshaped to
     ``(B, M, h, w)`` (``M`` tokens; padded tokens get 0). Run in eval mode; the caller's mode is restored."""
+    _module("model", model)
+    z = validation.tensor("z", z, ndim=4)
+    ids, mask = _tokens("ids", ids), _tokens("mask", mask)
+    if mask.shape != ids.shape or ids.shape[0] != z.shape[0]:
+        raise ValueError(f"ids and mask must have one shape (B, M) with B = {z.shape[0]} (the batch of z); got "
+                         f"{tuple(ids.shape)} and {tuple(mask.shape)}")
     with eval_mode(model), store_cross_attention(model) as layers:
         model(z, t, ids, mask)
         maps = [m.last_attention.mean(1) for m in layers]  # (B, N, M) each
@@ -271,6 +319,9 @@ def activation_bytes(model: nn.Module, fn) -> int:
     """Bytes of every tensor that a leaf module of ``model`` outputs while ``fn()`` runs: an estimate of the
     activations a training step keeps for the backward pass (functional ops and autograd's extras are not
     counted, so the true figure is somewhat larger)."""
+    _module("model", model)
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable fn() that runs the model; got {validation.describe(fn)}")
     total = 0
 
     def hook(mod, inputs, output):

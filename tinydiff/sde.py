@@ -71,6 +71,34 @@ __all__ = [
 ]
 
 
+# ---------------------------------------------------------------------------------- input checks
+def _callable(name: str, fn, signature: str):
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable {signature}; got {validation.describe(fn)}")
+    return fn
+
+
+def _returned(name: str, out, batch: int, shape=None) -> torch.Tensor:
+    """What a user callable returned: a tensor with the batch ``batch`` (and the shape ``shape`` if given)."""
+    if out is None:
+        raise TypeError(f"{name} returned None: did it forget to `return`?")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor; it returned {validation.describe(out)}")
+    if out.ndim == 0 or out.shape[0] != batch or (shape is not None and tuple(out.shape) != tuple(shape)):
+        want = tuple(shape) if shape is not None else f"({batch}, ...)"
+        raise ValueError(f"{name} returned shape {tuple(out.shape)}; it must return shape {want}")
+    return out
+
+
+def _float64(name: str, value) -> torch.Tensor:
+    if value is None or isinstance(value, (str, bytes)) or (isinstance(value, torch.Tensor) and value.is_complex()):
+        raise ValueError(f"{name} must be a tensor of real numbers; got {validation.describe(value)}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a tensor of real numbers; got {validation.describe(value)}") from None
+
+
 # ---------------------------------------------------------------------------------- time and the SDE
 def check_time(t, *, batch: int | None = None, name: str = "t") -> torch.Tensor:
     """Validate continuous times and return them as a float64 tensor (a scalar or ``(batch,)``).
@@ -139,6 +167,7 @@ class VPSDE:
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The drift :math:`f_t(x) = -\tfrac12\beta(t)\,x` (``t`` a scalar or ``(B,)``)."""
+        x = validation.tensor("x", x, ndim=tuple(range(1, 9)))
         t = check_time(t, batch=x.shape[0])
         return -0.5 * expand_to(self.beta(t), x) * x
 
@@ -175,6 +204,8 @@ class VPSDE:
         :math:`\beta_{\max} = 20`; the customary rounding to :math:`(0.1, 20)` (:math:`T\beta_1, T\beta_T`) differs
         by :math:`O(1/T)`. Raises ``ValueError`` for a schedule that is not linear in ``t``.
         """
+        sched = validation.schedule("sched", sched)
+        rtol = validation.number("rtol", rtol, low=0)
         b = sched.beta[1:]
         T = sched.T
         if T < 2:
@@ -244,12 +275,12 @@ def _sigma2_t(sigma, sde: VPSDE, t: torch.Tensor) -> torch.Tensor:
     """:math:`\\sigma_t^2` as a float64 tensor like ``t``: ``sigma`` is a float c (then :math:`\\sigma_t = c\\,g_t`,
     so :math:`\\sigma_t^2 = c^2\\beta(t)` exactly) or a callable ``sigma(t)``."""
     if callable(sigma):
-        out = torch.as_tensor(sigma(t), dtype=torch.float64)
+        out = _float64("sigma(t) (the value sigma returned)", sigma(t))
         if (out < 0).any() or not torch.isfinite(out).all():
             raise ValueError("sigma(t) must return finite values >= 0")
         out = out**2
     else:
-        c = float(sigma)
+        c = validation.number("sigma (a multiple of g_t, or a callable sigma(t))", sigma, allow_inf=True)
         if not math.isfinite(c) or c < 0:
             raise ValueError(f"sigma must be >= 0 (a multiple of g_t) or a callable sigma(t); got {sigma}")
         out = c**2 * sde.beta(t)
@@ -264,6 +295,8 @@ def family_drift(score_fn, sde: VPSDE, x: torch.Tensor, t, sigma=1.0, *, reverse
     (:math:`\sigma_t = c\,g_t`) or a callable ``sigma(t)``. The forward drift with :math:`\sigma = g` needs no
     score (``score_fn`` may be ``None``).
     """
+    sde = validation.sde("sde", sde)
+    x = validation.tensor("x", x, ndim=tuple(range(1, 9)))
     t = check_time(t, batch=x.shape[0])
     g2 = sde.beta(t)
     s2 = _sigma2_t(sigma, sde, t)
@@ -273,6 +306,7 @@ def family_drift(score_fn, sde: VPSDE, x: torch.Tensor, t, sigma=1.0, *, reverse
         return drift
     if score_fn is None:
         raise ValueError("this member of the family needs the score: pass score_fn(x, t)")
+    _callable("score_fn", score_fn, "score_fn(x, t)")
     score = validation.output("score_fn", score_fn(x, t.to(x.dtype).to(x.device)), like=x)
     return drift - 0.5 * expand_to(coef, x) * score
 
@@ -510,6 +544,7 @@ def langevin_correct(score_fn, sde: VPSDE, x: torch.Tensor, t, *, snr: float = 0
     which leaves :math:`p_t` invariant as :math:`\epsilon\to0`. Step size :math:`\epsilon_t = 2\,(r\,s(t))^2` with
     :math:`r` = ``snr``: the step is ``snr`` times the noise scale :math:`s(t)` of :math:`p_t`."""
     sde = validation.sde("sde", sde)
+    _callable("score_fn", score_fn, "score_fn(x, t)")
     snr = validation.number("snr (the Langevin step relative to the noise scale)", snr, low=0, strict_low=True)
     n_steps = validation.integer("n_steps", n_steps, low=0)
     x = validation.tensor("x", x, finite=True)
@@ -561,9 +596,11 @@ def sample_pc(score_fn, shape=None, sde: VPSDE = None, n_steps: int = 100, *, x_
 def divergence_exact(fn, x: torch.Tensor) -> torch.Tensor:
     r""":math:`\nabla\cdot v(x) = \sum_i \partial v_i/\partial x_i` per sample, by one backward pass per dimension
     (``fn`` maps ``(B, ...)`` to ``(B, ...)`` sample-wise). Returns ``(B,)``."""
+    _callable("fn", fn, "fn(x) -> (B, ...)")
+    x = validation.tensor("x", x, ndim=tuple(range(2, 9)))
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        v = fn(x).flatten(1)
+        v = _returned("fn", fn(x), x.shape[0]).flatten(1)
         div = torch.zeros(x.shape[0], dtype=v.dtype, device=x.device)
         for i in range(v.shape[1]):
             (gi,) = torch.autograd.grad(v[:, i].sum(), x, retain_graph=i + 1 < v.shape[1])
@@ -574,11 +611,14 @@ def divergence_exact(fn, x: torch.Tensor) -> torch.Tensor:
 def divergence_hutchinson(fn, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     r"""Hutchinson's estimator :math:`z^\top (\partial v/\partial x)\,z` of the divergence, one vector–Jacobian
     product; unbiased when :math:`\mathbb E[zz^\top] = I` (Rademacher or Gaussian ``z``, shaped like ``x``)."""
+    _callable("fn", fn, "fn(x) -> (B, ...)")
+    x = validation.tensor("x", x, ndim=tuple(range(1, 9)))
+    z = validation.tensor("z", z)
     if z.shape != x.shape:
         raise ValueError(f"the probe z must have the shape of x {tuple(x.shape)}; got {tuple(z.shape)}")
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        v = fn(x)
+        v = _returned("fn", fn(x), x.shape[0], x.shape)
         (vjp,) = torch.autograd.grad((v * z).sum(), x)
     return (vjp * z).flatten(1).sum(1).detach()
 
@@ -601,8 +641,12 @@ def log_likelihood(x: torch.Tensor, score_fn, sde: VPSDE, *, exact_trace: bool =
     estimator with one fixed probe (``"rademacher"`` or ``"gaussian"``) for the whole solve, which is unbiased.
     The prior :math:`p_1` is :math:`\mathcal N(0, I)` unless ``prior_logp(x1) -> (B,)`` is given.
     """
+    x = validation.tensor("x", x)
     if x.ndim < 2:
         raise ValueError(f"x must have shape (B, ...) with a batch dimension; got {tuple(x.shape)}")
+    _callable("score_fn", score_fn, "score_fn(x, t)")
+    if prior_logp is not None:
+        _callable("prior_logp", prior_logp, "prior_logp(x1) -> (B,), or None for N(0, I)")
     probe = validation.choice("probe", probe, ("rademacher", "gaussian"))
     t_min = _check_t_min(t_min)
     rtol = validation.number("rtol", rtol, low=0, strict_low=True)
@@ -674,14 +718,17 @@ def fokker_planck_1d(p0, grid: torch.Tensor, sde: VPSDE, *, t_end: float, steps:
     grid at ``t_start``. Returns the density at ``t_end`` (float64, same shape as ``grid``).
     """
     steps = validation.integer("steps", steps, low=1)
-    grid = torch.as_tensor(grid, dtype=torch.float64)
+    sde = validation.sde("sde", sde)
+    grid = _float64("grid", grid)
     if grid.ndim != 1 or grid.numel() < 3 or not bool((grid.diff() > 0).all()):
         raise ValueError("grid must be a 1-D increasing tensor of at least 3 cell centres")
     if not torch.allclose(grid.diff(), grid.diff()[0].expand(grid.numel() - 1), rtol=1e-6):
         raise ValueError("grid must be uniform (use torch.linspace)")
-    p = torch.as_tensor(p0, dtype=torch.float64).numpy().copy()
+    p = _float64("p0", p0).cpu().numpy().copy()
     if p.shape != tuple(grid.shape):
         raise ValueError(f"p0 must have the shape of grid {tuple(grid.shape)}; got {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("p0 must be finite (a density on the grid); it holds NaN or inf")
     t0 = float(check_time(t_start, name="t_start"))
     t1 = float(check_time(t_end, name="t_end"))
     if t1 <= t0:
@@ -710,12 +757,18 @@ def fokker_planck_residual(log_prob_fn, sde: VPSDE, x: torch.Tensor, t: float, *
     returns ``(lhs, rhs)`` with ``lhs`` :math:`=\partial_t p` (central difference in ``t``) and ``rhs``
     :math:`=-\nabla\cdot(f_t p) + \tfrac12 g_t^2\,\Delta p` (autograd in float64), each ``(B,)``.
     """
+    sde = validation.sde("sde", sde)
+    _callable("log_prob_fn", log_prob_fn, "log_prob_fn(x, t) -> (B,)")
+    x = validation.tensor("x", x, ndim=tuple(range(2, 9)))
+    dt = validation.number("dt", dt, low=0, strict_low=True)
     t = float(check_time(t))
     if not dt < t < 1 - dt:
         raise ValueError(f"t must lie in (dt, 1 - dt) for the central difference; got t={t}, dt={dt}")
     x = x.detach().double()
     with torch.no_grad():
-        lhs = (log_prob_fn(x, t + dt).exp() - log_prob_fn(x, t - dt).exp()) / (2 * dt)
+        lp_plus = _returned("log_prob_fn", log_prob_fn(x, t + dt), x.shape[0], (x.shape[0],))
+        lp_minus = _returned("log_prob_fn", log_prob_fn(x, t - dt), x.shape[0], (x.shape[0],))
+        lhs = (lp_plus.exp() - lp_minus.exp()) / (2 * dt)
     p_fn = lambda u: log_prob_fn(u, t).exp()  # noqa: E731
     flux_div = divergence_exact(lambda u: sde.drift(u, t) * p_fn(u)[:, None], x)
     grad_fn = lambda u: _grad(p_fn, u, create_graph=True)  # noqa: E731
@@ -751,15 +804,17 @@ def dsm_loss(score_fn, x0: torch.Tensor, sde: VPSDE, *, t=None, eps=None, t_min:
     if t is None:
         t = t_min + (1 - t_min) * torch.rand(B, generator=generator, dtype=torch.float64)
     t = check_time(t, batch=B)
+    _callable("score_fn", score_fn, "score_fn(x, t)")
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps = validation.tensor("eps", eps)
     if eps.shape != x0.shape:
         raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}; got {tuple(eps.shape)}")
     m, s = sde.marginal(t)
     if bool((s == 0).any()):
         raise ValueError("t = 0 has no noise (s(0) = 0): the DSM target -eps/s is undefined; use t >= t_min > 0")
     xt = expand_to(m, x0) * x0 + expand_to(s, x0) * eps
-    score = score_fn(xt, t.to(x0.dtype).to(x0.device))
+    score = _returned("score_fn", score_fn(xt, t.to(x0.dtype).to(x0.device)), B)
     if score.shape != x0.shape:
         raise ValueError(f"score_fn returned shape {tuple(score.shape)}, expected {tuple(x0.shape)} (same as x0)")
     resid = expand_to(s, x0) * score + eps  # s(t) * (score - (-eps / s(t)))
