@@ -404,8 +404,11 @@ def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
     Returns float64 ``(B,)``.
     """
     mean1, mean2 = _x("mean1", mean1, 2).double(), _x("mean2", mean2, 2).double()
-    if mean1.shape != mean2.shape:
-        raise ValueError(f"mean1 and mean2 must have one shape; got {tuple(mean1.shape)} and {tuple(mean2.shape)}")
+    try:
+        mean1, mean2 = torch.broadcast_tensors(mean1, mean2)
+    except RuntimeError:
+        raise ValueError(f"mean1 and mean2 must broadcast to one shape; got {tuple(mean1.shape)} and "
+                         f"{tuple(mean2.shape)}") from None
     var1, var2 = _var("var1", var1, mean1), _var("var2", var2, mean1)
     if (var1 <= 0).any() or (var2 <= 0).any():
         raise ValueError("both variances of a Gaussian KL must be > 0 (the posterior variance is 0 at t = 1: "
@@ -433,8 +436,12 @@ def gaussian_log_prob(x, mean, var) -> torch.Tensor:
     r""":math:`\log\mathcal N(x;\mu, v I)`, summed over all but the batch dimension (float64 ``(B,)``)."""
     x = _x("x", x, 2).double()
     mean = _x("mean", mean, 2).double()
-    if mean.shape != x.shape:
-        raise ValueError(f"mean must have the shape of x, {tuple(x.shape)}; got {tuple(mean.shape)}")
+    try:
+        ok = torch.broadcast_shapes(mean.shape, x.shape) == x.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mean must broadcast against x {tuple(x.shape)}; got {tuple(mean.shape)}")
     var = _var("var", var, x)
     lp = -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
     return lp.flatten(1).sum(1)
