@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import validation
-from .utils import device_of, expand_to, progress, start_noise
+from .utils import device_of, expand_to, progress, start_noise, table_on
 
 __all__ = [
     "xt",
@@ -464,16 +464,19 @@ def velocity_fn_from_eps_fn(eps_fn, sched):
     table = linear_times(sched, torch.arange(sched.T + 1))
 
     def velocity_fn(x, t):
-        t64 = t.detach().to(torch.float64).cpu().reshape(-1)
-        k = torch.searchsorted(table, t64).clamp(0, sched.T)
+        # the lookup runs on t's device; the value checks (a host read) only for CPU times, never on an accelerator
+        t64 = t.detach().to(torch.float64).reshape(-1)
+        tab = table_on(table, t64.device)
+        k = torch.searchsorted(tab, t64).clamp(0, sched.T)
         k_lo = (k - 1).clamp_min(0)
-        k = torch.where((table[k_lo] - t64).abs() < (table[k] - t64).abs(), k_lo, k)
-        if bool(((table[k] - t64).abs() > 1e-6).any()):
-            raise ValueError("velocity_fn_from_eps_fn: t is not one of the schedule's noise levels "
-                             "sigma/(alpha + sigma); sample on tinydiff.flow.linear_times(sched, timesteps)")
-        if bool((k == 0).any()):
-            raise ValueError("velocity_fn_from_eps_fn: t = 0 (clean data) has no noise to predict")
-        ab = sched.alpha_bar[k]
+        k = torch.where((tab[k_lo] - t64).abs() < (tab[k] - t64).abs(), k_lo, k)
+        if t64.device.type == "cpu":
+            if bool(((tab[k] - t64).abs() > 1e-6).any()):
+                raise ValueError("velocity_fn_from_eps_fn: t is not one of the schedule's noise levels "
+                                 "sigma/(alpha + sigma); sample on tinydiff.flow.linear_times(sched, timesteps)")
+            if bool((k == 0).any()):
+                raise ValueError("velocity_fn_from_eps_fn: t = 0 (clean data) has no noise to predict")
+        ab = table_on(sched.alpha_bar, k.device)[k]
         a, s = ab.sqrt(), (1 - ab).sqrt()
         x_vp = x * expand_to(a + s, x)
         eps = eps_fn(x_vp, k.to(x.device))
