@@ -123,7 +123,8 @@ def _device(device):
     if device is None:
         return None
     if isinstance(device, int) and not isinstance(device, bool):
-        raise ValueError(f"device must be a device name like 'cpu' or 'cuda' or a torch.device; got {validation.describe(device)}")
+        raise ValueError("device must be a device name like 'cpu' or 'cuda' or a torch.device; "
+                         f"got {validation.describe(device)}")
     try:
         return torch.device(device)
     except (TypeError, RuntimeError, ValueError):
