@@ -342,7 +342,8 @@ def loss(model, x0: torch.Tensor, sched, *, target: str = "eps", t=None, eps=Non
         raise ValueError(f"target must be one of {LOSS_TARGETS}; got {target!r}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
-    x0 = validation.tensor("x0", x0, ndim=tuple(range(2, 9)))  # a batch of at least one sample
+    # a batch of at least one sample; the name says what x0 is, since fit's `data` reaches here as x0
+    x0 = validation.tensor("x0 (a batch of clean data, (B, ...))", x0, ndim=tuple(range(2, 9)))
     sched = validation.schedule("sched", sched)
     B = x0.shape[0]
     if t is None:

@@ -68,10 +68,14 @@ class NoisePath:
         return validation.number(name, t, allow_inf=True)
 
     def alpha(self, t) -> torch.Tensor:
-        raise NotImplementedError
+        r""":math:`\alpha_t` (every path defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define alpha(t): NoisePath is the base class of the "
+                                  "paths (use DiscreteVP, ContinuousVP, VE or LinearPath, or subclass it)")
 
     def sigma(self, t) -> torch.Tensor:
-        raise NotImplementedError
+        r""":math:`\sigma_t` (every path defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define sigma(t): NoisePath is the base class of the "
+                                  "paths (use DiscreteVP, ContinuousVP, VE or LinearPath, or subclass it)")
 
     def d_alpha(self, t) -> torch.Tensor:
         r""":math:`\dot\alpha_t = d\alpha_t/dt` (continuous paths)."""
@@ -83,7 +87,8 @@ class NoisePath:
 
     def t_from_sigma_ve(self, sigma_ve) -> torch.Tensor:
         r"""The time at which :math:`\sigma_t/\alpha_t` equals ``sigma_ve`` (the inverse of :meth:`sigma_ve`)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define t_from_sigma_ve(sigma_ve), the inverse of "
+                                  "sigma_ve(t)")
 
     # derived quantities ---------------------------------------------------------------------------
     def sigma_ve(self, t) -> torch.Tensor:

@@ -260,7 +260,11 @@ def cfm_loss(model, x0: torch.Tensor, *, noise: torch.Tensor | None = None, t=No
         t = t.expand(B)
     if t.shape != (B,):
         raise ValueError(f"t must be a number or have shape ({B},); got {tuple(t.shape)}")
-    pred = _pred("model", model(xt(x0, noise, t), t, **(model_kwargs or {})), x0)
+    try:
+        out = model(xt(x0, noise, t), t, **(model_kwargs or {}))
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"the model refused x_t made from x0 ({validation.describe(x0)}): {exc}") from exc
+    pred = _pred("model", out, x0)
     per_sample = (pred - conditional_velocity(x0, noise)).pow(2).flatten(1).sum(1)
     return per_sample if reduction == "none" else per_sample.mean()
 

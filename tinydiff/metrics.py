@@ -290,6 +290,11 @@ def mixture_statistics(x: torch.Tensor, mixture, ref: torch.Tensor, *, bandwidth
       for exact samples (estimated once on a large oracle draw);
     - ``off_mode``: :func:`off_mode_fraction`.
     """
+    x, ref = _points("x", x, min_batch=2), _points("ref", ref, min_batch=2)
+    _mixture("mixture", mixture)
+    _same_dim(x, ref, ("x", "ref"))
+    if x.shape[1] != mixture.D:
+        raise ValueError(f"x must have the mixture's dimension {mixture.D}; got {validation.describe(x)}")
     s = mode_spread(x, mixture)
     s_data = _spread_expected(mixture)
     dev = (s.log() - s_data.log()).abs()
@@ -331,17 +336,32 @@ def _floor_statistics(mixture, n: int, repeats: int, seed: int, bandwidths) -> l
     return _FLOOR_CACHE[key]
 
 
+def _statistics(name, value, like=None) -> dict:
+    """A dict of named real statistics (with the keys of ``like`` when given)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{name} must be a dict of named statistics like {{'mmd': 0.01, ...}}; got "
+                        f"{validation.describe(value)}")
+    if like is not None and set(value) != set(like):
+        raise ValueError(f"{name} must have the statistics of stats, {sorted(like)}; got {sorted(value)}")
+    return {k: validation.number(f"{name}[{k!r}]", v, allow_inf=True) for k, v in value.items()}
+
+
 class MixtureCheck:
     """The verdict of :func:`mixture_check`: ``.stats`` (the samples' statistics), ``.floor_mean``, ``.floor_std``
     and ``.threshold`` (per statistic, from data-vs-data draws of the same size), ``.failed`` (the statistics above
     their threshold) and ``.passed``. ``str()`` gives a table; ``.ratio(name)`` is stat / threshold."""
 
     def __init__(self, stats, floor_mean, floor_std, threshold):
+        stats = _statistics("stats", stats)
+        floor_mean, floor_std = _statistics("floor_mean", floor_mean, stats), _statistics("floor_std", floor_std, stats)
+        threshold = _statistics("threshold", threshold, stats)
         self.stats, self.floor_mean, self.floor_std, self.threshold = stats, floor_mean, floor_std, threshold
         self.failed = [k for k in stats if not stats[k] <= threshold[k]]
         self.passed = not self.failed
 
     def ratio(self, name: str) -> float:
+        """``stats[name] / threshold[name]`` (above 1: the statistic failed)."""
+        validation.choice("name", name, tuple(self.stats))
         return self.stats[name] / self.threshold[name]
 
     def __str__(self) -> str:
@@ -364,10 +384,14 @@ def mixture_check(x: torch.Tensor, mixture, *, repeats: int = 20, z: float = 4.0
 
     At the book's sizes (n ≥ 1000 samples of an 8-mode ring) it rejects ε* scaled by 0.8 or 1.25, DDPM without
     its noise term and a ring without modes (``tests/test_metrics.py``)."""
-    x = x.detach().flatten(1).double().cpu()
+    x = _points("x", x).detach().cpu()
+    mixture = _mixture("mixture", mixture)
+    repeats = validation.integer("repeats", repeats, low=2)
+    z = validation.number("z", z, low=0)
+    seed = validation.integer("seed", seed, low=0)
     n = x.shape[0]
     if n < 50:
-        raise ValueError(f"mixture_check needs at least 50 samples to have a useful noise floor; got {n}")
+        raise ValueError(f"x must hold at least 50 samples (mixture_check needs them for a useful noise floor); got {n}")
     ref = mixture.sample(n, torch.Generator().manual_seed(seed + 100_003), dtype=torch.float64)
     stats = mixture_statistics(x, mixture, ref, bandwidths=bandwidths)
     floors = _floor_statistics(mixture, n, repeats, seed, bandwidths)

@@ -50,6 +50,8 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
         value = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be an int; got {describe(value)}") from None
+    _bound("integer", "low", low, int)
+    _bound("integer", "high", high, int)
     _range(name, value, low, high)
     return value
 
@@ -57,6 +59,8 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
 def number(name: str, value, *, low: float | None = None, high: float | None = None, strict_low: bool = False,
            allow_inf: bool = False) -> float:
     """``value`` as a finite Python float in ``[low, high]`` (``(low, high]`` with ``strict_low``)."""
+    _bound("number", "low", low, numbers.Real)
+    _bound("number", "high", high, numbers.Real)
     if isinstance(value, (bool, np.bool_)) or isinstance(value, complex):
         raise ValueError(f"{name} must be a real number; got {describe(value)}")
     if isinstance(value, torch.Tensor):
@@ -77,6 +81,8 @@ def number(name: str, value, *, low: float | None = None, high: float | None = N
 
 def choice(name: str, value, options) -> str:
     """``value`` if it is one of ``options`` (strings), else a ValueError listing them."""
+    if isinstance(options, (str, bytes)) or not hasattr(options, "__iter__") or not hasattr(options, "__contains__"):
+        raise TypeError(f"validation.choice: options must be a tuple of the allowed strings; got {describe(options)}")
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {describe(value)}")
     return value
@@ -87,6 +93,12 @@ def tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None, float
     """``value`` as a tensor: numpy arrays are converted; complex is refused; with ``floating`` an integer tensor is
     promoted to the default float dtype (never truncated) and bool is refused. ``ndim`` may be one int or a tuple of
     allowed ranks; ``batch`` fixes the first dimension; ``finite`` refuses NaN and inf."""
+    if ndim is not None and not (isinstance(ndim, int) and not isinstance(ndim, bool)) and not (
+            isinstance(ndim, tuple) and ndim and all(isinstance(a, int) and not isinstance(a, bool) for a in ndim)):
+        raise TypeError(f"validation.tensor: ndim must be None, an int or a tuple of ints; got {describe(ndim)}")
+    if isinstance(min_batch, bool) or not isinstance(min_batch, int) or min_batch < 0:
+        raise TypeError(f"validation.tensor: min_batch must be an int >= 0; got {describe(min_batch)}")
+    _bound("tensor", "batch", batch, int)
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
@@ -101,7 +113,7 @@ def tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None, float
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if value.ndim not in allowed:
-            want = " or ".join(str(a) for a in allowed)
+            want = _ranks(allowed)
             raise ValueError(f"{name} must have {want} dimensions; got {describe(value)}")
     if value.ndim and value.shape[0] < min_batch:
         raise ValueError(f"{name} must hold at least {min_batch} sample(s) along its first (batch) dimension; "
@@ -132,6 +144,8 @@ def output(fn_name: str, out, *, like: torch.Tensor, finite: bool = True) -> tor
     Samplers call this on the first evaluation only, so the check costs nothing per step. The finiteness test is
     the one device->host sync a sampler makes on a GPU; it is skipped on torch's ``meta`` device (which has no
     values), so a sampler run on ``meta`` proves the loop makes no other."""
+    if not isinstance(like, torch.Tensor):
+        raise TypeError(f"validation.output: like must be the tensor {fn_name} was called on; got {describe(like)}")
     if out is None:
         raise TypeError(f"{fn_name} returned None: did it forget to `return` its prediction?")
     if isinstance(out, np.ndarray):
@@ -159,6 +173,9 @@ def timesteps(name: str, value, T: int, *, low: int = 0, batch: int | None = Non
     """Integer timesteps in ``low..T``: a Python int or an integer tensor (0-d or 1-d), returned as a LongTensor
     (on the device it came from). With ``batch``, a scalar is expanded to ``(batch,)`` and a 1-d tensor must have
     that length. Floats and booleans are refused (``t = 0.5`` is no step of a discrete schedule)."""
+    _bound("timesteps", "T", T, int, required=True)
+    _bound("timesteps", "low", low, int, required=True)
+    _bound("timesteps", "batch", batch, int)
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
     if value is None or isinstance(value, (bool, np.bool_, float, complex)):
@@ -221,6 +238,24 @@ def callback(name: str, value):
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be a callable callback(i, t, x) or None; got {describe(value)}")
     return value
+
+
+def _bound(fn, name, value, kind, required=False):
+    """Check an argument of this module's own functions (a bound, a rank): a programming error in the caller."""
+    kind = numbers.Integral if kind is int else kind
+    if (value is None and not required) or (isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+                                            and (kind is numbers.Integral or not math.isnan(value))):
+        return
+    want = "an int" if kind is numbers.Integral else "a real number"
+    raise TypeError(f"validation.{fn}: {name} must be {want}{'' if required else ' or None'}; got {describe(value)}")
+
+
+def _ranks(allowed):
+    """``(2, 3, 4)`` -> ``'2 to 4'``, ``(2, 4)`` -> ``'2 or 4'``."""
+    a = sorted(set(allowed))
+    if len(a) > 2 and a == list(range(a[0], a[-1] + 1)):
+        return f"{a[0]} to {a[-1]}"
+    return " or ".join(str(n) for n in a)
 
 
 def _range(name, value, low, high):

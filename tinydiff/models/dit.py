@@ -59,6 +59,21 @@ def _autocast_on(device_type: str) -> bool:
         return False
 
 
+def _features(name: str, x, dim: int, ref: torch.Tensor, *, ndim=3, batch: int | None = None) -> torch.Tensor:
+    """Check the input of a layer (metadata only, no host sync): a floating tensor of rank ``ndim`` (None: any rank
+    >= 1) whose last dimension is ``dim``, in the dtype of the layer's parameter ``ref`` (any float under autocast),
+    with ``batch`` rows when given."""
+    x = V.tensor(name, x, floating=False, ndim=ndim)
+    if not x.is_floating_point() or (x.dtype != ref.dtype and not _autocast_on(x.device.type)):
+        raise ValueError(f"{name} must be a floating tensor of the layer's dtype {ref.dtype} (or run under autocast); "
+                         f"got {V.describe(x)}")
+    if x.ndim == 0 or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have {dim} features in its last dimension; got {V.describe(x)}")
+    if batch is not None and x.shape[0] != batch:
+        raise ValueError(f"{name} must have batch size {batch} (that of x); got {V.describe(x)}")
+    return x
+
+
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     r"""Cut images ``(B, C, H, W)`` into ``N = (H/p)(W/p)`` tokens of ``p*p*C`` numbers, ``(B, N, p*p*C)``.
 
@@ -172,9 +187,15 @@ class Attention(nn.Module):
         return z.reshape(B, L, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, L, d)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.proj.weight
+        x = _features("x", x, w.shape[0], w)
         if self.context_dim is None:
+            if context is not None:
+                raise ValueError("context: this Attention is self-attention (built without context_dim), so it takes "
+                                 f"no context; got {V.describe(context)}")
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         else:
+            context = _features("context", context, self.context_dim, w, batch=x.shape[0])
             q, (k, v) = self.q(x), self.kv(context).chunk(2, dim=-1)
         out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))  # (B, heads, N, d)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
@@ -189,6 +210,7 @@ class Mlp(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x):
+        x = _features("x", x, self.fc1.in_features, self.fc1.weight, ndim=None)
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
@@ -222,6 +244,10 @@ class LabelEmbedder(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ValueError(f"y must be an integer tensor of labels in 0..{self.num_classes}; got {V.describe(y)}")
+        # the values are checked on the CPU only (elsewhere the check would be a host sync on every forward)
+        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            raise ValueError(f"y must hold labels in 0..{self.num_classes} ({self.num_classes} is the null label); got "
+                             f"values from {int(y.min())} to {int(y.max())}")
         return self.table(y)
 
 
@@ -256,7 +282,17 @@ class DiTBlock(nn.Module):
             self.norm_x = nn.LayerNorm(dim, eps=1e-6)
             self.cross = Attention(dim, heads, context_dim=dim)
 
+    def _inputs(self, x, c):
+        w = self.attn.proj.weight
+        x = _features("x", x, w.shape[0], w)
+        if self.cond in ("adaln_zero", "adaln"):
+            c = _features("c", c, w.shape[0], w, ndim=2, batch=x.shape[0])
+        elif self.cond == "cross_attn":
+            c = _features("c", c, w.shape[0], w, batch=x.shape[0])
+        return x, c
+
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        x, c = self._inputs(x, c)
         if self.cond == "adaln_zero":
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
             x = x + gate_msa[:, None] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
@@ -285,7 +321,10 @@ class FinalLayer(nn.Module):
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        w = self.linear.weight
+        x = _features("x", x, w.shape[1], w)
         if self.adaptive:
+            c = _features("c", c, w.shape[1], w, ndim=2, batch=x.shape[0])
             shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
             return self.linear(modulate(self.norm(x), shift, scale))
         return self.linear(self.norm(x))
@@ -456,6 +495,13 @@ class DiT(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ cost
+def _dit(name, model):
+    if not isinstance(model, DiT):
+        raise TypeError(f"{name} must be a tinydiff.models.dit.DiT (the formulas read its sizes); got "
+                        f"{V.describe(model)}")
+    return model
+
+
 def param_count(model: DiT) -> int:
     r"""The number of parameters of a :class:`DiT`, by formula (``D`` hidden, ``r`` MLP ratio, ``n`` = 6 or 4
     modulation vectors, ``C p^2`` numbers per patch in and ``C_o p^2`` out):
@@ -463,6 +509,7 @@ def param_count(model: DiT) -> int:
     embeddings :math:`(Cp^2 + 1)D + (256 + 1)D + (D + 1)D + (K + 1)D`; per block attention :math:`4D^2 + 4D`,
     MLP :math:`2rD^2 + rD + D`, plus :math:`nD^2 + nD` (adaLN) or :math:`4D^2 + 4D + 6D` (cross-attention and its
     norm; plain LayerNorms have :math:`2D` each); final layer :math:`(D + 1)C_op^2` plus :math:`2D^2 + 2D` (adaptive)."""
+    _dit("model", model)
     D, r, p = model.hidden_size, model.mlp_ratio, model.patch_size
     hid = int(D * r)
     n = model.in_channels * p * p * D + D + 256 * D + D + D * D + D
@@ -489,6 +536,7 @@ def flops(model: DiT) -> int:
     With ``N`` tokens (``N + 2`` in context), per block: projections :math:`12 N D^2` (q, k, v, output and an MLP of
     ratio 4), attention :math:`2N^2D` (:math:`QK^\top` and the average of ``V``), the modulation :math:`nD^2`,
     and for cross-attention :math:`2ND^2 + 2\cdot 2D^2 + 2\cdot 2ND` over the two conditioning tokens."""
+    _dit("model", model)
     D, p, N = model.hidden_size, model.patch_size, model.num_tokens
     hid = int(D * model.mlp_ratio)
     macs = N * model.in_channels * p * p * D + 256 * D + D * D  # patch embedding, timestep MLP

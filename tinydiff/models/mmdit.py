@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import validation as V
-from .dit import Mlp, TimestepEmbedder, _mlp_hidden, modulate, patchify, pos_embed_2d, unpatchify
+from .dit import Mlp, TimestepEmbedder, _autocast_on, _features, _mlp_hidden, modulate, patchify, pos_embed_2d, unpatchify
 from .text import TextEncoder
 
 __all__ = ["rms_norm", "RMSNorm", "JointAttention", "JointBlock", "MMDiT", "eps_fn", "joint_block_to_diffusers"]
@@ -43,6 +43,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     return out if weight is None else out * weight
 
 
+def _streams(x, c, c_mask, w):
+    """Check the two token streams of a joint block: ``x`` ``(B, N, D)``, ``c`` ``(B, M, D)`` and ``c_mask`` ``(B, M)``
+    (None, or bool/0-1 values)."""
+    x = _features("x", x, w.shape[0], w)
+    c = _features("c", c, w.shape[0], w, batch=x.shape[0])
+    if c_mask is not None:
+        c_mask = V.tensor("c_mask", c_mask, ndim=2, floating=False)
+        if c_mask.is_floating_point() or tuple(c_mask.shape) != tuple(c.shape[:2]):
+            raise ValueError(f"c_mask must be a bool (or integer 0/1) mask of shape {tuple(c.shape[:2])}, one per text "
+                             f"token of c; got {V.describe(c_mask)}")
+    return x, c, c_mask
+
+
 class RMSNorm(nn.Module):
     """:func:`rms_norm` with a learned per-feature weight ``w`` (initialised to 1)."""
 
@@ -52,6 +65,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        x = _features("x", x, self.weight.shape[0], self.weight, ndim=None)
         return rms_norm(x, self.weight, self.eps)
 
 
@@ -81,6 +95,7 @@ class JointAttention(nn.Module):
         return z.reshape(B, L, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, L, d)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, c_mask: torch.Tensor | None = None):
+        x, c, c_mask = _streams(x, c, c_mask, self.proj_x.weight)
         N = x.shape[1]
         qx, kx, vx = (self._heads(z) for z in self.qkv_x(x).chunk(3, dim=-1))
         qc, kc, vc = (self._heads(z) for z in self.qkv_c(c).chunk(3, dim=-1))
@@ -122,6 +137,9 @@ class JointBlock(nn.Module):
             self.mlp_c = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, vec: torch.Tensor, c_mask: torch.Tensor | None = None):
+        w = self.attn.proj_x.weight
+        x, c, c_mask = _streams(x, c, c_mask, w)
+        vec = _features("vec", vec, w.shape[0], w, ndim=2, batch=x.shape[0])
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_x(vec).chunk(6, dim=1)
         if self.context_pre_only:
             c_shift_msa, c_scale_msa = self.adaLN_c(vec).chunk(2, dim=1)
@@ -193,10 +211,24 @@ class MMDiT(nn.Module):
 
     def pooled(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         r"""Mean of the text tokens ``(B, M, d)`` over the real words (``mask`` True) -> ``(B, d)``."""
+        tokens = V.tensor("tokens", tokens, ndim=3)
+        mask = V.tensor("mask", mask, ndim=2, floating=False)
+        if mask.is_floating_point() or tuple(mask.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(f"mask must be a bool (or integer 0/1) mask of shape {tuple(tokens.shape[:2])}, one per "
+                             f"token; got {V.describe(mask)}")
         w = mask.to(tokens.dtype)[..., None]
         return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
 
     def forward(self, x: torch.Tensor, t, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = self.x_embedder.weight
+        x = V.tensor("x", x, floating=False)
+        if not x.is_floating_point() or (x.dtype != w.dtype and not _autocast_on(x.device.type)):
+            raise ValueError(f"x must be a floating tensor of the model's dtype {w.dtype} (or run under autocast); "
+                             f"got {V.describe(x)}")
+        ids = V.tensor("ids", ids, ndim=2, floating=False)
+        mask = V.tensor("mask", mask, ndim=2, floating=False)
+        if t is None or isinstance(t, (str, bytes)):
+            raise TypeError(f"t must be timesteps, a number or a tensor (B,); got {V.describe(t)}")
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"x must have shape (B, {self.in_channels}, {self.input_size}, {self.input_size}); "
                              f"got {tuple(x.shape)}")
