@@ -867,9 +867,11 @@ td.exercises.check(my_posterior_mean, lambda *a: td.ddpm.q_posterior(*a)[0], pos
 # %% [markdown]
 # **Exercise 3: one step of Algorithm 2.** Given $x_t$, the predicted noise, $t$ and a noise draw $z$,
 # return $x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\hat\varepsilon\big) + \sigma_t z$
-# with $\sigma_t^2 = \tilde\beta_t$ (`sched.posterior_variance`), and no noise at $t=1$.
-# Hints: $\sigma_t$ is a standard deviation (a square root of the variance); the $\sqrt{\cdot}$ under $\beta_t$
-# is on $1-\bar\alpha_t$, while the prefactor uses the single-step $\alpha_t$.
+# with $\sigma_t^2 = \tilde\beta_t$ (`sched.posterior_variance`). Since $\tilde\beta_1 = 0$, the step at $t = 1$ adds
+# no noise by itself (so the checker cannot tell whether you also switch the noise off there; with
+# $\sigma_t^2 = \beta_t$ you would have to). Hints: $\sigma_t$ is a standard deviation (a square root of the variance);
+# the $\sqrt{\cdot}$ under $\beta_t$ is on $1-\bar\alpha_t$, while the prefactor $1/\sqrt{\alpha_t}$ uses the single-step
+# $\alpha_t$, not $\bar\alpha_t$.
 
 # %%
 def my_reverse_step(xt, eps, t, z, sched):
@@ -886,14 +888,27 @@ def step_cases(i):
     return xs[0], xs[1], t, xs[2], lin
 
 
+def _mean_plus(xt, e, t, z, s, sd, mean_scale=None):
+    """Algorithm 2's mean (td.ddpm.p_mean), optionally rescaled, plus sd[t] z: the pieces a student's wrong answer
+    is made of (this exercise's own helper: each exercise cell runs on its own)."""
+    ex = td.utils.expand_to
+    mean = td.ddpm.p_mean(xt, e, t, s)
+    return (mean if mean_scale is None else ex(mean_scale[t], xt) * mean) + ex(sd[t], xt) * z
+
+
 step_mistakes = {
     "sigma_t is the square root of the variance: multiply z by sqrt(posterior_variance[t])":
-        lambda xt, e, t, z, s: td.ddpm.p_mean(xt, e, t, s) + td.utils.expand_to(s.posterior_variance[t], xt) * z,
+        lambda xt, e, t, z, s: _mean_plus(xt, e, t, z, s, s.posterior_variance),
     "Algorithm 2 samples: add sigma_t z to the mean (for t > 1)":
-        lambda xt, e, t, z, s: td.ddpm.p_mean(xt, e, t, s),
-    "the mean divides by sqrt(alpha_t) (one step), not sqrt(alpha_bar_t)":
-        lambda xt, e, t, z, s: td.ddpm.step(xt, e, t, s, noise=z) * td.utils.expand_to((s.alpha[t] / s.alpha_bar[t]).sqrt(),
-                                                                                      xt),
+        lambda xt, e, t, z, s: _mean_plus(xt, e, t, z, s, torch.zeros_like(s.beta)),
+    "this exercise asks for sigma_t^2 = tilde beta_t (sched.posterior_variance), not beta_t":
+        lambda xt, e, t, z, s: _mean_plus(xt, e, t, z, s, s.beta.sqrt()),
+    "the prefactor is 1/sqrt(alpha_t) (the single step), not 1/sqrt(alpha_bar_t)":
+        lambda xt, e, t, z, s: _mean_plus(xt, e, t, z, s, s.posterior_variance.sqrt(),
+                                          mean_scale=(s.alpha / s.alpha_bar).sqrt()),
+    "the noise coefficient is beta_t / sqrt(1 - alpha_bar_t): the square root is missing":
+        lambda xt, e, t, z, s: _mean_plus(xt, e / td.utils.expand_to((1 - s.alpha_bar[t]).sqrt(), xt), t, z, s,
+                                          s.posterior_variance.sqrt()),
 }
 
 # %%

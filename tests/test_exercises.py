@@ -253,3 +253,32 @@ def test_notebook_08_scale_factor_accepts_the_population_std():
                                                          if _target(c[0][0]) == "my_scale_factor")
     alt = _solutions(nb)["my_scale_factor_population_std"]
     assert _run(alt, reference_fn, cases, **kwargs)[0] is True
+
+
+def test_notebook_02_reverse_step_hints_fire_for_the_mistakes_a_student_writes():
+    """02 Ex 3: each advertised hint fires for the wrong answer written out as a student would (the review found the
+    prefactor hint matched only a rescaled *whole* step, which no student writes). No hint for "no noise at t = 1":
+    tilde beta_1 = 0, so that cannot be tested, and the notebook does not promise it."""
+    nb = ROOT / "notebooks" / "02_ddpm.py"
+    (student_fn, reference_fn, cases, kwargs), _ = next(c for c in _exercise_namespace(nb)
+                                                         if _target(c[0][0]) == "my_reverse_step")
+
+    def by_hand(prefactor, eps_coef, sd):
+        def answer(xt, eps, t, z, sched):
+            col = (lambda v: v[t].to(xt.dtype).reshape(-1, 1))
+            return col(prefactor(sched)) * (xt - col(eps_coef(sched)) * eps) + col(sd(sched)) * z
+        return answer
+
+    pre, coef, sd = (lambda s: 1 / s.alpha.sqrt()), (lambda s: s.beta / (1 - s.alpha_bar).sqrt()), \
+        (lambda s: s.posterior_variance.sqrt())
+    assert _run(by_hand(pre, coef, sd), reference_fn, cases, **kwargs)[0] is True
+    natural = {
+        "sigma_t is the square root of the variance": by_hand(pre, coef, lambda s: s.posterior_variance),
+        "not beta_t": by_hand(pre, coef, lambda s: s.beta.sqrt()),
+        "the prefactor is 1/sqrt(alpha_t)": by_hand(lambda s: 1 / s.alpha_bar.sqrt(), coef, sd),
+        "the square root is missing": by_hand(pre, lambda s: s.beta / (1 - s.alpha_bar), sd),
+        "add sigma_t z to the mean": by_hand(pre, coef, lambda s: 0 * s.beta),
+    }
+    for hint, answer in natural.items():
+        verdict, out = _run(answer, reference_fn, cases, **kwargs)
+        assert verdict is False and "hint: " in out and hint in out.split("hint: ")[1], (hint, out)
