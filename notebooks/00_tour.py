@@ -60,6 +60,13 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tinydiff") is Non
 #
 # `td.profiles.choose` returns the settings of the active profile; `td.device()` is the one place that
 # decides where tensors live (CUDA, Apple MPS or CPU). No notebook has its own `if` on either.
+#
+# **Shipped weights.** Every `td.train.fit` call in the book has a name (`shipped="00_tour_mlp"`). On a CPU the
+# book loads the weights it recorded for that exact run (same model, data, settings and steps, checked by
+# SHA-256) in a second instead of training for minutes; the losses, the weights and even the random state after
+# training are the recorded ones, so every later cell computes what it would after training. To **train
+# yourself**, run `td.weights.use("train")` (or set `TINYDIFF_WEIGHTS=train`) before the training cells; on a GPU,
+# and in any profile other than `standard`, the book always trains. `td.weights.mode()` says which is active.
 
 # %%
 import matplotlib.pyplot as plt
@@ -73,7 +80,8 @@ cfg = td.profiles.choose(
     full=dict(train_steps=20000, n_samples=20000),
 )
 dev = td.device()
-print(f"profile: {cfg.profile}, device: {dev}, settings: train_steps={cfg.train_steps}, n_samples={cfg.n_samples}")
+print(f"profile: {cfg.profile}, device: {dev}, weights: {td.weights.mode()}, "
+      f"settings: train_steps={cfg.train_steps}, n_samples={cfg.n_samples}")
 
 # %% [markdown]
 # ## 2. Notation: one table for the text and the code
@@ -251,7 +259,7 @@ result = td.train.fit(
     model,
     lambda net, x0: td.ddpm.loss(net, x0, sched),  # Algorithm 1: predict the noise
     lambda n, gen: mixture.sample(n, gen),  # fresh data every step
-    steps=cfg.train_steps, batch_size=256, lr=2e-3, ema_decay=0.995, desc="training the MLP",
+    steps=cfg.train_steps, batch_size=256, lr=2e-3, ema_decay=0.995, desc="training the MLP", shipped="00_tour_mlp",
 )
 plt.figure(figsize=(5, 2.5))
 plt.plot(result.losses, lw=0.5)

@@ -390,7 +390,7 @@ td.check("ELBO by hand (reconstruction - KL) = VAE.elbo", elbo_by_hand, elbo_td,
 
 # %%
 result = td.train.fit(vae, lambda model, batch: model.loss(batch), x_train, steps=cfg.vae_steps, batch_size=128,
-                      lr=1e-3, ema_decay=None, desc="VAE on digits")
+                      lr=1e-3, ema_decay=None, desc="VAE on digits", shipped="01_vae_on_digits")
 losses = torch.tensor(result.losses)
 with torch.no_grad():
     elbo_train = vae.elbo(x_train.to(dev), n_samples=8, generator=g).mean().item()

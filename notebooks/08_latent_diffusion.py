@@ -149,10 +149,10 @@ except ValueError as err:
 # %%
 ae = td.models.KLAutoencoder(3, latent_channels=4, f=4, base_channels=cfg.ae_ch, kl_weight=1e-4)
 ae_run = td.train.fit(ae, lambda m, x: m.loss(x), train.images, steps=cfg.ae_steps, batch_size=32, lr=2e-3,
-                      ema_decay=None, desc="KL autoencoder")
+                      ema_decay=None, desc="KL autoencoder", shipped="08_kl_autoencoder")
 vq = td.models.VQAutoencoder(3, latent_channels=4, f=4, base_channels=cfg.ae_ch, num_codes=64)
 vq_run = td.train.fit(vq, lambda m, x: m.loss(x), train.images, steps=cfg.vq_steps, batch_size=32, lr=2e-3,
-                      ema_decay=None, desc="VQ autoencoder")
+                      ema_decay=None, desc="VQ autoencoder", shipped="08_vq_autoencoder")
 
 # %%
 test = td.data.shapes.make_shapes(256, cfg.size, seed=1)
@@ -188,7 +188,7 @@ td.check("D(E(x)) has the image's shape", torch.tensor(rec_kl.shape), torch.tens
 # %%
 clf = td.data.shapes.attribute_classifier(cfg.clf_ch)
 td.train.fit(clf, td.data.shapes.classifier_loss, (train.images, train.labels), steps=cfg.clf_steps, batch_size=64,
-             lr=3e-3, ema_decay=None, desc="attribute classifier")
+             lr=3e-3, ema_decay=None, desc="attribute classifier", shipped="08_attribute_classifier")
 seen = td.data.shapes.make_shapes(cfg.n_eval, cfg.size, seed=2, exclude=HELD_OUT)
 held = td.data.shapes.make_shapes(cfg.n_eval, cfg.size, seed=3, only=HELD_OUT)
 for name, x, labels in [("real images, seen combinations", seen.images, seen.labels),
@@ -513,7 +513,7 @@ td.exercises.check(
 ids_train, mask_train = tok.encode(train.captions)
 ldm_run = td.train.fit(model, lambda m, batch: td.latent.loss(m, batch, sched, p_uncond=0.15, null=null),
                        (z_train, ids_train, mask_train), steps=cfg.ldm_steps, batch_size=cfg.batch, lr=2e-3,
-                       warmup=50, ema_decay=0.995, desc="conditional LDM")
+                       warmup=50, ema_decay=0.995, desc="conditional LDM", shipped="08_conditional_ldm")
 ldm = ldm_run.sampler_model
 fig, ax = plt.subplots(figsize=(6, 2.6))
 ax.plot(torch.tensor(ldm_run.losses).view(-1, max(1, len(ldm_run.losses) // 50)).mean(1))
@@ -607,7 +607,7 @@ m_sd = td.latent.caption_unet(tok.vocab_size, 4, base_channels=cfg.ldm_ch, attn_
                               heads=4).to(dev)
 run_sd = td.train.fit(m_sd, lambda m, batch: td.latent.loss(m, batch, sched, p_uncond=0.15, null=null),
                       (z_train * 5.5, ids_train, mask_train), steps=cfg.ldm_steps, batch_size=cfg.batch, lr=2e-3,
-                      warmup=50, ema_decay=0.995, desc="LDM on Var = 30 latents")
+                      warmup=50, ema_decay=0.995, desc="LDM on Var = 30 latents", shipped="08_ldm_on_var_30_latents")
 x_sd = sample_captions(run_sd.sampler_model, seen.captions, 3.0, s * 5.5)
 acc_sd = td.data.shapes.attribute_accuracy(td.data.shapes.predict_attributes(clf, x_sd), seen.labels)
 for name, x, acc in [("unit variance (scale factor s)", samples["seen", 3.0], accuracy["seen", 3.0]),

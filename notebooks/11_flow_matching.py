@@ -383,7 +383,7 @@ td.check("... and for an untrained eps-network (the bridge is an identity of sam
 data_ring = ring.sample(50_000, torch.Generator().manual_seed(7))
 net1 = td.models.MLPDenoiser(dim=2, hidden=cfg.hidden, depth=3, time_scale=1000.0)
 fit1 = td.train.fit(net1, td.flow.cfm_loss, data_ring, steps=cfg.steps, batch_size=cfg.batch, lr=2e-3, seed=0,
-                    desc="1-rectified flow (CFM)")
+                    desc="1-rectified flow (CFM)", shipped="11_1_rectified_flow_cfm")
 rf1 = fit1.sampler_model
 with torch.no_grad():
     xe = ring.sample(4000, torch.Generator().manual_seed(8), dtype=torch.float32).to(dev)
@@ -417,7 +417,7 @@ pairs = td.flow.ode_pairs(rf1, cfg.n_pairs, (2,), cfg.pair_steps, generator=torc
 net2 = td.models.MLPDenoiser(dim=2, hidden=cfg.hidden, depth=3, time_scale=1000.0)
 net2.load_state_dict(rf1.state_dict())
 fit2 = td.train.fit(net2, td.flow.reflow_loss, pairs, steps=cfg.reflow_steps, batch_size=cfg.batch, lr=1e-3, seed=1,
-                    desc="2-rectified flow (reflow)")
+                    desc="2-rectified flow (reflow)", shipped="11_2_rectified_flow_reflow")
 rf2 = fit2.sampler_model
 S, trajs = {}, {}
 grid64 = td.flow.time_grid(64)
@@ -544,7 +544,8 @@ td.check("shifted training grid = diffusers' FlowMatchEulerDiscreteScheduler(shi
 # %%
 net_ln = td.models.MLPDenoiser(dim=2, hidden=cfg.hidden, depth=3, time_scale=1000.0)
 fit_ln = td.train.fit(net_ln, lambda m, b: td.flow.cfm_loss(m, b, time_sampling="logit_normal"), data_ring,
-                      steps=cfg.steps, batch_size=cfg.batch, lr=2e-3, seed=0, desc="1-RF, logit-normal times")
+                      steps=cfg.steps, batch_size=cfg.batch, lr=2e-3, seed=0, desc="1-RF, logit-normal times",
+                      shipped="11_1_rf_logit_normal_times")
 for name, fn in (("uniform t", rf1), ("logit-normal t", fit_ln.sampler_model)):
     row = []
     for n_s in (4, 16, 64):
@@ -568,14 +569,14 @@ train_d, held_out = flat[perm[:898]], flat[perm[898:1796]]
 fd_floor = td.metrics.frechet_distance(train_d, held_out)
 dnet1 = td.models.MLPDenoiser(dim=64, hidden=cfg.dig_hidden, depth=3, time_scale=1000.0)
 dfit1 = td.train.fit(dnet1, td.flow.cfm_loss, train_d, steps=cfg.dig_steps, batch_size=128, lr=cfg.dig_lr, seed=0,
-                     desc="digits, 1-RF")
+                     desc="digits, 1-RF", shipped="11_digits_1_rf")
 dpairs = td.flow.ode_pairs(dfit1.sampler_model, cfg.dig_pairs, (64,), cfg.pair_steps,
                            generator=torch.Generator().manual_seed(17))
 dnet2 = td.models.MLPDenoiser(dim=64, hidden=cfg.dig_hidden, depth=3, time_scale=1000.0)
 dnet2.load_state_dict(dfit1.sampler_model.state_dict())
 dfit2 = td.train.fit(dnet2, td.flow.reflow_loss, dpairs, steps=cfg.dig_reflow_steps, batch_size=128, lr=cfg.dig_lr / 2,
                      seed=1,
-                     desc="digits, reflow")
+                     desc="digits, reflow", shipped="11_digits_reflow")
 fd, dig_samples = {}, {}
 for name, fn in (("1-RF", dfit1.sampler_model), ("2-RF", dfit2.sampler_model)):
     for n_s in (1, 2, 4, 8, 32):

@@ -1,7 +1,8 @@
-"""Shipped checkpoints: each file has its recorded SHA-256, a changed file is refused with the command that remakes it,
-and the shipped model is a trained one (its samples are far closer to the data than an untrained network's)."""
+"""Shipped weights (tinydiff.weights + train.fit(shipped=...)): every shipped file has its recorded hash and is small;
+a matching run loads instead of training and returns the recorded result (weights, losses, random state); a run that
+differs in anything recorded trains; a changed file is refused with the command that makes it again."""
 
-import shutil
+import json
 
 import pytest
 import torch
@@ -10,48 +11,163 @@ import tinydiff as td
 from tinydiff import weights as W
 
 
-@pytest.mark.parametrize("name", sorted(W.MANIFEST))
+@pytest.mark.parametrize("name", sorted(W.manifest()))
 def test_every_shipped_file_has_its_recorded_hash_and_loads(name):
-    assert W.sha256(W.verify(name)) == W.MANIFEST[name].sha256
-    model = W.load(name)
-    assert not model.training and all(p.device.type == "cpu" for p in model.parameters())
-    assert W.path(name).stat().st_size < 5e6, "keep each shipped file small"
+    entry = W.manifest()[name]
+    assert W.sha256(W.verify(name)) == entry["sha256"]
+    state = W.restore(name)
+    weights = state["ema"] if state["model"] is None else state["model"]
+    assert (state["ema"] is None) == (entry["key"]["settings"]["ema_decay"] is None)
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    assert len(state["losses"]) == entry["key"]["steps"]
+    assert torch.isfinite(state["losses"]).all()
+    assert entry["command"] == f"TINYDIFF_WEIGHTS=record python3 tasks.py execute {name[:2]}"
 
 
+def test_the_shipped_files_stay_small_and_every_file_is_listed():
+    assert W.total_bytes() < 15e6, f"{W.total_bytes() / 1e6:.1f} MB shipped; keep it under 15 MB"
+    on_disk = {p.stem for p in W.FOLDER.glob("*.pt")}
+    assert on_disk == set(W.manifest()), "files without a manifest entry, or entries without a file"
+
+
+def test_every_shipped_name_is_used_by_its_notebook():
+    """A manifest entry nobody loads is dead weight: each name (or its f-string stem) appears in its lesson's notebook."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    for name in W.manifest():
+        source = next(root.glob(f"{name[:2]}_*.py")).read_text()
+        stems = [name[:i] for i in range(len(name), 3, -1)]
+        assert any(f'shipped="{name}"' in source or f'shipped=f"{s}' in source for s in stems), name
+
+
+# ------------------------------------------------------------------------------------------- the mechanism
 @pytest.fixture
-def copy_of_the_folder(tmp_path, monkeypatch):
-    folder = tmp_path / "checkpoints"
-    shutil.copytree(W.FOLDER, folder)
-    monkeypatch.setattr(W, "FOLDER", folder)
-    return folder
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(W, "FOLDER", tmp_path / "checkpoints")
+    monkeypatch.delenv("TINYDIFF_WEIGHTS", raising=False)
+    yield tmp_path / "checkpoints"
+    W.use(None)
 
 
-def test_a_changed_file_is_refused_with_the_command_that_remakes_it(copy_of_the_folder):
-    file = copy_of_the_folder / W.MANIFEST["00_tour_mlp"].file
+def _run(net=None, *, steps=30, lr=1e-2, data=None, counter=None, **kw):
+    torch.manual_seed(0)
+    net = net or td.models.MLPDenoiser(dim=2, hidden=16, depth=2)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(3)) if data is None else data
+    sched = td.NoiseSchedule.linear(T=50)
+
+    def loss(m, x):
+        if counter is not None:
+            counter.append(1)
+        return td.ddpm.loss(m, x, sched)
+
+    kw = {"ema_decay": 0.9, **kw}
+    return td.train.fit(net, loss, data, steps=steps, batch_size=16, lr=lr, progress_bar=False, shipped="99_test_mlp",
+                        **kw)
+
+
+def test_record_then_auto_loads_the_recorded_run_without_training(folder):
+    W.use("record")
+    trained = _run()
+    after_training = torch.randn(3)  # the random state training left behind
+    entry = W.manifest()["99_test_mlp"]
+    assert (folder / "99_test_mlp.pt").exists() and entry["bytes"] < 40_000
+    W.use("auto")
+    calls = []
+    loaded = _run(counter=calls)
+    assert calls == [] and loaded.shipped is not None, "a matching run on the CPU must load, not train"
+    assert loaded.losses == trained.losses and loaded.steps == 30
+    assert torch.equal(torch.randn(3), after_training), "the cells after fit must draw the same numbers"
+    for (k, u), v in zip(trained.ema.state_dict().items(), loaded.ema.state_dict().values()):
+        assert v.dtype == u.dtype and torch.allclose(u, v, rtol=1e-3, atol=1e-4), k  # float16 storage
+        assert (u - v).abs().max() <= entry["fp16_max_abs_error"] + 1e-12
+        assert torch.equal(v, u.half().float()), k
+    first = next(iter(trained.model.state_dict()))
+    assert not torch.equal(trained.ema.state_dict()[first], trained.model.state_dict()[first])
+    # with an EMA only the EMA weights are shipped; the loaded raw model holds them too
+    assert torch.equal(loaded.model.state_dict()[first], loaded.ema.state_dict()[first])
+
+
+def test_without_an_ema_the_raw_weights_are_shipped(folder):
+    W.use("record")
+    trained = _run(ema_decay=None)
+    W.use("auto")
+    loaded = _run(ema_decay=None)
+    assert loaded.shipped and loaded.ema is None
+    for u, v in zip(trained.model.state_dict().values(), loaded.model.state_dict().values()):
+        assert torch.equal(v, u.half().float())
+
+
+@pytest.mark.parametrize("change", ["steps", "lr", "data", "model"])
+def test_a_run_that_differs_from_the_recorded_one_trains(folder, change):
+    W.use("record")
+    _run()
+    W.use("auto")
+    calls = []
+    kwargs = {"steps": {"steps": 31}, "lr": {"lr": 2e-2}, "data": {"data": torch.randn(64, 2)},
+              "model": {"net": td.models.MLPDenoiser(dim=2, hidden=17, depth=2)}}[change]
+    result = _run(counter=calls, **kwargs)
+    assert calls and result.shipped is None
+    W.use("shipped")
+    kwargs = {**kwargs, "net": td.models.MLPDenoiser(dim=2, hidden=17, depth=2)} if change == "model" else kwargs
+    with pytest.raises(td.train.CheckpointMismatch, match="recorded with another"):
+        _run(**kwargs)
+
+
+def test_train_mode_always_trains_and_shipped_mode_needs_a_file(folder):
+    W.use("train")
+    calls = []
+    assert _run(counter=calls).shipped is None and calls
+    W.use("shipped")
+    with pytest.raises(td.train.CheckpointMismatch, match="no shipped weights are called '99_test_mlp'"):
+        _run()
+
+
+def test_a_changed_file_is_refused_and_auto_falls_back_to_training(folder):
+    W.use("record")
+    _run()
+    file = folder / "99_test_mlp.pt"
     data = bytearray(file.read_bytes())
-    data[len(data) // 2] ^= 1  # one bit
+    data[len(data) // 2] ^= 1
     file.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"does not match its recorded SHA-256.*python3 -m tinydiff\.weights make 00_tour_mlp"):
-        W.load("00_tour_mlp")
-
-
-def test_a_git_lfs_pointer_and_a_missing_file_say_what_to_do(copy_of_the_folder):
-    file = copy_of_the_folder / W.MANIFEST["00_tour_mlp"].file
+    W.use("shipped")
+    with pytest.raises(td.train.CheckpointError, match=r"does not match its recorded SHA-256.*TINYDIFF_WEIGHTS=record "
+                                                       r"python3 tasks.py execute 99"):
+        _run()
+    W.use("auto")
+    with pytest.warns(UserWarning, match="Training instead"):
+        assert _run().shipped is None
     file.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
-    with pytest.raises(ValueError, match="Git LFS pointer"):
-        W.load("00_tour_mlp")
+    with pytest.raises(td.train.CheckpointError, match="Git LFS pointer"):
+        W.verify("99_test_mlp")
     file.unlink()
-    with pytest.raises(FileNotFoundError, match="make 00_tour_mlp"):
-        W.load("00_tour_mlp")
-    with pytest.raises(ValueError, match="name must be a shipped checkpoint, one of 00_tour_mlp; got str 'nope'"):
-        W.load("nope")
+    with pytest.raises(td.train.CheckpointNotFound, match="missing"):
+        W.verify("99_test_mlp")
 
 
-def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="name must be a shipped checkpoint"):
-        W.path(None)
-    with pytest.raises(ValueError, match="device must be a torch.device"):
-        W.load("00_tour_mlp", device=3.5)
+def test_a_foreign_file_with_a_matching_hash_is_refused(folder):
+    W.use("record")
+    _run()
+    file = folder / "99_test_mlp.pt"
+    torch.save({"something": torch.zeros(2)}, file)
+    entries = json.loads((folder / "MANIFEST.json").read_text())
+    entries["entries"]["99_test_mlp"]["sha256"] = W.sha256(file)
+    (folder / "MANIFEST.json").write_text(json.dumps(entries))
+    with pytest.raises(td.train.CheckpointError, match="not a shipped-weights file"):
+        W.restore("99_test_mlp")
+
+
+def test_bad_arguments_are_named(folder, monkeypatch):
+    with pytest.raises(ValueError, match="shipped must be a name like '02_ddpm_mlp'.*got str 'Bad Name'"):
+        td.train.fit(td.models.MLPDenoiser(dim=2, hidden=8, depth=1), lambda m, x: m(x, torch.zeros(len(x))).mean(),
+                     torch.zeros(8, 2), steps=1, shipped="Bad Name")
+    with pytest.raises(ValueError, match="shipped and ckpt cannot be used together"):
+        _run(ckpt=str(folder.parent / "c.pt"))
+    with pytest.raises(ValueError, match="mode must be one of auto, shipped, train, record; got str 'yes'"):
+        W.use("yes")
+    monkeypatch.setenv("TINYDIFF_WEIGHTS", "sometimes")
+    with pytest.raises(ValueError, match="TINYDIFF_WEIGHTS must be one of"):
+        W.mode()
     with pytest.raises(ValueError, match="file must be the path of an existing file"):
         W.sha256("/nonexistent/file.pt")
     with pytest.raises(ValueError, match="device must be a torch.device"):
@@ -60,14 +176,8 @@ def test_bad_arguments_are_named():
         td.profiles.choose(quick={"n": 1}, standard=None)
 
 
-def test_the_shipped_lesson_00_mlp_is_trained():
-    """Off-mode fraction of DDPM samples (data: ~1 %): the shipped MLP lands near the modes, an untrained one does not."""
-    sched = td.NoiseSchedule.linear(T=1000)
-    mixture = td.data.GaussianMixture.ring(k=8, radius=2.0, std=0.15)
-    torch.manual_seed(0)
-    off = {}
-    for name, net in [("shipped", W.load("00_tour_mlp")), ("untrained", W.MANIFEST["00_tour_mlp"].build().eval())]:
-        with torch.no_grad():
-            x = td.ddpm.sample(net, (500, 2), sched, generator=torch.Generator().manual_seed(1), progress_bar=False)
-        off[name] = td.metrics.off_mode_fraction(x, mixture)
-    assert off["shipped"] < 0.25 < off["untrained"], off
+def test_the_shipped_folder_is_packaged():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"checkpoints/*.pt", "checkpoints/MANIFEST.json"' in text

@@ -277,13 +277,15 @@ def load_checkpoint(path, model: nn.Module | None = None, *, map_location="cpu")
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the trained ``model``, its ``ema`` copy (or None), the per-step ``losses``, the
-    number of ``steps`` done, and ``resumed_from`` (the step a checkpoint resumed at, else None)."""
+    number of ``steps`` done, ``resumed_from`` (the step a checkpoint resumed at, else None) and ``shipped`` (the file
+    the weights were loaded from instead of training, else None)."""
 
     model: nn.Module
     ema: nn.Module | None
     losses: list = field(default_factory=list)
     steps: int = 0
     resumed_from: int | None = None
+    shipped: str | None = None
 
     @property
     def sampler_model(self) -> nn.Module:
@@ -351,7 +353,8 @@ def _last_good(ckpt):
 def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, lr: float = 1e-3,
         weight_decay: float = 0.0, ema_decay: float | None = 0.999, grad_clip: float | None = 1.0,
         warmup: int = 0, seed: int = 0, ckpt=None, ckpt_every: int = 500, check_every: int = 50,
-        amp: bool | None = None, device=None, progress_bar: bool = True, desc: str = "training") -> FitResult:
+        amp: bool | None = None, device=None, progress_bar: bool = True, desc: str = "training",
+        shipped: str | None = None) -> FitResult:
     """Train ``model`` for ``steps`` optimiser steps of AdamW on ``loss_fn(model, batch)``.
 
     - Settings are checked first: ``steps >= 1``, ``batch_size >= 1``, ``lr > 0``, ``weight_decay >= 0``,
@@ -377,6 +380,11 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
       :func:`tinydiff.profiles.autocast_dtype`: bfloat16 where the GPU computes it natively, float16 with a
       ``torch.amp.GradScaler`` on GPUs that only emulate bf16 (e.g. a T4; the scaler restarts from its initial
       scale on a resume, so an fp16 resume is not bit-exact), bfloat16 on the CPU when asked for. Progress bar on by default.
+    - ``shipped``: the name of this run's shipped weights (:mod:`tinydiff.weights`). By default (``auto``) a CPU run
+      that matches the recorded one (model, data, settings, steps) loads them instead of training and returns the
+      recorded result (weights, losses, and the random state training left; with an EMA only the EMA weights are
+      shipped, and ``model`` holds them too); ``TINYDIFF_WEIGHTS=train`` trains,
+      ``=shipped`` insists on loading, ``=record`` trains and stores the result. Not with ``ckpt``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {V.describe(model)}")
@@ -415,6 +423,17 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
     amp_dtype = (autocast_dtype(dev) or torch.bfloat16) if amp else None
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     settings = _settings(lr, weight_decay, batch_size, ema_decay, grad_clip, warmup, seed, amp)
+    key = None
+    if shipped is not None:
+        from . import weights as W
+
+        shipped = W._name(shipped)
+        if ckpt is not None:
+            raise ValueError("shipped and ckpt cannot be used together: shipped weights replace the whole run")
+        key = W.run_key(_fingerprint(model), data, settings, steps)
+        loaded = _load_shipped(W, shipped, key, model, ema_decay, dev, progress_bar, desc)
+        if loaded is not None:
+            return loaded
 
     model.to(dev).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -491,8 +510,45 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
     else:
         check(steps)
     model.eval()
+    if key is not None and W.mode() == "record":
+        W.record(shipped, key, model, None if ema is None else ema.model, losses, torch.get_rng_state())
     return FitResult(model=model, ema=None if ema is None else ema.model, losses=losses, steps=steps,
                      resumed_from=resumed)
+
+
+def _load_shipped(W, name, key, model, ema_decay, dev, progress_bar, desc):
+    """The recorded result of the run ``name`` if the weights mode and the run allow it, else None (train)."""
+    mode = W.mode()
+    if mode not in ("auto", "shipped") or (mode == "auto" and dev.type != "cpu"):
+        return None
+    entry, why = W.lookup(name, key)
+    if entry is None:
+        if mode == "shipped":
+            raise CheckpointMismatch(f"TINYDIFF_WEIGHTS=shipped, but {why}: train instead (TINYDIFF_WEIGHTS=train or "
+                                     "auto), or record the new run with TINYDIFF_WEIGHTS=record")
+        return None
+    try:
+        state = W.restore(name)
+    except CheckpointError as exc:
+        if mode == "shipped":
+            raise
+        warnings.warn(f"{exc} Training instead.", stacklevel=3)
+        return None
+    if (state["ema"] is None) != (ema_decay is None):  # the key's settings include ema_decay: a foreign file
+        raise CheckpointError(f"{W.path(name)} holds {'no ' if state['ema'] is None else ''}EMA weights, but "
+                              f"ema_decay={ema_decay}; make it again with `{W.manifest()[name]['command']}`")
+    model.load_state_dict(state["model"] if state["ema"] is None else state["ema"])  # with an EMA only it is shipped
+    model.to(dev).eval()
+    ema = None
+    if ema_decay is not None:
+        ema = EMA(model, ema_decay)
+        ema.updates = key["steps"]
+    torch.set_rng_state(state["torch_rng"])
+    if progress_bar and os.environ.get("TINYDIFF_PROGRESS", "1") != "0":
+        print(f"{desc}: loaded the shipped weights {name!r} ({key['steps']} steps, float16); "
+              "to train yourself: td.weights.use('train') or TINYDIFF_WEIGHTS=train")
+    return FitResult(model=model, ema=None if ema is None else ema.model, losses=state["losses"].tolist(),
+                     steps=key["steps"], resumed_from=None, shipped=str(W.path(name)))
 
 
 def _finite_weights(model) -> bool:

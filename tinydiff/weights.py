@@ -1,100 +1,121 @@
-"""Shipped checkpoints: small trained models stored in the package, each with a SHA-256 and the command that makes it.
+"""Shipped weights: the notebooks' trained models, stored in the package so that a CPU run loads them in a second
+instead of training for minutes.
 
-A notebook can load a model instead of training it (seconds instead of minutes on a CPU)::
+A notebook names each training run it ships::
 
-    net = td.weights.load("00_tour_mlp")          # checks the file's SHA-256, builds the network, loads the weights
+    result = td.train.fit(net, loss_fn, data, steps=4000, ..., shipped="00_tour_mlp")
 
-``load`` refuses a file whose SHA-256 differs from :data:`MANIFEST` (a truncated download, a Git LFS pointer, a file
-from another version) and says how to make it again. Every file is made by its *recipe* here, the same training
-call as the notebook's, in the ``standard`` profile::
+What :func:`tinydiff.train.fit` then does depends on :func:`mode` (the environment variable ``TINYDIFF_WEIGHTS``,
+or :func:`use` in a notebook):
 
-    python3 -m tinydiff.weights make 00_tour_mlp   # trains, writes tinydiff/checkpoints/00_tour_mlp.pt, prints its hash
-    python3 -m tinydiff.weights check              # verifies every shipped file
+=========== ===========================================================================================================
+``auto``    (default) load the shipped weights on a CPU when the run is the one that was recorded (same model
+            fingerprint, data, settings and number of steps, see :func:`run_key`); otherwise train. On a GPU, train.
+``shipped`` load the shipped weights on any device; a run that does not match is an error that says what differs.
+``train``   always train ("train yourself").
+``record``  train, then store the result as the shipped weights of that name (how every file here was made).
+=========== ===========================================================================================================
 
-Training is seeded, so a re-made file holds the same model; its bytes (and hash) can differ on another CPU, torch
-version or thread count (float rounding), in which case update :data:`MANIFEST` with the printed hash.
+A loaded run is the recorded run: the same weights (stored in float16; the manifest records the largest absolute
+rounding error this made), the same per-step losses, and the global torch random state the training left behind,
+so the cells after it draw the same random numbers as after training. **With an EMA only the EMA weights are
+shipped**, and after loading both ``result.model`` and ``result.ema`` hold them; a notebook that uses the raw
+weights trains without an EMA (``ema_decay=None``), which leaves the raw weights unchanged.
+
+Every file is listed in ``checkpoints/MANIFEST.json`` with its SHA-256, size, lesson and the command that makes it
+again (``TINYDIFF_WEIGHTS=record python3 tasks.py execute NN``). Loading checks the hash; a changed, truncated or
+foreign file, or a Git LFS pointer, is refused with a :class:`tinydiff.train.CheckpointError` that says what to do::
+
+    python3 -m tinydiff.weights check      # verify every shipped file and print sizes
+    python3 -m tinydiff.weights list       # what is shipped, and from which lesson
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-__all__ = ["MANIFEST", "Checkpoint", "path", "sha256", "load", "make", "verify"]
+from .validation import describe
+
+__all__ = ["MODES", "mode", "use", "manifest", "path", "sha256", "verify", "run_key", "lookup", "restore", "record",
+           "total_bytes"]
 
 FOLDER = Path(__file__).resolve().parent / "checkpoints"
+MODES = ("auto", "shipped", "train", "record")
+FORMAT = 1
+_NAME = re.compile(r"^\d\d_[a-z0-9][a-z0-9_\-]*$")
+_mode: str | None = None
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """One shipped file: what it holds, its hash, how to build the network, and the lesson it comes from."""
-
-    file: str
-    sha256: str
-    build: Callable[[], torch.nn.Module]
-    recipe: Callable[[], torch.nn.Module]
-    lesson: str
-    what: str
-
-    @property
-    def command(self) -> str:
-        return f"python3 -m tinydiff.weights make {Path(self.file).stem}"
+def _check_mode(value, name) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in MODES:
+        raise ValueError(f"{name} must be one of {', '.join(MODES)}; got {describe(value)}")
+    return value.strip().lower()
 
 
-def _mlp_00():
-    from .models import MLPDenoiser
-
-    return MLPDenoiser(dim=2, hidden=128, depth=3)
-
-
-def _train_00():
-    """notebooks/00_tour.py §6 in the standard profile: Algorithm 1 on the 8-mode ring, 4000 steps, EMA 0.995."""
-    from . import ddpm, train
-    from .data import GaussianMixture
-    from .schedules import NoiseSchedule
-    from .utils import seed_everything
-
-    seed_everything(0)
-    sched = NoiseSchedule.linear(T=1000)
-    mixture = GaussianMixture.ring(k=8, radius=2.0, std=0.15)
-    result = train.fit(_mlp_00(), lambda net, x0: ddpm.loss(net, x0, sched), lambda n, gen: mixture.sample(n, gen),
-                       steps=4000, batch_size=256, lr=2e-3, ema_decay=0.995, desc="training the MLP (00)")
-    return result.sampler_model
+def use(value: str | None) -> None:
+    """Choose where trained weights come from for the rest of this process (see the module doc); ``None`` goes back to
+    the environment variable ``TINYDIFF_WEIGHTS`` (default ``auto``)."""
+    global _mode
+    _mode = None if value is None else _check_mode(value, "mode")
 
 
-MANIFEST: dict[str, Checkpoint] = {
-    "00_tour_mlp": Checkpoint(
-        file="00_tour_mlp.pt",
-        sha256="80ad0fe479fcc983db7ff8a6ac3d407e85cbe54de071f97c3e16474cb614f207",
-        build=_mlp_00,
-        recipe=_train_00,
-        lesson="00_tour",
-        what="the MLP ε-predictor of lesson 00 §6 (EMA weights, fp32): DDPM on the 8-mode ring, standard profile",
-    ),
-}
+def mode() -> str:
+    """The active mode: the one set by :func:`use`, else ``TINYDIFF_WEIGHTS``, else ``auto``."""
+    if _mode is not None:
+        return _mode
+    return _check_mode(os.environ.get("TINYDIFF_WEIGHTS", "auto") or "auto", "TINYDIFF_WEIGHTS")
 
 
-def _entry(name: str) -> Checkpoint:
-    if not isinstance(name, str) or name not in MANIFEST:
-        raise ValueError(f"name must be a shipped checkpoint, one of {', '.join(sorted(MANIFEST))}; got "
-                         f"{type(name).__name__} {name!r:.60}")
-    return MANIFEST[name]
+def _name(name) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError("shipped must be a name like '02_ddpm_mlp' (the lesson's two digits, then lower-case letters, "
+                         f"digits, '_' or '-'); got {describe(name)}")
+    return name
+
+
+def _manifest_file() -> Path:
+    return FOLDER / "MANIFEST.json"
+
+
+def manifest() -> dict[str, dict]:
+    """Every shipped run: name -> its entry (file, sha256, bytes, lesson, command, key)."""
+    file = _manifest_file()
+    if not file.exists():
+        return {}
+    data = json.loads(file.read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{file} has format {data.get('format')!r}; this tinydiff reads format {FORMAT}")
+    return data["entries"]
+
+
+def _write_manifest(entries: dict) -> None:
+    FOLDER.mkdir(exist_ok=True)
+    tmp = _manifest_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "entries": dict(sorted(entries.items()))}, indent=1) + "\n")
+    tmp.replace(_manifest_file())
+
+
+def total_bytes() -> int:
+    """The size of all shipped files together."""
+    return sum(e["bytes"] for e in manifest().values())
 
 
 def path(name: str) -> Path:
-    """Where the shipped file of ``name`` lives (inside the installed package)."""
-    return FOLDER / _entry(name).file
+    """Where the file of the shipped run ``name`` lives (inside the installed package)."""
+    return FOLDER / f"{_name(name)}.pt"
 
 
 def sha256(file) -> str:
     """The SHA-256 of a file, hex."""
     if not isinstance(file, (str, Path)) or not Path(file).is_file():
-        raise ValueError(f"file must be the path of an existing file; got {type(file).__name__} {file!r:.80}")
+        raise ValueError(f"file must be the path of an existing file; got {describe(file)}")
     h = hashlib.sha256()
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -102,59 +123,122 @@ def sha256(file) -> str:
     return h.hexdigest()
 
 
+def _command(name: str) -> str:
+    return f"TINYDIFF_WEIGHTS=record python3 tasks.py execute {name[:2]}"
+
+
 def verify(name: str) -> Path:
-    """Return the path of ``name``'s file after checking that it exists and has the recorded SHA-256."""
-    entry, file = _entry(name), path(name)
+    """The path of ``name``'s file after checking that it is listed, exists and has the recorded SHA-256."""
+    from .train import CheckpointError, CheckpointNotFound
+
+    entry = manifest().get(_name(name))
+    if entry is None:
+        raise CheckpointNotFound(f"no shipped weights are called {name!r}; shipped: {', '.join(sorted(manifest())) or 'none'}")
+    file = path(name)
     if not file.exists():
-        raise FileNotFoundError(f"the shipped checkpoint {file} is missing; make it with `{entry.command}` "
-                                "(or train in the notebook instead)")
+        raise CheckpointNotFound(f"the shipped weights {file} are missing; make them with `{_command(name)}` "
+                                 "(or train: TINYDIFF_WEIGHTS=train)")
     got = sha256(file)
-    if got != entry.sha256:
+    if got != entry["sha256"]:
         head = file.read_bytes()[:40]
         why = " (it is a Git LFS pointer: run `git lfs pull`)" if head.startswith(b"version https://git-lfs") else ""
-        raise ValueError(f"{file} does not match its recorded SHA-256{why}: expected {entry.sha256 or '(none recorded)'}, "
-                         f"got {got}. The file was changed, truncated or comes from another version; make it again "
-                         f"with `{entry.command}` (and record the new hash in tinydiff/weights.py), or train in the "
-                         "notebook instead.")
+        raise CheckpointError(f"{file} does not match its recorded SHA-256{why}: expected {entry['sha256']}, got {got}. "
+                              f"The file was changed, truncated or comes from another version; make it again with "
+                              f"`{_command(name)}`, or train instead (TINYDIFF_WEIGHTS=train).")
     return file
 
 
-def load(name: str, *, device=None) -> torch.nn.Module:
-    """The shipped model ``name``, checked (SHA-256), built, loaded and in eval mode, on ``device`` (default CPU)."""
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (TypeError, RuntimeError, ValueError):
-            raise ValueError(f"device must be a torch.device or a name like 'cuda' or 'cpu'; got "
-                             f"{type(device).__name__} {device!r:.60}") from None
-    file = verify(name)
-    model = _entry(name).build()
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval().to(device or "cpu")
+def _data_digest(data) -> str:
+    tensors = data if isinstance(data, tuple) else (data,) if isinstance(data, torch.Tensor) else None
+    if tensors is None:  # a callable data(batch_size, generator): named by its type
+        return f"callable {type(data).__module__}.{getattr(data, '__qualname__', type(data).__qualname__)}"
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
-def make(name: str) -> str:
-    """Run ``name``'s recipe, write its file and return the new SHA-256 (record it in :data:`MANIFEST`)."""
-    entry = _entry(name)
-    model = entry.recipe().cpu()
+def run_key(fingerprint: dict, data, settings: dict, steps: int) -> dict:
+    """What makes a training run the recorded one: the model's fingerprint (class, parameter shapes, constructor
+    settings), the SHA-256 of the data tensors (or the type of a data callable), the optimiser settings and the number
+    of steps. ``amp`` is left out: the weights serve on any device. The loss function cannot be fingerprinted: a run
+    with another loss and everything else equal would load the recorded weights (set ``TINYDIFF_WEIGHTS=train``)."""
+    model = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    return {"model": model, "data": _data_digest(data), "steps": int(steps),
+            "settings": {k: v for k, v in sorted(settings.items()) if k != "amp"}}
+
+
+def lookup(name: str, key: dict) -> tuple[dict | None, str]:
+    """The manifest entry of ``name`` if its recorded run has this ``key``, else ``(None, why not)``."""
+    entry = manifest().get(_name(name))
+    if entry is None:
+        return None, f"no shipped weights are called {name!r}"
+    got = entry["key"]
+    diff = [k for k in ("model", "data", "steps") if got.get(k) != key[k]]
+    diff += [f"{k} ({got['settings'].get(k)!r} recorded, {v!r} now)" for k, v in key["settings"].items()
+             if got["settings"].get(k) != v]
+    if diff:
+        return None, f"the shipped run {name!r} was recorded with another " + ", ".join(diff)
+    return entry, ""
+
+
+def _half(state: dict) -> dict:
+    return {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
+
+
+def record(name: str, key: dict, model: torch.nn.Module, ema: torch.nn.Module | None, losses, torch_rng) -> str:
+    """Store a finished run as the shipped weights ``name``, write it atomically, update the manifest and return the
+    file's SHA-256. The file holds the weights in float16 (the EMA copy when there is one, else the raw weights: the
+    book samples with the EMA, and shipping both would double the size), the losses (float32) and the random state."""
+    file = path(name)
     FOLDER.mkdir(exist_ok=True)
-    file = FOLDER / entry.file
+    state = {"format": FORMAT, "name": name, "model": _half(model.state_dict()) if ema is None else None,
+             "ema": None if ema is None else _half(ema.state_dict()),
+             "losses": torch.tensor(list(losses), dtype=torch.float32), "torch_rng": torch_rng.clone(), "key": key}
     tmp = file.with_suffix(".tmp")
-    torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, tmp)
+    torch.save(state, tmp)
     tmp.replace(file)
-    return sha256(file)
+    entries = manifest()
+    rounding = max((float((v.detach().cpu().float() - v.detach().cpu().half().float()).abs().max())
+                    for v in (model if ema is None else ema).state_dict().values()
+                    if v.is_floating_point() and v.numel()), default=0.0)
+    entries[name] = {"file": file.name, "sha256": sha256(file), "bytes": file.stat().st_size, "lesson": name[:2],
+                     "command": _command(name), "fp16_max_abs_error": rounding, "key": key}
+    _write_manifest(entries)
+    return entries[name]["sha256"]
+
+
+def restore(name: str) -> dict:
+    """The stored state of the shipped run ``name`` (checked: hash, format, keys), loaded with ``weights_only=True``."""
+    from .train import CheckpointError
+
+    file = verify(name)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure of a file whose hash matched
+        raise CheckpointError(f"{file} could not be read ({type(exc).__name__}: {exc}); make it again with "
+                              f"`{_command(name)}`") from None
+    need = {"format", "model", "ema", "losses", "torch_rng"}
+    if (not isinstance(state, dict) or not need <= set(state) or state["format"] != FORMAT
+            or (state["model"] is None) == (state["ema"] is None)):
+        raise CheckpointError(f"{file} is not a shipped-weights file of format {FORMAT}; make it again with "
+                              f"`{_command(name)}`")
+    return state
 
 
 def _main(argv) -> int:
-    if argv[:1] == ["make"] and len(argv) >= 2:
-        for name in argv[1:]:
-            print(f"{name}: {path(name)}  sha256={make(name)}")
-        return 0
+    entries = manifest()
     if argv[:1] == ["check"]:
-        for name in argv[1:] or sorted(MANIFEST):
+        for name in argv[1:] or sorted(entries):
             verify(name)
-            print(f"{name}: OK ({path(name).stat().st_size / 1e3:.0f} kB)")
+            print(f"{name}: OK ({entries[name]['bytes'] / 1e3:.0f} kB)")
+        print(f"{len(entries)} files, {total_bytes() / 1e6:.2f} MB in all")
+        return 0
+    if argv[:1] == ["list"]:
+        for name, e in sorted(entries.items()):
+            print(f"{name:<40} {e['bytes'] / 1e3:7.0f} kB  steps={e['key']['steps']:<6} `{e['command']}`")
         return 0
     print(__doc__)
     return 2
