@@ -41,6 +41,19 @@ def test_every_shipped_name_is_used_by_its_notebook():
         assert any(f'shipped="{name}"' in source or f'shipped=f"{s}' in source for s in stems), name
 
 
+def test_the_committed_notebooks_loaded_every_shipped_file():
+    """The committed (standard, CPU) runs printed "shipped weights 'NAME' loaded" for every file: so each shipped file
+    is the one its notebook's run asks for (same model, data, settings, steps), and the committed check cells passed
+    with it. A notebook whose training cell changed without re-recording would train instead and fail this."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    for name in W.manifest():
+        nb = json.loads(next(root.glob(f"{name[:2]}_*.ipynb")).read_text())
+        text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+        assert f"shipped weights '{name}' loaded" in text, f"{name}: re-record with {W.manifest()[name]['command']}"
+
+
 # ------------------------------------------------------------------------------------------- the mechanism
 @pytest.fixture
 def folder(tmp_path, monkeypatch):

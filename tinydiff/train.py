@@ -511,7 +511,9 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
         check(steps)
     model.eval()
     if key is not None and W.mode() == "record":
-        W.record(shipped, key, model, None if ema is None else ema.model, losses, torch.get_rng_state())
+        digest = W.record(shipped, key, model, None if ema is None else ema.model, losses, torch.get_rng_state())
+        if os.environ.get("TINYDIFF_PROGRESS", "1") != "0":
+            print(f"{desc}: recorded as the shipped weights {shipped!r} (sha256 {digest[:12]}...)")
     return FitResult(model=model, ema=None if ema is None else ema.model, losses=losses, steps=steps,
                      resumed_from=resumed)
 
@@ -544,9 +546,9 @@ def _load_shipped(W, name, key, model, ema_decay, dev, progress_bar, desc):
         ema = EMA(model, ema_decay)
         ema.updates = key["steps"]
     torch.set_rng_state(state["torch_rng"])
-    if progress_bar and os.environ.get("TINYDIFF_PROGRESS", "1") != "0":
-        print(f"{desc}: loaded the shipped weights {name!r} ({key['steps']} steps, float16); "
-              "to train yourself: td.weights.use('train') or TINYDIFF_WEIGHTS=train")
+    if os.environ.get("TINYDIFF_PROGRESS", "1") != "0":  # one line, also without a progress bar (tests are quiet)
+        print(f"{desc}: shipped weights {name!r} loaded ({key['steps']} steps; to train yourself: "
+              "td.weights.use('train'))")
     return FitResult(model=model, ema=None if ema is None else ema.model, losses=state["losses"].tolist(),
                      steps=key["steps"], resumed_from=None, shipped=str(W.path(name)))
 
