@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import validation
-from .utils import expand_to, table_on
+from .utils import expand_to, table_on, wide_dtype
 
 __all__ = [
     "PREDICTIONS",
@@ -139,7 +139,10 @@ def prediction_from(prediction: str, x0: torch.Tensor, eps: torch.Tensor, alpha,
 
 
 def _f64(c):
-    return c.to(torch.float64) if isinstance(c, torch.Tensor) else torch.as_tensor(c, dtype=torch.float64)
+    """``c`` in float64 (float32 on a device without float64, e.g. MPS)."""
+    if isinstance(c, torch.Tensor):
+        return c.to(wide_dtype(c.device))
+    return torch.as_tensor(c, dtype=torch.float64)
 
 
 def _derivatives(d_alpha, d_sigma, x):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from . import convert, validation
-from .utils import check_same_shape, expand_to, noise_like, progress, sampler_start, table_on
+from .utils import check_same_shape, expand_to, noise_like, progress, sampler_start, table_on, wide_dtype
 
 __all__ = [
     "SPACINGS",
@@ -94,7 +94,7 @@ def _check_sigma(sigma_t, like: torch.Tensor) -> torch.Tensor:
                              f"{validation.describe(sigma_t)}")
     else:
         validation.number("sigma_t", sigma_t, allow_inf=True)  # inf is refused below, with the standard deviation
-    s = torch.as_tensor(sigma_t, dtype=torch.float64).to(like.device)
+    s = torch.as_tensor(sigma_t, dtype=torch.float64).to(like.device, wide_dtype(like.device))
     if s.device.type != "meta" and (not bool(torch.isfinite(s).all()) or bool((s < 0).any())):
         raise ValueError(f"sigma_t must be finite and >= 0 (it is a standard deviation); got {validation.describe(sigma_t)}")
     return s.expand_as(like) if s.ndim == 0 else s

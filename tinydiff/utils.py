@@ -94,16 +94,25 @@ def as_timesteps(t, batch: int, T: int, *, low: int = 0, name: str = "t") -> tor
 
 
 _TABLES: dict = {}
+NO_FLOAT64 = {"mps"}  # device types without float64 (Apple's MPS): tables go there in float32
+
+
+def wide_dtype(device) -> torch.dtype:
+    """The widest float dtype ``device`` computes in: float64, or float32 on devices without it (:data:`NO_FLOAT64`)."""
+    return torch.float32 if torch.device(device).type in NO_FLOAT64 else torch.float64
 
 
 def table_on(table: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A float64 schedule table cast to ``device`` and ``dtype`` once and cached, so indexing it with device
-    timesteps (``table_on(sched.alpha_bar, t.device)[t]``) needs no host copy and no sync."""
+    timesteps (``table_on(sched.alpha_bar, t.device)[t]``) needs no host copy and no sync. On a device without
+    float64 (Apple's MPS, :data:`NO_FLOAT64`) a float64 table goes there as float32."""
     if not isinstance(table, torch.Tensor):
         raise TypeError(f"table must be a torch.Tensor (a schedule table like sched.alpha_bar); got {_describe(table)}")
     if not isinstance(device, torch.device):
         device = check_device("device", device)
     dtype = table.dtype if dtype is None else dtype
+    if dtype == torch.float64 and device.type in NO_FLOAT64:
+        dtype = torch.float32
     if table.device == device and table.dtype == dtype:
         return table
     key = (id(table), str(device), dtype)
