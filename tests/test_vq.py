@@ -334,3 +334,230 @@ def test_vqvae_runs_half_precision_batches_and_refuses_empty_ones():
     assert x_hat.dtype == torch.float32 and torch.isfinite(vq.perplexity)
     with pytest.raises(ValueError, match="x must hold at least 1 sample"):
         model(torch.zeros(0, 1, 8, 8))  # its perplexity would be NaN
+
+
+# ------------------------------------------------------------------------- the learned prior over the codes
+# The oracle: index maps whose raster sequence k_1, ..., k_9 is a first-order Markov chain with a known start
+# distribution and transition matrix. Its entropy is closed-form,
+#   H(k) = H(pi0) + sum_{i=1}^{N-1} sum_a p_i(a) H(P[a, :]),   p_i = pi0 P^(i-1),
+# and so are its marginals p_i and its pair probabilities p(k_i = a, k_{i+1} = b) = p_i(a) P[a, b].
+CHAIN_K, CHAIN_HW = 4, (3, 3)
+CHAIN_N = CHAIN_HW[0] * CHAIN_HW[1]
+CHAIN_P = torch.tensor([[0.70, 0.10, 0.10, 0.10],
+                        [0.05, 0.15, 0.75, 0.05],
+                        [0.10, 0.05, 0.05, 0.80],
+                        [0.60, 0.20, 0.10, 0.10]], dtype=torch.float64)
+CHAIN_PI0 = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+
+
+def _chain_marginals():
+    marg = [CHAIN_PI0]
+    for _ in range(CHAIN_N - 1):
+        marg.append(marg[-1] @ CHAIN_P)
+    return marg
+
+
+def _row_entropy(p):
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def _chain_entropy_rate():
+    """Exact H(k) / N in nats per code."""
+    marg = _chain_marginals()
+    h = _row_entropy(CHAIN_PI0) + sum((marg[i] * _row_entropy(CHAIN_P)).sum() for i in range(CHAIN_N - 1))
+    return float(h) / CHAIN_N
+
+
+def _chain_sample(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.empty(n, CHAIN_N, dtype=torch.long)
+    k[:, 0] = torch.multinomial(CHAIN_PI0, n, replacement=True, generator=gen)
+    for i in range(1, CHAIN_N):
+        k[:, i] = torch.multinomial(CHAIN_P[k[:, i - 1]], 1, generator=gen)[:, 0]
+    return k.reshape(n, *CHAIN_HW)
+
+
+def _chain_log_prob(indices):
+    k = indices.reshape(indices.shape[0], -1)
+    lp = CHAIN_PI0.log()[k[:, 0]]
+    for i in range(1, CHAIN_N):
+        lp = lp + CHAIN_P.log()[k[:, i - 1], k[:, i]]
+    return lp
+
+
+def _chain_pvalues(samples):
+    """Chi-square p-values of the first code's frequencies against pi0 and of each neighbour pair (k_i, k_{i+1})'s
+    16 frequencies against p_i(a) P[a, b]. Each test uses one value (or pair) per sample, so its counts are
+    multinomial; the 9 tests share samples, so they are combined by Bonferroni (min p against alpha / 9)."""
+    from scipy.stats import chisquare
+
+    k, M, marg = samples.reshape(samples.shape[0], -1), samples.shape[0], _chain_marginals()
+    out = [chisquare(torch.bincount(k[:, 0], minlength=CHAIN_K).double().numpy(), (M * CHAIN_PI0).numpy()).pvalue]
+    for i in range(CHAIN_N - 1):
+        observed = torch.bincount(k[:, i] * CHAIN_K + k[:, i + 1], minlength=CHAIN_K**2).double()
+        expected = (marg[i][:, None] * CHAIN_P).reshape(-1) * M
+        out.append(chisquare(observed.numpy(), expected.numpy()).pvalue)
+    return out
+
+
+CHAIN_ALPHA = 0.01 / CHAIN_N  # family-wise level 1 % over the 9 tests
+
+
+@pytest.fixture(scope="module")
+def chain_prior():
+    """A CodePrior trained on 20,000 chain maps (its EMA weights: the pair test below sees a KL of 0.001 per code)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: on a busy 2-core machine two threads spend their time waiting
+    try:
+        torch.manual_seed(0)
+        prior = vq.CodePrior(CHAIN_K, CHAIN_HW, dim=32, layers=2, heads=2, dropout=0.0)
+        res = td.train.fit(prior, lambda m, k: m.loss(k), _chain_sample(20000, seed=0), steps=400, batch_size=256,
+                           lr=3e-3, ema_decay=0.99, progress_bar=False, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return res.ema.eval()
+
+
+def test_code_prior_nll_is_within_a_two_sided_band_of_the_chain_entropy_rate(chain_prior):
+    """Held-out NLL (nats per code) vs the exact entropy rate 0.9497: a model cannot beat the truth on fresh data
+    beyond the estimate's noise (std 0.0044 per code on 4000 maps), and a trained model should come within
+    KL < 0.01 of it (measured: 0.0003). So the band is [H - 0.015, H + 0.025]: 3.4 std below, 3.4 std + 0.01
+    above. The per-position independent prior (its NLL is sum_i H(p_i) / N = 1.248) and the uniform one
+    (log 4 = 1.386) are far outside, and a prior that peeks at k_i (no causal mask, or no shift) lands far below."""
+    test = _chain_sample(4000, seed=1)
+    rate = _chain_entropy_rate()
+    with torch.no_grad():
+        nll = chain_prior.loss(test).item()
+        truth = (-_chain_log_prob(test) / CHAIN_N).mean().item()  # the true model on the same maps
+        independent = vq.PositionPrior(CHAIN_K, CHAIN_HW).fit_counts(_chain_sample(4000, seed=0)).loss(test).item()
+        uniform = vq.PositionPrior(CHAIN_K, CHAIN_HW).loss(test).item()
+    marg = _chain_marginals()
+    assert abs(independent - sum(float(_row_entropy(m)) for m in marg) / CHAIN_N) < 0.015
+    assert uniform == pytest.approx(math.log(CHAIN_K), abs=1e-6)
+    for name, value, ok in [("trained", nll, True), ("independent", independent, False), ("uniform", uniform, False)]:
+        inside = rate - 0.015 <= value <= rate + 0.025
+        assert inside == ok, f"{name} prior: NLL {value:.4f} nats/code vs entropy rate {rate:.4f}"
+    # paired with the truth on the same maps (an estimate of the KL per code, noise far below the band's)
+    assert -0.003 <= nll - truth <= 0.005, (nll, truth)
+
+
+def test_code_prior_samples_have_the_chains_pair_frequencies(chain_prior):
+    """Chi-square of the samples' first-code and neighbour-pair frequencies against the chain (2000 maps):
+    accepted for the trained prior, rejected for the per-position independent prior (right marginals, no
+    dependence) and for the uniform prior."""
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    trained = chain_prior.sample(2000, generator=gen())
+    assert trained.shape == (2000, *CHAIN_HW) and trained.dtype == torch.long
+    assert min(_chain_pvalues(trained)) > CHAIN_ALPHA
+    assert min(_chain_pvalues(_chain_sample(2000, seed=4))) > CHAIN_ALPHA  # the truth passes too
+    independent = vq.PositionPrior(CHAIN_K, CHAIN_HW).fit_counts(_chain_sample(4000, seed=0))
+    assert min(_chain_pvalues(independent.sample(2000, generator=gen()))) < 1e-6
+    assert min(_chain_pvalues(vq.PositionPrior(CHAIN_K, CHAIN_HW).sample(2000, generator=gen()))) < 1e-6
+
+
+def test_code_prior_is_causal_in_raster_order():
+    """Changing code j changes no conditional at positions <= j (raster order), and changes those after it."""
+    torch.manual_seed(0)
+    prior = vq.CodePrior(6, (3, 4), dim=16, layers=2, heads=2).eval()
+    k = torch.randint(0, 6, (5, 3, 4), generator=torch.Generator().manual_seed(0))
+    base = prior(k).reshape(5, 12, 6)
+    for j in (0, 5, 11):
+        changed = k.clone().reshape(5, 12)
+        changed[:, j] = (changed[:, j] + 1) % 6
+        out = prior(changed.reshape(5, 3, 4)).reshape(5, 12, 6)
+        torch.testing.assert_close(out[:, : j + 1], base[:, : j + 1], atol=1e-6, rtol=0)
+        if j < 11:
+            assert (out[:, j + 1:] - base[:, j + 1:]).abs().max() > 1e-4
+    torch.testing.assert_close(base.exp().sum(-1), torch.ones(5, 12))  # each conditional is a distribution
+
+
+def test_code_prior_log_prob_is_the_sum_of_its_conditionals():
+    """log p(k) = sum_i log p(k_i | k_<i), checked with the chain rule written out by hand: p(k_i | k_<i) read off
+    the model's conditionals one position at a time; and loss = -mean log p / (h w)."""
+    torch.manual_seed(0)
+    prior = vq.CodePrior(5, (2, 3), dim=16, layers=1, heads=2).eval()
+    k = torch.randint(0, 5, (4, 2, 3), generator=torch.Generator().manual_seed(1))
+    cond = prior(k).reshape(4, 6, 5)
+    flat = k.reshape(4, 6)
+    by_hand = sum(cond[torch.arange(4), i, flat[:, i]] for i in range(6))
+    torch.testing.assert_close(prior.log_prob(k), by_hand)
+    torch.testing.assert_close(prior.loss(k), -by_hand.mean() / 6)
+    # and p sums to 1 over all 5^6 maps of a smaller grid
+    small = vq.CodePrior(3, (1, 3), dim=8, layers=1, heads=2).eval()
+    every = torch.cartesian_prod(*[torch.arange(3)] * 3).reshape(27, 1, 3)
+    torch.testing.assert_close(small.log_prob(every).exp().sum(), torch.tensor(1.0))
+
+
+def test_position_prior_is_smoothed_counts():
+    k = torch.tensor([[[0, 1]], [[0, 2]], [[1, 2]]])  # 3 maps of shape (1, 2), K = 3
+    prior = vq.PositionPrior(3, (1, 2))
+    torch.testing.assert_close(prior.log_prob(k), torch.full((3,), 2 * -math.log(3)))  # built uniform
+    prior.fit_counts(k, alpha=1.0)
+    p0 = torch.tensor([3.0, 2.0, 1.0]) / 6  # position 0: counts (2, 1, 0) + 1, over 3 + 3
+    p1 = torch.tensor([1.0, 2.0, 3.0]) / 6  # position 1: counts (0, 1, 2) + 1
+    torch.testing.assert_close(prior(k)[0, 0], torch.stack([p0.log(), p1.log()]))
+    torch.testing.assert_close(prior.log_prob(k[:1]), (p0[0] * p1[1]).log()[None])
+
+
+def test_code_prior_sampling_is_seeded_greedy_at_low_temperature_and_on_the_models_device():
+    torch.manual_seed(0)
+    prior = vq.CodePrior(7, (2, 2), dim=16, layers=1, heads=2)
+    a = prior.sample(6, generator=torch.Generator().manual_seed(0))
+    b = prior.sample(6, generator=torch.Generator().manual_seed(0))
+    c = prior.sample(6, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (6, 2, 2) and a.dtype == torch.long and 0 <= a.min() and a.max() < 7
+    assert prior.training  # sampling switches dropout off and restores the mode
+    # tau -> 0 is greedy decoding: every sample is the argmax path, built here position by position
+    greedy = prior.sample(3, generator=torch.Generator().manual_seed(2), temperature=1e-4)
+    path = torch.zeros(1, 4, dtype=torch.long)
+    prior.eval()
+    for i in range(4):
+        path[0, i] = prior(path.reshape(1, 2, 2)).reshape(1, 4, 7)[0, i].argmax()
+    assert torch.equal(greedy, path.reshape(1, 2, 2).expand(3, 2, 2))
+    meta = vq.CodePrior(7, (2, 2), dim=16, layers=1, heads=2).to("meta")  # no host sync in the loop
+    assert meta.sample(3, generator=torch.Generator().manual_seed(0)).device.type == "meta"
+
+
+def test_code_prior_trains_on_vqvae_codes_with_fit_and_decodes():
+    """The lesson's pipeline at toy size: encode, train the prior with td.train.fit, sample, decode."""
+    x = td.data.load_digits(8, return_labels=False)[:64]
+    torch.manual_seed(0)
+    model = vq.VQVAE(hidden=8, dim=4, num_codes=8, levels=1).eval()
+    with torch.no_grad():
+        codes = model.encode(x).indices
+    prior = vq.CodePrior(8, model.latent_shape((8, 8)), dim=16, layers=1, heads=2)
+    res = td.train.fit(prior, lambda m, k: m.loss(k), codes, steps=30, batch_size=32, lr=3e-3, ema_decay=None,
+                       progress_bar=False, device="cpu")
+    assert res.losses[-1] < res.losses[0]
+    with torch.no_grad():
+        images = model.decode_indices(prior.sample(4, generator=torch.Generator().manual_seed(0)))
+    assert images.shape == (4, 1, 8, 8)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda p: p.log_prob(torch.zeros(2, 2, 2)), "indices must be integer code indices"),
+    (lambda p: p.log_prob(torch.zeros(2, 2, 2, dtype=torch.bool)), "indices must be integer code indices"),
+    (lambda p: p.log_prob(torch.full((2, 2, 2), 7)), r"indices must lie in 0..6"),
+    (lambda p: p.log_prob(torch.full((2, 2, 2), -1)), r"indices must lie in 0..6"),
+    (lambda p: p.loss(torch.zeros(2, 3, 2, dtype=torch.long)), r"indices must be index maps of shape \(B, 2, 2\)"),
+    (lambda p: p(torch.zeros(4, dtype=torch.long)), r"indices must be index maps of shape \(B, 2, 2\)"),
+    (lambda p: p.log_prob([[0, 1], [1, 0]]), "indices must be a torch.Tensor"),
+    (lambda p: p.sample(0), r"n must lie in 1\.\.inf"),
+    (lambda p: p.sample(2.0), "n must be an int"),
+    (lambda p: p.sample(2, temperature=0.0), "temperature must be > 0"),
+    (lambda p: p.sample(2, generator=3), "generator must be a torch.Generator"),
+    (lambda p: p.sample(2, device="meta"), r"device must be the prior's device \(cpu\)"),
+    (lambda p: p.sample(2, device="nonsense"), "device must be a torch device"),
+    (lambda p: vq.CodePrior(7, (2, 2, 2)), r"shape must be the \(h, w\) of the index map"),
+    (lambda p: vq.CodePrior(7, (2, 0)), "shape must be a tuple of positive ints"),
+    (lambda p: vq.CodePrior(0, (2, 2)), r"num_codes must lie in 1\.\.inf"),
+    (lambda p: vq.CodePrior(7, (2, 2), dim=30, heads=4), "dim must be divisible by heads"),
+    (lambda p: vq.CodePrior(7, (2, 2), dropout=1.0), "dropout must lie in"),
+    (lambda p: vq.PositionPrior(7, (2, 2)).fit_counts(torch.zeros(3, 2, 2, dtype=torch.long), alpha=0.0),
+     "alpha must be > 0"),
+])
+def test_code_prior_refuses_bad_arguments_by_name(call, match):
+    prior = vq.CodePrior(7, (2, 2), dim=16, layers=1, heads=2)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(prior)

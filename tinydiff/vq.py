@@ -42,6 +42,7 @@ __all__ = [
     "codebook_loss", "commitment_loss", "vq_loss", "ema_codebook_step",
     "code_usage", "perplexity", "dead_codes", "restart_dead_codes",
     "Compression", "index_bits", "raw_bits", "compression", "vqvae_loss", "make_vqvae_loss",
+    "CodePrior", "PositionPrior",
 ]
 
 
@@ -601,3 +602,196 @@ def make_vqvae_loss(restart_every: int | None = None, *, threshold: int = 1, see
 
     loss_fn.usage, loss_fn.calls, loss_fn.restarts = None, 0, []
     return loss_fn
+
+
+# ------------------------------------------------------------------------------ a prior over the index maps
+def _grid_shape(value):
+    shape = V.shape("shape", value)
+    if len(shape) != 2:
+        raise ValueError(f"shape must be the (h, w) of the index map, e.g. (4, 4); got {V.describe(value)}")
+    return shape
+
+
+class _GridPrior(nn.Module):
+    r"""What every prior over ``(h, w)`` index maps of ``num_codes`` codes shares. A subclass gives the conditionals
+    :math:`\log p(k_i = \cdot \mid k_{<i})` in raster order (``_log_conditionals``, on flattened ``(B, h*w)`` codes,
+    unchecked); this class validates inputs and derives ``log_prob``, ``loss`` and ``sample`` from them, with
+    :math:`\log p(k) = \sum_i \log p(k_i \mid k_{<i})`."""
+
+    def __init__(self, num_codes: int, shape):
+        super().__init__()
+        self.num_codes = V.integer("num_codes", num_codes, low=1)
+        self.shape = _grid_shape(shape)
+        self.length = self.shape[0] * self.shape[1]
+
+    def _device(self):
+        t = next(iter(self.parameters()), None)
+        t = next(iter(self.buffers()), None) if t is None else t
+        return torch.device("cpu") if t is None else t.device
+
+    def _codes(self, indices):
+        """``indices`` ``(B, h, w)`` of integer codes in ``0..K-1`` -> ``(B, h*w)`` long on this prior's device."""
+        indices = V.tensor("indices", indices, floating=False)
+        if indices.is_floating_point() or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be integer code indices (a long tensor from VQVAE.encode(x).indices); "
+                             f"got {V.describe(indices)}")
+        if indices.ndim != 3 or tuple(indices.shape[1:]) != self.shape:
+            raise ValueError(f"indices must be index maps of shape (B, {self.shape[0]}, {self.shape[1]}) (this prior's "
+                             f"grid); got {V.describe(indices)}")
+        if indices.device.type != "meta" and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes):
+            raise ValueError(f"indices must lie in 0..{self.num_codes - 1} (num_codes = {self.num_codes}); got values "
+                             f"from {int(indices.min())} to {int(indices.max())}")
+        return indices.reshape(indices.shape[0], -1).long().to(self._device())
+
+    def _log_conditionals(self, k: torch.Tensor) -> torch.Tensor:  # (B, N) long -> (B, N, K) log-probabilities
+        raise NotImplementedError
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        r"""The conditionals :math:`\log p(k_i = j \mid k_{<i})` of every position ``i`` (raster order) and code ``j``:
+        ``indices`` ``(B, h, w)`` -> ``(B, h, w, K)`` log-probabilities (float32). The entry at ``i`` depends on
+        the codes before ``i`` only."""
+        k = self._codes(indices)
+        return self._log_conditionals(k).float().reshape(k.shape[0], *self.shape, self.num_codes)
+
+    def log_prob(self, indices: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(k) = \sum_{i=1}^{hw} \log p(k_i \mid k_{<i})` in nats, one per map: ``(B, h, w)`` -> ``(B,)``."""
+        k = self._codes(indices)
+        logp = self._log_conditionals(k).float()
+        return logp.gather(-1, k[..., None])[..., 0].sum(1)
+
+    def loss(self, indices: torch.Tensor) -> torch.Tensor:
+        r"""The mean negative log-likelihood per code, :math:`-\frac{1}{B\,hw}\sum_b \log p(k^{(b)})` in nats (divide by
+        :math:`\ln 2` for bits per code): the training loss, a scalar. Use it with ``td.train.fit`` as
+        ``lambda prior, k: prior.loss(k)``."""
+        return -self.log_prob(indices).mean() / self.length
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0,
+               device=None) -> torch.Tensor:
+        r"""Draw ``n`` index maps ``(n, h, w)`` (long) by ancestral sampling in raster order: for ``i = 1..hw``,
+        :math:`k_i \sim p(\cdot \mid k_{<i})^{1/\tau}` (renormalised; ``temperature`` :math:`\tau`, 1 = the model).
+
+        Runs on the prior's device (``device`` must be it, if given). The uniforms of the inverse-CDF draws come from
+        ``generator`` on the CPU and are moved, so a seed gives the same maps on every device (up to float rounding).
+        No host syncs inside the loop."""
+        n = V.integer("n", n, low=1)
+        generator = V.generator("generator", generator)
+        temperature = V.number("temperature", temperature, low=0.0, strict_low=True)
+        here = self._device()
+        if device is not None:
+            try:
+                want = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda'; got {V.describe(device)}") \
+                    from None
+            if want.type != here.type or (want.index is not None and here.index is not None and want != here):
+                raise ValueError(f"device must be the prior's device ({here}) or None: sampling runs where the model "
+                                 f"is; got {want}. Move the prior with .to({str(want)!r}) first.")
+        u = torch.rand(n, self.length, generator=generator, dtype=torch.float64).to(here)
+        k = torch.zeros(n, self.length, dtype=torch.long, device=here)
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(self.length):
+                logits = self._log_conditionals(k)[:, i].double() / temperature
+                cdf = torch.softmax(logits, -1).cumsum(-1)
+                k[:, i] = (cdf < u[:, i:i + 1] * cdf[:, -1:]).sum(-1)  # inverse CDF: k_i = min{j: F(j) > u}
+        finally:
+            self.train(was_training)
+        return k.reshape(n, *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"num_codes={self.num_codes}, shape={self.shape}"
+
+
+class PositionPrior(_GridPrior):
+    r"""The per-position independent prior :math:`p(k) = \prod_i p_i(k_i)`: each position has its own distribution
+    over the codes and ignores the others. Built uniform, :math:`p_i(j) = 1/K` (the prior of the VQ-VAE paper's
+    training, :math:`\log K` nats per code); :meth:`fit_counts` sets :math:`p_i` to the smoothed frequencies of a set
+    of index maps. The baseline a learned autoregressive prior (:class:`CodePrior`) has to beat."""
+
+    def __init__(self, num_codes: int, shape):
+        super().__init__(num_codes, shape)
+        self.register_buffer("logits", torch.zeros(self.length, self.num_codes))
+
+    @torch.no_grad()
+    def fit_counts(self, indices: torch.Tensor, alpha: float = 0.5) -> PositionPrior:
+        r"""Set :math:`p_i(j) = (n_{ij} + \alpha) / (n + K\alpha)` from the counts :math:`n_{ij}` of code ``j`` at
+        position ``i`` in ``indices`` ``(n, h, w)`` (add-:math:`\alpha` smoothing, so an unseen code keeps a
+        finite log-probability). Returns the prior itself."""
+        alpha = V.number("alpha", alpha, low=0.0, strict_low=True)
+        k = self._codes(indices)
+        counts = F.one_hot(k, self.num_codes).sum(0).double()  # (N, K)
+        probs = (counts + alpha) / (k.shape[0] + self.num_codes * alpha)
+        self.logits.copy_(probs.log().to(self.logits))
+        return self
+
+    def _log_conditionals(self, k):
+        return torch.log_softmax(self.logits, -1).expand(k.shape[0], -1, -1)
+
+
+class _CausalBlock(nn.Module):
+    """Pre-norm transformer block with causal self-attention: x + attn(LN x), then x + MLP(LN x)."""
+
+    def __init__(self, dim, heads, dropout):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        x = x + F.dropout(self.proj(a.transpose(1, 2).reshape(B, N, D)), self.dropout, self.training)
+        return x + self.mlp(self.norm2(x))
+
+
+class CodePrior(_GridPrior):
+    r"""A learned autoregressive prior over VQ-VAE index maps (van den Oord et al. 2017, §3.2: the prior is fitted
+    to the codes after the VQ-VAE is trained, then sampled and decoded to generate).
+
+    The map ``(h, w)`` is read in raster order :math:`k_1, \dots, k_{hw}` and factorised exactly as
+
+    .. math::  p(k) = \prod_{i=1}^{hw} p(k_i \mid k_{<i}),
+
+    each conditional given by a small causal transformer (the paper uses a PixelCNN; a transformer is the choice
+    of later work): position ``i`` sees a start token and the codes :math:`k_{<i}`, shifted by one, through causal
+    self-attention, so its output cannot depend on :math:`k_{\ge i}`. ``dim`` (width, divisible by ``heads``),
+    ``layers``, ``heads``, ``dropout`` size it.
+
+    - ``prior(indices)`` -> ``(B, h, w, K)`` log-conditionals; ``log_prob(indices)`` -> ``(B,)`` nats;
+    - ``loss(indices)`` -> mean NLL per code in nats (train with ``td.train.fit(prior, lambda m, k: m.loss(k), codes)``);
+    - ``sample(n, generator=..., temperature=...)`` -> ``(n, h, w)`` long, decoded by ``VQVAE.decode_indices``.
+    """
+
+    def __init__(self, num_codes: int, shape, *, dim: int = 64, layers: int = 2, heads: int = 4,
+                 dropout: float = 0.1):
+        super().__init__(num_codes, shape)
+        dim, layers = V.integer("dim", dim, low=1), V.integer("layers", layers, low=1)
+        heads = V.integer("heads", heads, low=1)
+        if dim % heads:
+            raise ValueError(f"dim must be divisible by heads; got dim={dim}, heads={heads}")
+        dropout = V.number("dropout", dropout, low=0.0, high=1.0)
+        if dropout >= 1.0:
+            raise ValueError(f"dropout must lie in [0, 1); got {dropout}")
+        self.dim, self.layers, self.heads, self.dropout = dim, layers, heads, dropout
+        self.embed = nn.Embedding(self.num_codes + 1, dim)  # code j at index j; the start token at index K
+        self.pos = nn.Parameter(torch.zeros(self.length, dim))
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+        self.blocks = nn.ModuleList(_CausalBlock(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, self.num_codes)
+
+    def _log_conditionals(self, k):
+        start = torch.full_like(k[:, :1], self.num_codes)
+        h = self.embed(torch.cat([start, k[:, :-1]], 1)) + self.pos  # position i sees (start, k_1, ..., k_{i-1})
+        h = F.dropout(h, self.dropout, self.training)
+        for block in self.blocks:
+            h = block(h)
+        return torch.log_softmax(self.head(self.norm(h)).float(), -1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", dim={self.dim}, layers={self.layers}, heads={self.heads}"
