@@ -152,6 +152,35 @@ def test_predictor_corrector_and_langevin_invariance():
     assert dm < 0.03 and dc < 0.04
 
 
+def test_pc_mixture_check_at_the_notebooks_quick_size_rejects_the_wrong_variants():
+    """Notebook 04 §6 checks PC samples (n = 1000 in quick) with mixture_check: the same check, at that size, passes
+    PC with the exact score and rejects the score scaled by 0.8 and 1.25, PC without its noise terms, and a ring
+    with the right radius but no modes."""
+    ring, n = _ring(), 1000
+    sf = S.mixture_score_fn(ring, SDE)
+    xT = torch.randn(n, 2, generator=_gen(36))
+    right = S.sample_pc(sf, None, SDE, 100, x_T=xT, snr=0.1, generator=_gen(37), progress_bar=False)
+    assert td.metrics.mixture_check(right, ring).passed
+    for c in (0.8, 1.25):
+        bad = S.sample_pc(lambda x, t, c=c: c * sf(x, t), None, SDE, 100, x_T=xT, snr=0.1, generator=_gen(37),
+                          progress_bar=False)
+        assert not td.metrics.mixture_check(bad, ring).passed, c
+    # PC without noise: the same steps, z = 0 (the predictor's and the corrector's)
+    ts = torch.linspace(1.0, 1e-3, 101, dtype=torch.float64).tolist()
+    x = xT.clone()
+    for i in range(100):
+        t0, t1 = ts[i], ts[i + 1]
+        b = 0.1 + t0 * 19.9
+        x = x + (0.5 * b * x + b * sf(x, torch.full((n,), t0))) * (t0 - t1)
+        e = 2 * (0.1 * float(SDE.marginal(t1)[1])) ** 2
+        x = x + e * sf(x, torch.full((n,), t1))
+    assert not td.metrics.mixture_check(x, ring).passed
+    ang = torch.rand(n, generator=_gen(38), dtype=torch.float64) * 2 * math.pi
+    no_modes = 2.0 * torch.stack([ang.cos(), ang.sin()], 1) + 0.3 * torch.randn(n, 2, generator=_gen(39),
+                                                                                   dtype=torch.float64)
+    assert not td.metrics.mixture_check(no_modes, ring).passed
+
+
 def test_sampling_is_reproducible_with_a_generator():
     sf = S.mixture_score_fn(_ring(), SDE)
     a = S.sample_reverse_sde(sf, (64, 2), SDE, 20, generator=_gen(12))
@@ -188,6 +217,49 @@ def test_hutchinson_is_unbiased():
     assert ((runs.mean(0) - exact).abs() < 4 * se + 1e-3).all()
 
 
+def _probe_z_scores(est, exact, var_formula):
+    """(mean - exact) and (sample variance - formula), each in its own standard errors (the latter from the
+    fourth central moment): two-sided statistics of a Monte Carlo estimator."""
+    n = est.numel()
+    mean, var = est.mean(), est.var()
+    m4 = (est - mean).pow(4).mean()
+    var_of_var = max(float(m4 - (n - 3) / (n - 1) * var**2), float(2 * var**2 / (n - 1))) / n  # >= its lower bound
+    return ((mean - exact) / (var / n).sqrt()).item(), ((var - var_formula) / math.sqrt(var_of_var)).item()
+
+
+def test_hutchinson_variance_matches_its_formula_for_both_probes():
+    A = torch.tensor([[1.0, 2.0, 0.5], [-1.0, 3.0, 0.0], [0.3, 0.2, -2.0]], dtype=torch.float64)
+    S_ = 0.5 * (A + A.T)
+    # closed forms written out: Gaussian 2 sum_ij S_ij^2 = 29.68, Rademacher 2 sum_{i != j} S_ij^2 = 1.68
+    assert float(S.hutchinson_variance(A, "gaussian")) == pytest.approx(2 * float((S_**2).sum()), rel=1e-12)
+    assert float(S.hutchinson_variance(A, "gaussian")) == pytest.approx(29.68, rel=1e-12)
+    assert float(S.hutchinson_variance(A, "rademacher")) == pytest.approx(1.68, rel=1e-12)
+    # a batch (B, D, D); a diagonal J is exact with Rademacher probes; Gaussian on I_D is chi^2_D, variance 2D
+    Jb = torch.stack([A, torch.diag(torch.tensor([1.0, -2.0, 5.0], dtype=torch.float64)), torch.eye(3).double()])
+    torch.testing.assert_close(S.hutchinson_variance(Jb, "rademacher"), torch.tensor([1.68, 0.0, 0.0]).double())
+    assert float(S.hutchinson_variance(Jb, "gaussian")[2]) == pytest.approx(6.0)
+    # Monte Carlo: mean = tr A and variance = formula, each within 4 standard errors; the other formula is far off
+    n = 40000
+    fn = lambda u: u @ A.T  # noqa: E731
+    x = torch.randn(n, 3, dtype=torch.float64, generator=_gen(30))
+    probes = {"gaussian": torch.randn(n, 3, dtype=torch.float64, generator=_gen(31)),
+              "rademacher": (torch.randint(0, 2, (n, 3), generator=_gen(32)) * 2 - 1).double()}
+    for name, z in probes.items():
+        est = S.divergence_hutchinson(fn, x, z)
+        other = "rademacher" if name == "gaussian" else "gaussian"
+        z_mean, z_var = _probe_z_scores(est, 2.0, S.hutchinson_variance(A, name))
+        assert abs(z_mean) < 4 and abs(z_var) < 4, (name, z_mean, z_var)
+        assert abs(_probe_z_scores(est, 2.0, S.hutchinson_variance(A, other))[1]) > 10, name
+    # wrong estimators: probes with E[zz^T] = I/3 (uniform on [-1, 1]) and z^T v instead of z^T J z
+    u = 2 * torch.rand(n, 3, dtype=torch.float64, generator=_gen(33)) - 1
+    assert abs(_probe_z_scores(S.divergence_hutchinson(fn, x, u), 2.0, 1.68)[0]) > 10
+    assert abs(_probe_z_scores((fn(x) * probes["rademacher"]).sum(1), 2.0, 1.68)[0]) > 10
+    with pytest.raises(ValueError, match="jacobian must be square"):
+        S.hutchinson_variance(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="probe must be"):
+        S.hutchinson_variance(A, "sphere")
+
+
 # ----------------------------------------------------------------------------------- Fokker–Planck
 def test_fokker_planck_pde_matches_exact_marginal():
     gm = _mixture_1d()
@@ -219,6 +291,60 @@ def test_exact_marginal_satisfies_fokker_planck():
 
     lhs, rhs = S.fokker_planck_residual(wrong, SDE, x, 0.3)
     assert (lhs - rhs).abs().max() > 0.05
+
+
+def _mixture_1d_log_p(u, t):
+    m, s = SDE.marginal(t)
+    return _mixture_1d().log_prob(u, float(m), float(s))
+
+
+def test_reverse_time_fokker_planck_holds_for_andersons_drift_only():
+    """-dp/dt = d(mu p)/dx + g^2/2 d2p/dx2 with mu = f - g^2 score (the reverse SDE run with dt < 0), on the exact
+    marginal of a 1-D mixture; the near misses (sign flipped, g^2/2, no score) miss by more than half of dp/dt."""
+    gm = _mixture_1d()
+    sf = S.mixture_score_fn(gm, SDE)
+    x = torch.linspace(-3, 3, 41, dtype=torch.float64)[:, None]
+    for t in (0.05, 0.3, 0.6):
+        g2 = float(SDE.beta(t))
+        lhs, rhs = S.fokker_planck_sides(_mixture_1d_log_p, lambda u, tt: S.reverse_sde_drift(sf, SDE, u, tt), g2, x, t,
+                                         reverse=True)
+        scale = lhs.abs().max()
+        assert scale > 0.05
+        assert (lhs - rhs).abs().max() < 1e-5 * scale, t
+        # the drift written out, and the near misses
+        for c, ok in ((1.0, True), (-1.0, False), (0.5, False), (0.0, False)):
+            mu = lambda u, tt, c=c: (-0.5 * (0.1 + 19.9 * tt) * u  # noqa: E731  f - c g^2 score, written out
+                                     - c * (0.1 + 19.9 * tt) * sf(u, torch.full((u.shape[0],), tt, dtype=u.dtype)))
+            lhs, rhs = S.fokker_planck_sides(_mixture_1d_log_p, mu, g2, x, t, reverse=True)
+            rel = ((lhs - rhs).abs().max() / scale).item()
+            assert (rel < 1e-5) if ok else (rel > 0.5), (t, c, rel)
+        # the PF-ODE (sigma = 0) satisfies both the forward and the reverse equation: it is its own reverse
+        pf = lambda u, tt: S.pf_ode_drift(sf, SDE, u, tt)  # noqa: E731
+        for rev in (False, True):
+            lhs, rhs = S.fokker_planck_sides(_mixture_1d_log_p, pf, 0.0, x, t, reverse=rev)
+            assert (lhs - rhs).abs().max() < 1e-5 * scale, (t, rev)
+        # the forward SDE's drift with noise g satisfies the forward equation, not the reverse one
+        f = lambda u, tt: SDE.drift(u, tt)  # noqa: E731
+        lhs, rhs = S.fokker_planck_sides(_mixture_1d_log_p, f, g2, x, t)
+        assert (lhs - rhs).abs().max() < 1e-5 * scale
+        lhs, rhs = S.fokker_planck_sides(_mixture_1d_log_p, f, g2, x, t, reverse=True)
+        assert (lhs - rhs).abs().max() > 0.5 * scale
+    with pytest.raises(ValueError, match=r"diffusion_sq .* must be"):
+        S.fokker_planck_sides(_mixture_1d_log_p, f, -1.0, x, 0.3)
+    with pytest.raises(TypeError, match="drift_fn must be a callable"):
+        S.fokker_planck_sides(_mixture_1d_log_p, 3.0, 1.0, x, 0.3)
+    with pytest.raises(ValueError, match=r"drift_fn returned shape"):
+        S.fokker_planck_sides(_mixture_1d_log_p, lambda u, tt: u[:, 0], 1.0, x, 0.3)
+
+
+def test_reverse_sde_drift_is_f_minus_g2_score():
+    sf = S.mixture_score_fn(_ring(), SDE)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=_gen(34))
+    t = torch.rand(6, dtype=torch.float64, generator=_gen(35))
+    beta = 0.1 + t * 19.9
+    want = -0.5 * beta[:, None] * x - beta[:, None] * sf(x, t)
+    torch.testing.assert_close(S.reverse_sde_drift(sf, SDE, x, t), want)
+    torch.testing.assert_close(S.pf_ode_drift(sf, SDE, x, t), -0.5 * beta[:, None] * x - 0.5 * beta[:, None] * sf(x, t))
 
 
 def test_particle_systems_match_fokker_planck():

@@ -67,6 +67,8 @@ __all__ = [
     "log_likelihood",
     "fokker_planck_1d",
     "fokker_planck_residual",
+    "fokker_planck_sides",
+    "hutchinson_variance",
     "dsm_loss",
 ]
 
@@ -623,6 +625,26 @@ def divergence_hutchinson(fn, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (vjp * z).flatten(1).sum(1).detach()
 
 
+def hutchinson_variance(jacobian: torch.Tensor, probe: str = "rademacher") -> torch.Tensor:
+    r"""The variance of one Hutchinson estimate :math:`z^\top J z` of :math:`\operatorname{tr} J` (``jacobian``
+    ``(D, D)`` or ``(B, D, D)``; returns a scalar or ``(B,)``). With :math:`S = \tfrac12(J + J^\top)`
+    (:math:`z^\top Jz = z^\top Sz`):
+
+    - Gaussian :math:`z\sim\mathcal N(0, I)`: :math:`\operatorname{Var} = 2\|S\|_F^2 = 2\sum_{ij}S_{ij}^2`;
+    - Rademacher :math:`z_i = \pm1`: :math:`\operatorname{Var} = 2\sum_{i\ne j}S_{ij}^2` (the diagonal is exact,
+      since :math:`z_i^2 = 1`), the smallest variance of any probe with :math:`\mathbb E[zz^\top] = I`.
+    """
+    J = validation.tensor("jacobian", jacobian, ndim=(2, 3), finite=True)
+    if J.shape[-1] != J.shape[-2]:
+        raise ValueError(f"jacobian must be square, (D, D) or (B, D, D); got shape {tuple(J.shape)}")
+    probe = validation.choice("probe", probe, ("rademacher", "gaussian"))
+    S = 0.5 * (J + J.transpose(-1, -2))
+    total = 2 * S.pow(2).sum((-1, -2))
+    if probe == "gaussian":
+        return total
+    return total - 2 * torch.diagonal(S, dim1=-2, dim2=-1).pow(2).sum(-1)
+
+
 def _standard_normal_logp(x: torch.Tensor) -> torch.Tensor:
     d = x[0].numel()
     return -0.5 * (x.flatten(1) ** 2).sum(1) - 0.5 * d * math.log(2 * math.pi)
@@ -751,14 +773,26 @@ def _banded_matvec(ab: np.ndarray, p: np.ndarray) -> np.ndarray:
     return out
 
 
-def fokker_planck_residual(log_prob_fn, sde: VPSDE, x: torch.Tensor, t: float, *, dt: float = 1e-4):
-    r"""Both sides of the Fokker–Planck equation for a candidate density :math:`p_t(x) = e^{\text{log\_prob\_fn}(x, t)}`:
+def fokker_planck_sides(log_prob_fn, drift_fn, diffusion_sq, x: torch.Tensor, t: float, *, reverse: bool = False,
+                        dt: float = 1e-4):
+    r"""Both sides of the Fokker–Planck equation of a process with drift :math:`b` and diffusion :math:`\sigma`, for a
+    candidate density :math:`p_t(x) = e^{\text{log\_prob\_fn}(x, t)}`; returns ``(lhs, rhs)``, each ``(B,)``.
 
-    returns ``(lhs, rhs)`` with ``lhs`` :math:`=\partial_t p` (central difference in ``t``) and ``rhs``
-    :math:`=-\nabla\cdot(f_t p) + \tfrac12 g_t^2\,\Delta p` (autograd in float64), each ``(B,)``.
+    - ``reverse=False``: :math:`dx = b_t(x)\,dt + \sigma_t\,dw` forward in time, whose density obeys
+      :math:`\partial_t p_t = -\nabla\cdot(b_t p_t) + \tfrac12\sigma_t^2\Delta p_t`; ``lhs`` :math:`=\partial_t p_t`.
+    - ``reverse=True``: :math:`dx = b_t(x)\,dt + \sigma_t\,d\bar w` run backwards (:math:`dt<0`), as the reverse SDE
+      is written. In the time :math:`\tau = -t` that runs forward it has drift :math:`-b` and the same diffusion, so
+      its Fokker–Planck equation is :math:`-\partial_t p_t = \nabla\cdot(b_t p_t) + \tfrac12\sigma_t^2\Delta p_t`;
+      ``lhs`` :math:`=-\partial_t p_t`. Anderson's reverse SDE, :math:`b = f - g^2\nabla\log p_t`, :math:`\sigma = g`,
+      satisfies it for the :math:`p_t` of the forward SDE (:func:`reverse_sde_drift`).
+
+    ``drift_fn(x, t) -> (B, D)`` with ``t`` a float (it may call a score: it is differentiated by autograd);
+    ``diffusion_sq`` is :math:`\sigma_t^2 \ge 0` at ``t`` (a float). :math:`\partial_t p` is a central difference
+    with step ``dt``; the divergence and the Laplacian are exact (autograd, float64).
     """
-    sde = validation.sde("sde", sde)
     _callable("log_prob_fn", log_prob_fn, "log_prob_fn(x, t) -> (B,)")
+    _callable("drift_fn", drift_fn, "drift_fn(x, t) -> (B, D)")
+    diffusion_sq = validation.number("diffusion_sq (sigma_t^2 at t)", diffusion_sq, low=0)
     x = validation.tensor("x", x, ndim=tuple(range(2, 9)))
     dt = validation.number("dt", dt, low=0, strict_low=True)
     t = float(check_time(t))
@@ -768,13 +802,31 @@ def fokker_planck_residual(log_prob_fn, sde: VPSDE, x: torch.Tensor, t: float, *
     with torch.no_grad():
         lp_plus = _returned("log_prob_fn", log_prob_fn(x, t + dt), x.shape[0], (x.shape[0],))
         lp_minus = _returned("log_prob_fn", log_prob_fn(x, t - dt), x.shape[0], (x.shape[0],))
-        lhs = (lp_plus.exp() - lp_minus.exp()) / (2 * dt)
+        dp_dt = (lp_plus.exp() - lp_minus.exp()) / (2 * dt)
     p_fn = lambda u: log_prob_fn(u, t).exp()  # noqa: E731
-    flux_div = divergence_exact(lambda u: sde.drift(u, t) * p_fn(u)[:, None], x)
-    grad_fn = lambda u: _grad(p_fn, u, create_graph=True)  # noqa: E731
-    laplacian = divergence_exact(grad_fn, x)
-    rhs = -flux_div + 0.5 * float(sde.beta(t)) * laplacian
-    return lhs, rhs
+
+    def flux(u):
+        b = _returned("drift_fn", drift_fn(u, t), u.shape[0], u.shape)
+        return b * expand_to(p_fn(u), b)
+
+    flux_div = divergence_exact(flux, x)
+    laplacian = divergence_exact(lambda u: _grad(p_fn, u, create_graph=True), x)
+    if reverse:
+        return -dp_dt, flux_div + 0.5 * diffusion_sq * laplacian
+    return dp_dt, -flux_div + 0.5 * diffusion_sq * laplacian
+
+
+def fokker_planck_residual(log_prob_fn, sde: VPSDE, x: torch.Tensor, t: float, *, dt: float = 1e-4):
+    r"""Both sides of the forward SDE's Fokker–Planck equation for a candidate density
+    :math:`p_t(x) = e^{\text{log\_prob\_fn}(x, t)}`:
+
+    returns ``(lhs, rhs)`` with ``lhs`` :math:`=\partial_t p` (central difference in ``t``) and ``rhs``
+    :math:`=-\nabla\cdot(f_t p) + \tfrac12 g_t^2\,\Delta p` (autograd in float64), each ``(B,)``.
+    :func:`fokker_planck_sides` with the drift :math:`f_t` and diffusion :math:`g_t` of ``sde``.
+    """
+    sde = validation.sde("sde", sde)
+    t_ = float(check_time(t))
+    return fokker_planck_sides(log_prob_fn, sde.drift, float(sde.beta(t_)), x, t_, dt=dt)
 
 
 def _grad(fn, u, create_graph=False):
