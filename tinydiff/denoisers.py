@@ -350,12 +350,29 @@ class Denoiser:
         if self.prediction == "edm":
             c_skip, c_out, c_in, c_noise = edm_coefs(self.path.sigma_ve(t), self.sigma_data)
             x_ve = x / expand_to(a, x)
-            x0 = expand_to(c_skip, x) * x_ve + expand_to(c_out, x) * self.fn(expand_to(c_in, x) * x_ve, c_noise.to(x.dtype))
+            x_in = expand_to(c_in, x) * x_ve
+            x0 = expand_to(c_skip, x) * x_ve + expand_to(c_out, x) * self._out(self.fn(x_in, c_noise.to(x.dtype)), x)
             return x0, convert.x0_eps_from("x0", x0, x, a, s)[1]
-        pred = self.fn(x, t)
+        pred = self._out(self.fn(x, t), x)
         if self.prediction == "velocity":
             return convert.x0_eps_from("velocity", pred, x, a, s, self.path.d_alpha(t), self.path.d_sigma(t))
         return convert.x0_eps_from(self.prediction, pred, x, a, s)
+
+    def _out(self, out, x):
+        """Check what ``fn`` returned on its metadata (no host sync: this runs at every step): a tensor of ``x``'s
+        shape on ``x``'s device (a wrong shape would otherwise broadcast silently in the conversions)."""
+        if out is None:
+            raise TypeError("the Denoiser's fn returned None: did it forget to `return` its prediction?")
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the Denoiser's fn must return a torch.Tensor of shape {tuple(x.shape)} (its "
+                            f"{self.prediction} prediction); it returned {validation.describe(out)}")
+        if tuple(out.shape) != tuple(x.shape):
+            raise ValueError(f"the Denoiser's fn returned shape {tuple(out.shape)}; it must return the shape of its "
+                             f"input x, {tuple(x.shape)}")
+        if out.device != x.device:
+            raise ValueError(f"the Denoiser's fn returned a tensor on {out.device} for input x on {x.device}; it must "
+                             f"return its prediction on the device of x")
+        return out
 
     def x0(self, x, t):
         r""":math:`\hat x_0(x_t, t)`, the posterior-mean estimate (Tweedie)."""

@@ -292,9 +292,9 @@ def mixture_statistics(x: torch.Tensor, mixture, ref: torch.Tensor, *, bandwidth
     """
     x, ref = _points("x", x, min_batch=2), _points("ref", ref, min_batch=2)
     _mixture("mixture", mixture)
-    _same_dim(x, ref, ("x", "ref"))
-    if x.shape[1] != mixture.D:
-        raise ValueError(f"x must have the mixture's dimension {mixture.D}; got {validation.describe(x)}")
+    for name, v in (("x", x), ("ref", ref)):
+        if v.shape[1] != mixture.D:
+            raise ValueError(f"{name} must have shape (n, {mixture.D}) for this mixture; got {tuple(v.shape)}")
     s = mode_spread(x, mixture)
     s_data = _spread_expected(mixture)
     dev = (s.log() - s_data.log()).abs()

@@ -88,6 +88,34 @@ def _same(**tensors) -> list[torch.Tensor]:
     return out
 
 
+def _callable(name, fn):
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable; got {validation.describe(fn)}")
+    return fn
+
+
+def _prediction(name, out, like) -> torch.Tensor:
+    """What a model callable returned: a tensor of ``like``'s shape (its dtype may differ under autocast; no host
+    sync)."""
+    if out is None:
+        raise TypeError(f"{name} returned None: did it forget to `return` its prediction?")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor of shape {tuple(like.shape)}; it returned "
+                        f"{validation.describe(out)}")
+    if tuple(out.shape) != tuple(like.shape) or not out.is_floating_point():
+        raise ValueError(f"{name} must return a floating tensor of the shape of x_t, {tuple(like.shape)}; it returned "
+                         f"{validation.describe(out)}")
+    return out
+
+
+def _batched(name, value, B, *, ndim=None, floating=True):
+    """A per-sample input (conditioning, lights, times): a tensor with ``B`` rows."""
+    v = validation.tensor(name, value, ndim=ndim, floating=floating, batch=B)
+    if not floating and (v.is_floating_point() or v.dtype == torch.bool):
+        raise ValueError(f"{name} must be an integer tensor ({B},); got {validation.describe(v)}")
+    return v
+
+
 def _black(black) -> float:
     return validation.number("black", black)
 
@@ -130,6 +158,7 @@ def couple(coupling: str, x0_12, alpha, sigma, *, x0_1=None, x0_2=None, generato
     if x0_1 is None or x0_2 is None:
         raise ValueError(f"coupling={coupling!r} needs the clean images x0_1 and x0_2 of the two partial lights "
                          "(only 'shared_xt' works without them)")
+    x0_12, x0_1, x0_2 = _same(x0_12=x0_12, x0_1=x0_1, x0_2=x0_2)
     if coupling == "shared_noise":
         eps = noise()
         e = (eps, eps, eps)
@@ -242,6 +271,8 @@ def consistency_loss(prediction: str, p_12, p_1, p_2, xt_12, xt_1, xt_2, alpha, 
 def consistency_loss_latent(phi, p_12, p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma, *, mask=None) -> torch.Tensor:
     r"""Latent-space :math:`\mathcal L_\text{consistency} = \|M\odot(p_{12} - \phi(\ldots))\|^2` with a learned
     ``phi`` called on :func:`phi_inputs` (a latent space has no known sum, so :math:`\phi` is learned)."""
+    _callable("phi", phi)
+    p_12 = validation.tensor("p_12", p_12)
     merged = phi(phi_inputs(p_1, p_2, xt_12, xt_1, xt_2, alpha, sigma))
     validation.output("phi", merged, like=p_12)
     return masked_mse(p_12 - merged, mask)
@@ -263,6 +294,7 @@ def bayes_prediction(prediction: str, x0_star, xt, alpha, sigma) -> torch.Tensor
     and :math:`\mathbb E[\varepsilon\mid x_t, L, I_d] = (x_t - \alpha_t x_0^\star)/\sigma_t`, written as
     ``prediction``."""
     validation.choice("prediction", prediction, PREDICTIONS)
+    xt, x0_star = _same(xt=xt, x0_star=x0_star)
     a, s = _ab(alpha, sigma, xt)
     x0_star = x0_star.to(xt.dtype)
     return convert.prediction_from(prediction, x0_star, (xt - a * x0_star) / s, alpha, sigma).to(xt.dtype)
@@ -278,16 +310,32 @@ def relight_losses(model_fn, prediction: str, x0, cond, light, light_1, light_2,
     ``alpha_bar_t`` ``(B,)``; ``lambda_consistency = 0`` skips the two extra evaluations.
     Returns ``{"vanilla", "consistency", "loss"}``."""
     validation.choice("prediction", prediction, PREDICTIONS)
+    _callable("model_fn", model_fn)
     x0 = validation.tensor("x0", x0, ndim=4)
+    B = x0.shape[0]
+    cond = _batched("cond", cond, B, ndim=4)
+    light = _batched("light", light, B)
+    light_1, light_2 = _batched("light_1", light_1, B), _batched("light_2", light_2, B)
+    for name, v in (("light_1", light_1), ("light_2", light_2)):
+        if v.shape != light.shape:
+            raise ValueError(f"{name} must have the shape of light, {tuple(light.shape)}; got {validation.describe(v)}")
+    t = _batched("t", t, B, ndim=1, floating=False)
+    alpha_bar_t = validation.tensor("alpha_bar_t", alpha_bar_t, ndim=1, floating=False, batch=B)
+    if not alpha_bar_t.is_floating_point():
+        raise ValueError(f"alpha_bar_t must be a floating tensor ({B},) of values in (0, 1); got "
+                         f"{validation.describe(alpha_bar_t)}")
+    if alpha_bar_t.device.type == "cpu" and not bool(((alpha_bar_t > 0) & (alpha_bar_t < 1)).all()):
+        raise ValueError("alpha_bar_t must lie in (0, 1) (t in 1..T of a schedule); got values from "
+                         f"{float(alpha_bar_t.min()):g} to {float(alpha_bar_t.max()):g}")  # CPU only: no host sync
     a, s = alpha_bar_t.sqrt(), (1 - alpha_bar_t).sqrt()
     (xt, _, _), (eps, _, _) = couple("shared_xt", x0, a, s, generator=generator)
     target = convert.prediction_from(prediction, x0, eps, a, s).to(x0.dtype)
-    vanilla = vanilla_loss(model_fn(xt, t, cond, light), target)
+    vanilla = vanilla_loss(_prediction("model_fn", model_fn(xt, t, cond, light), xt), target)
     if lambda_consistency == 0:
         consistency = torch.zeros((), device=x0.device)
     else:
         both = model_fn(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([cond, cond]), torch.cat([light_1, light_2]))
-        p_1, p_2 = both.chunk(2)
+        p_1, p_2 = _prediction("model_fn", both, torch.cat([xt, xt])).chunk(2)
         consistency = consistency_loss(prediction, target, p_1, p_2, xt, xt, xt, a, s, mask=mask, black=black)
     return {"vanilla": vanilla, "consistency": consistency,
             "loss": joint_loss(vanilla, consistency, lambda_vanilla=lambda_vanilla,
@@ -323,10 +371,19 @@ def relight(model_fn, cond, light, sched, n_steps: int = 10, *, prediction: str 
     from . import ddim
 
     validation.choice("prediction", prediction, PREDICTIONS)
+    _callable("model_fn", model_fn)
+    sched = validation.schedule("sched", sched)
+    cond = validation.tensor("cond", cond, ndim=4)
+    light = _batched("light", light, cond.shape[0])
+    first = [True]
 
     def eps_fn(x, t):
         ab = sched.alpha_bar.to(x.device)[t]
-        return convert.x0_eps_from(prediction, model_fn(x, t, cond, light), x, ab.sqrt(), (1 - ab).sqrt())[1].to(x.dtype)
+        pred = model_fn(x, t, cond, light)
+        if first[0]:  # the first step only: one check, as every sampler does
+            first[0] = False
+            validation.output("model_fn", _prediction("model_fn", pred, x).to(x.dtype), like=x)
+        return convert.x0_eps_from(prediction, pred, x, ab.sqrt(), (1 - ab).sqrt())[1].to(x.dtype)
 
     shape = (cond.shape[0], 3, *cond.shape[-2:])
     return ddim.sample(eps_fn, shape, sched, n_steps, generator=generator, progress_bar=False,
@@ -357,6 +414,7 @@ def psnr_ssim(pred, true) -> tuple[torch.Tensor, torch.Tensor]:
 def linearity_error(x_12, x_1, x_2, mask=None, black: float = BLACK) -> float:
     r"""RMS of the model-space transport residual :math:`x_{12} - x_1 - x_2 + b` of three relightings, on the
     mask (0 for a model whose relightings add like light)."""
+    x_12, x_1, x_2 = _same(x_12=x_12, x_1=x_1, x_2=x_2)
     return rms(x0_residual(x_12, x_1, x_2, black), mask)
 
 
@@ -365,8 +423,8 @@ def photometric_stereo(images, light_vectors) -> torch.Tensor:
     under ``K`` lights with first moments ``light_vectors`` ``(K, 3)`` give :math:`g = a n` from
     :math:`\min_g \sum_k (s_k\cdot g - I_k)^2`; returns :math:`n = g/\|g\|` ``(B, 3, H, W)``.
     ``images`` ``(K, B, 3, H, W)`` linear HDR."""
-    images = validation.tensor("images", images, ndim=5)
-    S = validation.tensor("light_vectors", light_vectors, ndim=2).double()
+    images = validation.tensor("images", images, ndim=5, finite=True)
+    S = validation.tensor("light_vectors", light_vectors, ndim=2, finite=True).double()
     if S.shape != (images.shape[0], 3):
         raise ValueError(f"light_vectors must be ({images.shape[0]}, 3), one per relighting; got {tuple(S.shape)}")
     grey = images.double().mean(2)  # (K, B, H, W)
@@ -378,6 +436,13 @@ def photometric_stereo(images, light_vectors) -> torch.Tensor:
 
 def angular_error(n_est, n_true, mask) -> torch.Tensor:
     r"""Per-pixel angle in degrees between unit normals, :math:`\arccos(n\cdot\hat n)`, on the mask (a 1-D tensor)."""
+    n_est, n_true = _same(n_est=n_est, n_true=n_true)
+    if n_est.ndim != 4 or n_est.shape[1] != 3:
+        raise ValueError(f"n_est must be normal maps (B, 3, H, W); got {validation.describe(n_est)}")
+    mask = validation.tensor("mask", mask, floating=False)
+    want = (n_est.shape[0], 1, *n_est.shape[2:])
+    if tuple(mask.shape) != want:
+        raise ValueError(f"mask must be a mask (bool or 0/1) of shape {want}; got {validation.describe(mask)}")
     cos = (n_est.double() * n_true.double()).sum(1, keepdim=True).clamp(-1, 1)
     return torch.rad2deg(torch.arccos(cos))[mask.bool()]
 

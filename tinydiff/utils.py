@@ -172,6 +172,7 @@ def start_noise(shape, *, generator: torch.Generator | None = None, device=None,
 
     device = torch.device("cpu") if device is None else check_device("device", device)
     shape = validation.shape("shape", shape)
+    generator = validation.generator("generator", generator)
     if x_T is None:
         return _to_device(torch.randn(tuple(shape), generator=generator, dtype=dtype), device)
     x_T = validation.tensor("x_T", x_T, floating=False)
@@ -185,6 +186,8 @@ def noise_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     (on CUDA through pinned memory without blocking, so the copy does not wait for the queued kernels)."""
     if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"x must be a floating torch.Tensor (the noise takes its shape and dtype); got {_describe(x)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {_describe(generator)}")
     return _to_device(torch.randn(x.shape, generator=generator, dtype=x.dtype), x.device)
 
 

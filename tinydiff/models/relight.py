@@ -59,6 +59,10 @@ def widen_input(model: nn.Module, extra_channels: int, *, attr: str | None = Non
     update its ``in_channels``; returns the model. ``attr`` names the conv (default: ``inp`` for a
     :class:`~tinydiff.models.UNet`, ``x_embedder`` for a DiT). A DiT with ``learn_sigma`` is refused (its output
     split reads ``in_channels``)."""
+    if attr is not None and not isinstance(attr, str):
+        raise TypeError(f"attr must be None or the name of the model's first nn.Conv2d; got {validation.describe(attr)}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (a UNet or a DiT); got {validation.describe(model)}")
     name = attr or _INPUT_CONV.get(type(model).__name__)
     if name is None or not isinstance(getattr(model, name, None), nn.Conv2d):
         raise ValueError(f"widen_input: no input convolution found on {type(model).__name__}"
@@ -79,15 +83,32 @@ class LightEmbedding(nn.Module):
 
     def __init__(self, base: nn.Module, light_dim: int, emb_dim: int):
         super().__init__()
+        if not isinstance(base, nn.Module) or not callable(base):
+            raise TypeError(f"base must be the UNet's time embedding (an nn.Module base(t, y, batch, device)); got "
+                            f"{validation.describe(base)}")
+        light_dim = validation.integer("light_dim", light_dim, low=1)
+        emb_dim = validation.integer("emb_dim", emb_dim, low=1)
         self.base = base
         self.light = nn.Sequential(nn.Linear(light_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         nn.init.zeros_(self.light[-1].weight)
         nn.init.zeros_(self.light[-1].bias)
 
     def forward(self, t, y, batch: int, device):
+        if not isinstance(device, torch.device):  # the UNet passes x.device; anything else is checked
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be a torch device like 'cpu' or 'cuda:0'; got "
+                                 f"{validation.describe(device)}") from None
+            if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+                raise ValueError(f"device {device} is not on this machine ({torch.cuda.device_count()} GPU(s))")
         emb = self.base(t, None, batch, device)
         if y is None:
             return emb
+        w = self.light[0].weight
+        y = validation.tensor("y", y, ndim=2, batch=emb.shape[0])
+        if y.shape[1] != w.shape[1]:
+            raise ValueError(f"y must be light features ({emb.shape[0]}, {w.shape[1]}); got {validation.describe(y)}")
         return emb + self.light(y.to(emb.dtype))
 
 
@@ -127,6 +148,9 @@ class RelightUNet(nn.Module):
         r"""IC-Light's recipe: take a trained image UNet ``base`` (``image_channels`` in and out), widen its input
         by ``cond_channels`` zero channels and attach the zero-initialised light embedding. The result computes
         exactly ``base(x_t, t)`` until it is trained."""
+        if not isinstance(base, UNet):
+            raise TypeError(f"base must be a trained td.models.UNet; got {validation.describe(base)}")
+        cond_channels = validation.integer("cond_channels", cond_channels, low=1)
         if base.in_channels != base.out_channels:
             raise ValueError(f"base must map an image to an image of the same channels; got {base.in_channels} -> "
                              f"{base.out_channels}")
@@ -142,6 +166,12 @@ class RelightUNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, t, cond: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+        x = validation.tensor("x", x, ndim=4, floating=False)
+        if not x.is_floating_point() or x.shape[1] != self.image_channels:
+            raise ValueError(f"x must be a floating batch of images (B, {self.image_channels}, H, W); got "
+                             f"{validation.describe(x)}")
+        cond = validation.tensor("cond", cond, ndim=4)
+        light = validation.tensor("light", light, ndim=4, batch=x.shape[0])
         if cond.shape[1] != self.cond_channels or cond.shape[0] != x.shape[0] or cond.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"cond must have shape ({x.shape[0]}, {self.cond_channels}, {x.shape[-2]}, "
                              f"{x.shape[-1]}); got {tuple(cond.shape)}")
@@ -161,4 +191,9 @@ class PhiNet(nn.Module):
                                  nn.SiLU(), nn.Conv2d(hidden, channels, 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        w = self.net[0].weight
+        z = validation.tensor("z", z, ndim=4, floating=False)
+        if not z.is_floating_point() or z.dtype != w.dtype or z.shape[1] != w.shape[1]:
+            raise ValueError(f"z must be the {w.shape[1]} channels of tinydiff.relight.phi_inputs (B, {w.shape[1]}, H, W) "
+                             f"in {w.dtype}; got {validation.describe(z)}")
         return self.net(z)
