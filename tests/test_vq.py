@@ -515,6 +515,14 @@ def test_code_prior_sampling_is_seeded_greedy_at_low_temperature_and_on_the_mode
     for i in range(4):
         path[0, i] = prior(path.reshape(1, 2, 2)).reshape(1, 4, 7)[0, i].argmax()
     assert torch.equal(greedy, path.reshape(1, 2, 2).expand(3, 2, 2))
+    # given uniforms: k_i = min{j : F_i(j) > u_i}, the inverse CDF written out on the model's conditionals
+    u = torch.rand(4, 2, 2, generator=torch.Generator().manual_seed(5))
+    given = prior.sample(4, u=u)
+    cond = prior(given).reshape(4, 4, 7).double().exp()
+    for b in range(4):
+        for i in range(4):
+            cdf = cond[b, i].cumsum(0)
+            assert int(given.reshape(4, 4)[b, i]) == int((cdf <= u.reshape(4, 4)[b, i] * cdf[-1]).sum())
     meta = vq.CodePrior(7, (2, 2), dim=16, layers=1, heads=2).to("meta")  # no host sync in the loop
     assert meta.sample(3, generator=torch.Generator().manual_seed(0)).device.type == "meta"
 
@@ -549,6 +557,8 @@ def test_code_prior_trains_on_vqvae_codes_with_fit_and_decodes():
     (lambda p: p.sample(2, generator=3), "generator must be a torch.Generator"),
     (lambda p: p.sample(2, device="meta"), r"device must be the prior's device \(cpu\)"),
     (lambda p: p.sample(2, device="nonsense"), "device must be a torch device"),
+    (lambda p: p.sample(2, u=torch.rand(3, 2, 2)), r"u must have shape \(n, h, w\) = \(2, 2, 2\)"),
+    (lambda p: p.sample(1, u=torch.ones(1, 2, 2)), r"u must hold uniforms in \[0, 1\)"),
     (lambda p: vq.CodePrior(7, (2, 2, 2)), r"shape must be the \(h, w\) of the index map"),
     (lambda p: vq.CodePrior(7, (2, 0)), "shape must be a tuple of positive ints"),
     (lambda p: vq.CodePrior(0, (2, 2)), r"num_codes must lie in 1\.\.inf"),

@@ -667,13 +667,14 @@ class _GridPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0,
-               device=None) -> torch.Tensor:
+               device=None, u: torch.Tensor | None = None) -> torch.Tensor:
         r"""Draw ``n`` index maps ``(n, h, w)`` (long) by ancestral sampling in raster order: for ``i = 1..hw``,
         :math:`k_i \sim p(\cdot \mid k_{<i})^{1/\tau}` (renormalised; ``temperature`` :math:`\tau`, 1 = the model).
 
         Runs on the prior's device (``device`` must be it, if given). The uniforms of the inverse-CDF draws come from
         ``generator`` on the CPU and are moved, so a seed gives the same maps on every device (up to float rounding).
-        No host syncs inside the loop."""
+        ``u`` ``(n, h, w)``: the uniforms in :math:`[0, 1)` to use instead of drawing them (the inverse CDF picks
+        :math:`k_i = \min\{j : F_i(j) > u_i\}`, :math:`F_i` the cumulative conditional). No host syncs inside the loop."""
         n = V.integer("n", n, low=1)
         generator = V.generator("generator", generator)
         temperature = V.number("temperature", temperature, low=0.0, strict_low=True)
@@ -687,7 +688,18 @@ class _GridPrior(nn.Module):
             if want.type != here.type or (want.index is not None and here.index is not None and want != here):
                 raise ValueError(f"device must be the prior's device ({here}) or None: sampling runs where the model "
                                  f"is; got {want}. Move the prior with .to({str(want)!r}) first.")
-        u = torch.rand(n, self.length, generator=generator, dtype=torch.float64).to(here)
+        if u is None:
+            u = torch.rand(n, self.length, generator=generator, dtype=torch.float64)
+        else:
+            u = V.tensor("u", u)
+            if tuple(u.shape) != (n, *self.shape):
+                raise ValueError(f"u must have shape (n, h, w) = ({n}, {self.shape[0]}, {self.shape[1]}); got "
+                                 f"{V.describe(u)}")
+            if u.device.type != "meta" and not bool(((u >= 0) & (u < 1)).all()):
+                raise ValueError(f"u must hold uniforms in [0, 1); got values from {u.min().item():g} to "
+                                 f"{u.max().item():g}")
+            u = u.reshape(n, -1).double()
+        u = u.to(here)
         k = torch.zeros(n, self.length, dtype=torch.long, device=here)
         was_training = self.training
         self.eval()
