@@ -22,6 +22,16 @@ robustness modules alone 16.0 % clear, 44.9 % unclear. After it, the same callab
 silent (+ 0.4 % silent NaN), 16.1 % accepted, 0 hangs; the robustness modules 72.3 % clear, 0.1 % unclear (3 calls, raised
 inside the loss_fn that fit trains), 0 silent NaN.
 
+Issue 13's validation pass, measured with ``TINYDIFF_FUZZ=full`` on 2026-12-01 (``python tests/test_fuzz.py``; its counts
+exclude the baseline calls). Before (commit ea17b62): 13,652 bad calls over 517 callables, 43 of which the harness
+could not call ('-' in KNOWN): 67.1 % clear, 1.0 % unclear (133), 14.8 % silent, 1 silent NaN, 17.1 % accepted,
+0 hangs; KNOWN had 63 entries (43 of them '-'). After: 15,034 bad calls over 531 callables (14 not callable, all new functions of
+sde, vq and weights, owned elsewhere): 68.5 % clear, 0 unclear, 14.5 % silent, 0 silent NaN, 17.0 % accepted, 0 hangs;
+KNOWN is empty. The one silent NaN (``within_class_spread`` with labels of one sample each) was not changed but
+reclassified as the documented NaN it is (:data:`DOCUMENTED_NAN`). The modules of that pass alone: 7,439 bad calls,
+41 callables not callable, 131 unclear before; 8,707 bad calls, every callable called, 0 unclear after. The default
+run (a seeded sample) took 4.7 s on an idle 2-core machine and 60 s while other test runs loaded it.
+
 The test fails on ``unclear`` and ``silent_nan`` outside :data:`KNOWN` (the list of failures owned by other
 modules' authors, with the reason). Run ``python tests/test_fuzz.py`` for the counts; ``TINYDIFF_FUZZ=full`` tries
 every bad value of every argument (the default run tries a seeded sample, at most :data:`PER_ARG` per argument).
@@ -1087,18 +1097,19 @@ def counts(results):
 # Failures in modules owned by other engineers, measured with TINYDIFF_FUZZ=full on 2026-12-01: qualified callable ->
 # the arguments whose bad values still give an unclear error, a silent NaN or a hang ("-": no plausible call could be
 # made, i.e. the callable is not fuzzed yet: its signature is new or the values above do not fit it). The test
-# tolerates exactly these; each owner shrinks their part as their module validates its input. Modules of the
-# robustness work (train, schedules, vq, data.toy/digits/shapes, models/*) have no entry and must stay that way.
-KNOWN: dict[str, list[str]] = {
-    # --- lead (weights.py is being rewritten: its plausible values come with the rewrite)
-    'tinydiff.weights.Checkpoint': ['-'],
-    'tinydiff.weights.make': ['-'],
-}
+# tolerates exactly these; each owner shrinks their part as their module validates its input. The modules in OWN
+# (the robustness work's, and those of issue 13's validation pass) have no entry and must stay that way: there a
+# callable the harness cannot call is a failure too, as is a REFUSES callable that stopped refusing.
+KNOWN: dict[str, list[str]] = {}  # empty since issue 13's pass (weights.Checkpoint/make went with the lead's rewrite)
 
 
 OWN = tuple(f"tinydiff.{m}" for m in ("train", "schedules", "vq", "data.toy", "data.digits", "data.shapes",
                                         "models.embeddings", "models.mlp", "models.unet", "models.classifier",
-                                        "models.attention", "models.text", "models.autoencoders"))
+                                        "models.attention", "models.text", "models.autoencoders",
+                                        # the modules of issue 13's validation pass (every callable is called)
+                                        "validation", "denoisers", "metrics", "utils", "latent", "ddpm", "ddim",
+                                        "guidance", "score", "flow", "solvers", "relight", "models.dit",
+                                        "models.mmdit", "models.relight"))
 
 
 def _is_known(qual, arg):
@@ -1113,10 +1124,11 @@ def test_fuzz_every_public_callable_gets_a_clear_error_or_a_finite_answer():
     failures = [r for r in results if r[3] in ("unclear", "silent_nan", "hang") and not _is_known(r[0], r[1])]
     # a callable the harness cannot call yet (a new signature) is the harness's gap, not its owner's failure; for the
     # robustness work's own modules it is a failure
-    baseline = [r for r in results if r[3] == "no_baseline" and not _is_known(r[0], "-") and r[0].startswith(OWN)]
+    baseline = [r for r in results if r[3] == "no_baseline" and not _is_known(r[0], "-")
+                and (r[0].startswith(OWN) or r[0] in REFUSES)]
     lines = [f"{q}({a}={k}): {o} {m}" for q, a, k, o, m in failures + baseline]
     assert not lines, f"{len(lines)} calls with bad input failed:\n" + "\n".join(lines[:60])
-    assert FULL or elapsed < 60, f"the default fuzz run took {elapsed:.0f} s"
+    assert FULL or elapsed < 30, f"the default fuzz run took {elapsed:.0f} s (it must stay under 30 s)"
 
 
 def test_every_public_callable_is_fuzzed():
