@@ -19,3 +19,13 @@ def my_perplexity(counts):
 
 def my_code_usage(indices, K):
     return torch.bincount(indices.flatten(), minlength=K)  # the bug: no minlength
+
+
+def my_sample_codes(prior, u):
+    n, h, w = u.shape
+    k = torch.zeros(n, h * w, dtype=torch.long)
+    for i in range(h * w):  # raster order: position i sees k_<i only
+        probs = prior(k.reshape(n, h, w)).reshape(n, h * w, -1)[:, i].double().exp()
+        cdf = probs.cumsum(-1)
+        k[:, i] = (cdf <= u.reshape(n, -1)[:, i:i + 1].double() * cdf[:, -1:]).sum(-1)  # min{j: F(j) > u}
+    return k.reshape(n, h, w)
