@@ -60,11 +60,13 @@ import tinydiff as td
 
 cfg = td.profiles.choose(          # sizes for the active profile: quick (tests) / standard (CPU) / full (GPU)
     quick=dict(n=1000, n_fwd=4000, sde_steps=100, fp_n=3000, fp_steps=100, grid=201, ll_points=4, ll_repeats=4,
-               pc_n=1000, pc_repeats=1, train_steps=600, hidden=64, batch=256, n_proj=64),
+               hutch_probes=4000, pc_n=1000, pc_repeats=1, train_steps=600, hidden=64, batch=256, n_proj=64),
     standard=dict(n=4000, n_fwd=20000, sde_steps=300, fp_n=20000, fp_steps=300, grid=401, ll_points=16,
-                  ll_repeats=16, pc_n=8000, pc_repeats=4, train_steps=4000, hidden=128, batch=512, n_proj=128),
+                  ll_repeats=16, hutch_probes=20000, pc_n=8000, pc_repeats=4, train_steps=4000, hidden=128, batch=512,
+                  n_proj=128),
     full=dict(n=8000, n_fwd=100000, sde_steps=500, fp_n=100000, fp_steps=500, grid=801, ll_points=64,
-              ll_repeats=32, pc_n=20000, pc_repeats=4, train_steps=20000, hidden=128, batch=1024, n_proj=256),
+              ll_repeats=32, hutch_probes=50000, pc_n=20000, pc_repeats=4, train_steps=20000, hidden=128, batch=1024,
+              n_proj=256),
 )
 dev = td.device()
 g = td.seed_everything(0)
@@ -169,11 +171,27 @@ td.check_less("simulated std = s(t) (within 5 standard errors + 0.01)", abs(x.st
 # %% [markdown]
 # ## 2 · The reverse-time SDE
 #
-# The lecture writes $p(x_t\mid x_{t+\Delta t})\propto p(x_{t+\Delta t}\mid x_t)\exp(\log p(x_t)-\log p(x_{t+\Delta t}))$,
-# expands $\log p(x_{t+\Delta t})$ to first order and completes the square. What remains is again a Gaussian step,
-# now backwards in time:
+# One Euler–Maruyama step is the Gaussian $p(x_{t+\Delta t}\mid x_t)=\mathcal N\big(x_t+f_t(x_t)\Delta t,\;g_t^2\Delta t\,I\big)$.
+# Running time backwards needs the other conditional, which Bayes' rule gives (the lecture's route, step by step;
+# write $\delta = x_{t+\Delta t}-x_t$ and $s_t=\nabla\log p_t$):
 #
-# $$dx = \big[f_t(x) - g_t^2\,\nabla_x\log p_t(x)\big]\,dt + g_t\,d\bar w \qquad (dt<0).$$
+# 1. $p(x_t\mid x_{t+\Delta t}) = p(x_{t+\Delta t}\mid x_t)\,\exp\big(\log p_t(x_t)-\log p_{t+\Delta t}(x_{t+\Delta t})\big)$.
+# 2. Taylor to first order: $\log p_{t+\Delta t}(x_{t+\Delta t}) = \log p_t(x_t) + \delta\cdot s_t(x_t)
+#    + \Delta t\,\partial_t\log p_t(x_t) + O(\|\delta\|^2)$. Since $\delta = O(\sqrt{\Delta t})$, the $\partial_t$ term
+#    and the remainder are both $O(\Delta t)$, so $p(x_t\mid x_{t+\Delta t})$ is proportional to
+#    $\exp\Big(-\frac{\|\delta-f_t\Delta t\|^2}{2g_t^2\Delta t} - \delta\cdot s_t + O(\Delta t)\Big)$.
+# 3. Complete the square:
+#    $\|\delta-f_t\Delta t\|^2 + 2g_t^2\Delta t\,\delta\cdot s_t = \|\delta-(f_t-g_t^2 s_t)\Delta t\|^2
+#    + \big(\|f_t\|^2-\|f_t-g_t^2s_t\|^2\big)\Delta t^2$, and the last term divided by $2g_t^2\Delta t$ is $O(\Delta t)$.
+# 4. So, up to $O(\Delta t)$ (which also covers evaluating $f, g, s$ at $t+\Delta t$ instead of $t$),
+#    $x_t \mid x_{t+\Delta t} \sim \mathcal N\big(x_{t+\Delta t} - [f - g^2 s]\,\Delta t,\; g^2\Delta t\,I\big)$:
+#
+# $$x_t = x_{t+\Delta t} - \big[f_t - g_t^2\nabla\log p_t\big]\Delta t + g_t\sqrt{\Delta t}\,\varepsilon
+#   \quad\xrightarrow{\Delta t\to0}\quad
+#   dx = \big[f_t(x) - g_t^2\,\nabla_x\log p_t(x)\big]\,dt + g_t\,d\bar w \qquad (dt<0).$$
+#
+# This is Anderson's (1982) reverse-time SDE. §3 derives it a second way, from the Fokker–Planck equation, and
+# checks on a grid that it has the forward marginals while its near misses do not.
 #
 # Everything is known except the score $\nabla_x\log p_t$. For a Gaussian mixture it is exact
 # (`td.sde.mixture_score_fn`), so we can sample the reverse SDE with Euler–Maruyama and *measure* whether it
@@ -312,6 +330,119 @@ td.check_less("... and the check can fail: the unmoved data is far off (TV > 3 x
 # $t$ are the same. The reverse of each member runs with drift $f_t - \tfrac12(g_t^2+\sigma_t^2)\nabla\log p_t$
 # and noise $\sigma_t$ (`td.sde.sample_reverse_family`).
 #
+# ### The reverse SDE, from Fokker–Planck
+#
+# The same bookkeeping derives §2's reverse SDE without Bayes' rule. Let $p_t$ solve the forward equation and
+# read it backwards, $q_\tau = p_{1-\tau}$ with $\tau = 1-t$ running forward:
+#
+# $$\partial_\tau q_\tau = -\partial_t p_t = \nabla\cdot(f_t\,p_t) - \tfrac12 g_t^2\,\Delta p_t .$$
+#
+# A Fokker–Planck equation has $+\tfrac12(\text{diffusion})^2\Delta$, so write
+# $-\tfrac12 g^2\Delta p = -g^2\Delta p + \tfrac12 g^2\Delta p$ and $g^2\Delta p = \nabla\cdot(g^2\,p\,\nabla\log p)$:
+#
+# $$\partial_\tau q_\tau = -\nabla\cdot\Big[\big(-f_t + g_t^2\nabla\log p_t\big)\,q_\tau\Big] + \tfrac12 g_t^2\,\Delta q_\tau ,$$
+#
+# the Fokker–Planck equation, in $\tau$, of $dx = (-f_t + g_t^2\nabla\log p_t)\,d\tau + g_t\,dw$. With $d\tau = -dt$ this
+# is $dx = [f_t - g_t^2\nabla\log p_t]\,dt + g_t\,d\bar w$ for $dt<0$: §2's equation. In the original time the claim to
+# check is, for $\mu = f - g^2\nabla\log p$ and diffusion $g$,
+#
+# $$-\partial_t p_t = \nabla\cdot(\mu_t\,p_t) + \tfrac12 g_t^2\,\Delta p_t \qquad\text{(reverse-time Fokker–Planck).}$$
+#
+# First by hand, with finite differences in $t$ *and* $x$ on a grid, for the exact 1-D marginal of `mix1` at
+# $t = 0.3$ — and for three near misses: the score term with the wrong sign, with $\tfrac12 g^2$ instead of $g^2$
+# (that is the ODE's drift, but run with noise $g$), and without the score.
+
+# %%
+x_fd = torch.linspace(-4, 4, 801, dtype=torch.float64)
+h_fd, dt_fd, t_r = (x_fd[1] - x_fd[0]).item(), 1e-4, 0.3
+p_of = lambda t: log_p(x_fd[:, None], t).exp()  # noqa: E731  exact p_t on the grid
+p_r = p_of(t_r)
+minus_dp_dt = -(p_of(t_r + dt_fd) - p_of(t_r - dt_fd)) / (2 * dt_fd)
+g2_r = sde.beta(t_r).item()
+s_r = score1(x_fd[:, None], torch.full((x_fd.numel(),), t_r, dtype=torch.float64))[:, 0]
+f_r = sde.drift(x_fd[:, None], t_r)[:, 0]
+d_dx = lambda a: (a[2:] - a[:-2]) / (2 * h_fd)  # noqa: E731  central differences on the interior points
+d2_dx2 = lambda a: (a[2:] - 2 * a[1:-1] + a[:-2]) / h_fd**2  # noqa: E731
+variants = {"f - g^2 s (Anderson)": 1.0, "f + g^2 s (sign flipped)": -1.0, "f - g^2/2 s (half)": 0.5,
+            "f (no score)": 0.0}
+fd_rel = {}
+for name, c in variants.items():
+    mu = f_r - c * g2_r * s_r
+    rhs_fd = d_dx(mu * p_r) + 0.5 * g2_r * d2_dx2(p_r)
+    fd_rel[name] = ((minus_dp_dt[1:-1] - rhs_fd).abs().max() / minus_dp_dt.abs().max()).item()
+    print(f"finite differences, drift {name:26s} max|residual| / max|dp/dt| = {fd_rel[name]:.2e}")
+
+# the same equation in tinydiff: exact x-derivatives by autograd, at three times
+x_pts = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None]
+ag_rel = {}
+for t_c in (0.05, 0.3, 0.6):
+    for name, c in variants.items():
+        mu_fn = lambda u, t, c=c: sde.drift(u, t) - c * sde.beta(t) * score1(u, torch.full((u.shape[0],), t, dtype=u.dtype))
+        lhs_c, rhs_c = td.sde.fokker_planck_sides(log_p, mu_fn, sde.beta(t_c).item(), x_pts, t_c, reverse=True)
+        ag_rel[t_c, name] = ((lhs_c - rhs_c).abs().max() / lhs_c.abs().max()).item()
+    print(f"t = {t_c}: autograd residual / max|dp/dt|: " + ", ".join(f"{n.split(' (')[-1].rstrip(')')} "
+          f"{ag_rel[t_c, n]:.1e}" for n in variants))
+lhs_pkg, rhs_pkg = td.sde.fokker_planck_sides(log_p, lambda u, t: td.sde.reverse_sde_drift(score1, sde, u, t),
+                                              g2_r, x_pts, t_r, reverse=True)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+right = "f - g^2 s (Anderson)"
+td.check_less("reverse-time Fokker–Planck holds for f - g^2 s by finite differences (residual < 1e-3 of dp/dt)",
+              fd_rel[right], 1e-3)
+td.check_less("... and by autograd at t = 0.05, 0.3, 0.6 (residual < 1e-5 of dp/dt)",
+              max(ag_rel[t_c, right] for t_c in (0.05, 0.3, 0.6)), 1e-5)
+td.check_less("every near miss (sign, g^2/2, no score) leaves a residual > 0.5 of dp/dt, by both methods",
+              -min(min(fd_rel[n], *(ag_rel[t_c, n] for t_c in (0.05, 0.3, 0.6))) for n in variants if n != right),
+              -0.5)
+td.check("td.sde.reverse_sde_drift is that drift: its residual vanishes too", lhs_pkg, rhs_pkg, atol=1e-6, rtol=1e-5)
+
+# %% [markdown]
+# The equation holds on the grid for Anderson's drift and misses by at least half of $\partial_t p$ for each near
+# miss (the finite-difference residual of the right drift, about $10^{-4}$ of $\partial_t p$, is the grid's $O(h^2)$
+# error; with autograd it is below $10^{-6}$). A zero
+# residual says the reverse process has the right *marginals*; the particles say the same. Start from exact
+# samples of $p_1$ and run each drift backwards with noise $g$ (`td.sde.sample_reverse_sde` with the score scaled
+# by $c = 1, -1, \tfrac12, 0$, which gives the four drifts $f - c\,g^2\nabla\log p$):
+
+# %%
+m1, s1 = (v.item() for v in sde.marginal(1.0))
+xT_1d = m1 * mix1.sample(cfg.fp_n, g, dtype=torch.float64) + s1 * torch.randn(cfg.fp_n, 1, generator=g,
+                                                                                 dtype=torch.float64)
+t_end_r = 1e-3
+m_e, s_e = (v.item() for v in sde.marginal(t_end_r))
+edges_r = torch.linspace(-3, 3, 61, dtype=torch.float64)
+density_e = lambda xx: mix1.log_prob(xx[:, None], m_e, s_e).exp()  # noqa: E731  the target p_{t_min}
+floor_tv_r = sum(td.metrics.histogram_tv(m_e * mix1.sample(cfg.fp_n, g) + s_e * torch.randn(cfg.fp_n, 1, generator=g),
+                                         edges_r, density_e) for _ in range(3)) / 3
+tv_r, x_r = {}, {}
+for name, c in variants.items():
+    x_r[name] = td.sde.sample_reverse_sde(lambda xx, tt, c=c: c * score1(xx, tt), None, sde, cfg.sde_steps,
+                                          x_T=xT_1d, t_min=t_end_r, generator=g)
+    tv_r[name] = td.metrics.histogram_tv(x_r[name], edges_r, density_e)
+    print(f"reverse SDE with drift {name:26s} TV(histogram, p at t = {t_end_r}) = {tv_r[name]:.4f}"
+          f"   (sampling-noise floor {floor_tv_r:.4f})")
+
+fig, ax = plt.subplots(1, 4, figsize=(13, 2.8), sharey=True)
+for a, name in zip(ax, variants):
+    xs = torch.nan_to_num(x_r[name][:, 0], nan=1e9).numpy()   # the sign-flipped run diverges: count it, not plot it
+    a.hist(xs, bins=edges_r.numpy(), weights=[1 / (len(xs) * (edges_r[1] - edges_r[0]).item())] * len(xs), alpha=0.5,
+           label="reverse-SDE particles\n(fraction of all, per unit x)")
+    a.plot(x_fd, mix1.log_prob(x_fd[:, None], m_e, s_e).exp(), "k", lw=1, label="$p_0$ (exact)")
+    a.set_title(f"drift {name}", fontsize=8)
+    a.set_xlabel("x")
+ax[0].set_ylabel("density")
+ax[0].legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check_less("reverse SDE f - g^2 s: particles end on p_0 (TV < 1.6 x noise floor)", tv_r[right], 1.6 * floor_tv_r)
+td.check_less("... and each near miss ends far from it (TV > 4 x floor)",
+              -min(tv_r[n] for n in variants if n != right), -4 * floor_tv_r)
+
+# %% [markdown]
 # ## 4 · The probability-flow ODE
 #
 # With $\sigma_t = 0$ the reverse and the forward process are the same equation,
@@ -376,29 +507,123 @@ td.check("the PF-ODE is invertible: decode(encode(x)) = x", x_dec, ref[:64].doub
 #
 # $$\log p_0(x) = \log p_1(x_1) + \int_0^1 \nabla\cdot v(x_t,t)\,dt,$$
 #
-# with $p_1\approx\mathcal N(0,I)$. The divergence (trace of the Jacobian) costs one backward pass per dimension;
-# **Hutchinson's estimator** $z^\top\frac{\partial v}{\partial x}z$ with $\mathbb E[zz^\top]=I$ costs one, and is
-# unbiased. `td.sde.log_likelihood` integrates both with scipy's `solve_ivp`; the mixture's `log_prob` is the
-# truth.
+# with $p_1\approx\mathcal N(0,I)$. First by hand: Euler steps $x\leftarrow x + h\,v(x,t)$ forward in time, while
+# $\log\det$ collects $h\,\nabla\cdot v(x,t)$, the divergence taken exactly with one backward pass per dimension
+# (two in 2-D). At the end we add the exact $\log p_1(x_1)$ of the noised mixture, so that the only error left is
+# Euler's, $O(h)$: halving $h$ must halve it (in RMS over the points; a point whose error is small is not yet in
+# the asymptotic regime, so its own ratio can be 1.7), and Richardson's $2\,\ell_{h/2} - \ell_h$ must remove most of it.
 
 # %%
+def euler_log_likelihood(x, n_steps, t_min=1e-5, div_sign=1.0):
+    """log p_{t_min}(x) by Euler on the PF-ODE and the instantaneous change of variables, exact 2-D divergence."""
+    ts = torch.linspace(t_min, 1.0, n_steps + 1, dtype=torch.float64)
+    log_det = torch.zeros(x.shape[0], dtype=torch.float64)
+    for i in range(n_steps):
+        h = (ts[i + 1] - ts[i]).item()
+        xr = x.detach().requires_grad_(True)
+        v = td.sde.pf_ode_drift(score, sde, xr, ts[i].item())     # v = f - g^2/2 score
+        div = sum(torch.autograd.grad(v[:, k].sum(), xr, retain_graph=k == 0)[0][:, k] for k in range(2))
+        x = (x + h * v).detach()
+        log_det = log_det + div_sign * h * div.detach()
+    m_1, s_1 = (u.item() for u in sde.marginal(1.0))
+    return ring.log_prob(x, m_1, s_1) + log_det                 # log p_1(x_1) + int div v dt
+
+
 x_ll = ring.sample(cfg.ll_points, g, dtype=torch.float64)
+ll_true = ring.log_prob(x_ll)
+ll_h, ll_h2 = euler_log_likelihood(x_ll, 100), euler_log_likelihood(x_ll, 200)
+err_h, err_h2 = ll_h - ll_true, ll_h2 - ll_true
+ll_rich = 2 * ll_h2 - ll_h
+ll_wrong = euler_log_likelihood(x_ll, 200, div_sign=-1.0)       # + instead of - in d log p / dt
+xr = x_ll.detach().requires_grad_(True)
+v0 = td.sde.pf_ode_drift(score, sde, xr, 0.3)
+div_hand = sum(torch.autograd.grad(v0[:, k].sum(), xr, retain_graph=k == 0)[0][:, k] for k in range(2))
+div_pkg = td.sde.divergence_exact(lambda u: td.sde.pf_ode_drift(score, sde, u, 0.3), x_ll)
+print(f"Euler, h = 1/100: max |error| {err_h.abs().max():.4f} nats; h = 1/200: {err_h2.abs().max():.4f} nats; "
+      f"error ratio from {(err_h / err_h2).min():.2f} to {(err_h / err_h2).max():.2f} over the points, "
+      f"{err_h.pow(2).mean().sqrt() / err_h2.pow(2).mean().sqrt():.2f} in RMS")
+print(f"Richardson 2 l(h/2) - l(h): max |error| {(ll_rich - ll_true).abs().max():.1e} nats;  "
+      f"with the divergence's sign flipped: max |error| {(ll_wrong - ll_true).abs().max():.2f} nats")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check("the hand-written divergence = td.sde.divergence_exact", div_hand, div_pkg, atol=1e-10)
+td.check("Euler is first order: halving h halves the RMS error over the points (ratio 2 ± 0.3)",
+         err_h.pow(2).mean().sqrt() / err_h2.pow(2).mean().sqrt(), 2.0, atol=0.3)
+td.check_less("... at every point the error at h/2 is below twice its step-halving estimate |l(h) - l(h/2)| (+1e-3)",
+              ((ll_h2 - ll_true).abs() - 2 * (ll_h - ll_h2).abs() - 1e-3).max().item(), 0.0)
+td.check_less("... and above a third of it (the error really is Euler's)",
+              (ll_h - ll_h2).abs().mul(1 / 3).sub((ll_h2 - ll_true).abs()).max().item(), 0.0)
+td.check_less("Richardson extrapolation = mixture log p(x) (within 5e-3 nats)",
+              (ll_rich - ll_true).abs().max().item(), 5e-3)
+td.check_less("the wrong sign of the divergence term is rejected by the same tolerance (error > 10 x 5e-3)",
+              -(2 * euler_log_likelihood(x_ll, 100, div_sign=-1.0) - ll_wrong - ll_true).abs().max().item(), -0.05)
+
+# %% [markdown]
+# The same integral with an adaptive solver: `td.sde.log_likelihood` integrates $x$ and $\log\det$ together with
+# scipy's RK45 (tolerance $10^{-5}$) and uses $\mathcal N(0, I)$ for $p_1$, and with the exact trace it should
+# agree with the mixture's `log_prob` to about the solver tolerance.
+#
+# **Hutchinson's estimator** $z^\top\frac{\partial v}{\partial x}z$ with $\mathbb E[zz^\top]=I$ replaces the
+# $D$ backward passes by one, and is unbiased. Its variance is known in closed form from the Jacobian $J$ and
+# $S=\tfrac12(J+J^\top)$ (`td.sde.hutchinson_variance`): $2\sum_{ij}S_{ij}^2$ for Gaussian probes and
+# $2\sum_{i\ne j}S_{ij}^2$ for Rademacher probes ($z_i=\pm1$, so the diagonal is exact). With many probes per
+# point both claims can be tested two-sided: the mean within 4 standard errors of $\operatorname{tr}J$, and the
+# sample variance within 4 of *its* standard errors (from the fourth moment) of the formula. A probe with the
+# wrong scale ($z\sim\mathcal U(-1,1)$, $\mathbb E[zz^\top]=I/3$) and $z^\top v$ in place of $z^\top Jz$ must fail.
+
+# %%
 t0 = time.process_time()
 ll_exact = td.sde.log_likelihood(x_ll, score, sde, exact_trace=True, progress_bar=True)
 cpu_exact = time.process_time() - t0
-ll_true = ring.log_prob(x_ll)
+print(f"exact trace:  max |log p_ODE - log p_true| = {(ll_exact - ll_true).abs().max():.2e} nats   ({cpu_exact:.2f} s CPU)")
+
+v_fn = lambda u: td.sde.pf_ode_drift(score, sde, u, 0.3)  # noqa: E731  the PF-ODE velocity at t = 0.3
+xr = x_ll.detach().requires_grad_(True)
+v0 = v_fn(xr)
+J = torch.stack([torch.autograd.grad(v0[:, k].sum(), xr, retain_graph=k == 0)[0] for k in range(2)], 1)  # (B, 2, 2)
+tr_J = J.diagonal(dim1=1, dim2=2).sum(1)
+n_pr = cfg.hutch_probes
+x_rep = x_ll.repeat_interleave(n_pr, 0)                    # every point n_pr times, one probe each
+
+
+def probe_stats(estimates, probe):   # per point: (mean - tr J) / SE and (variance - formula) / SE of the variance
+    e = estimates.reshape(-1, n_pr)
+    mean, var = e.mean(1), e.var(1)
+    m4 = (e - mean[:, None]).pow(4).mean(1)
+    # Var(sample variance) = (mu4 - (n-3)/(n-1) var^2) / n, at least 2 var^2 / (n (n-1)) (mu4 >= var^2): in 2-D a
+    # Rademacher estimate takes only two values, and then this lower bound is the exact answer
+    var_of_var = torch.maximum(m4 - (n_pr - 3) / (n_pr - 1) * var**2, 2 * var**2 / (n_pr - 1)) / n_pr
+    z_mean = (mean - tr_J) / (var / n_pr).sqrt()
+    z_var = (var - td.sde.hutchinson_variance(J, probe)) / var_of_var.sqrt()
+    return z_mean, z_var
+
+
+gp = torch.Generator().manual_seed(40)
+probes = {"gaussian": torch.randn(x_rep.shape, generator=gp, dtype=torch.float64),
+          "rademacher": (torch.randint(0, 2, x_rep.shape, generator=gp) * 2 - 1).double()}
+z_stats = {k: probe_stats(td.sde.divergence_hutchinson(v_fn, x_rep, z), k) for k, z in probes.items()}
+u_probe = 2 * torch.rand(x_rep.shape, generator=gp, dtype=torch.float64) - 1
+z_wrong_scale = probe_stats(td.sde.divergence_hutchinson(v_fn, x_rep, u_probe), "rademacher")[0]
+z_no_jac = probe_stats((v_fn(x_rep) * probes["rademacher"]).sum(1), "rademacher")[0]
+z_swap = probe_stats(td.sde.divergence_hutchinson(v_fn, x_rep, probes["rademacher"]), "gaussian")[1]
+for k, (zm, zv) in z_stats.items():
+    print(f"{k:10s} probes, {n_pr} per point: max |mean - tr J| = {zm.abs().max():.2f} SE, "
+          f"max |variance - formula| = {zv.abs().max():.2f} SE")
+print(f"wrong probes U(-1, 1): max |mean - tr J| = {z_wrong_scale.abs().max():.0f} SE;  z^T v instead of z^T J z: "
+      f"{z_no_jac.abs().max():.0f} SE;  Rademacher variance vs the Gaussian formula: {z_swap.abs().max():.0f} SE")
+
 t0 = time.process_time()
 ll_hutch = torch.stack([td.sde.log_likelihood(x_ll, score, sde, generator=g) for _ in range(cfg.ll_repeats)])
 cpu_hutch = (time.process_time() - t0) / cfg.ll_repeats
-se_hutch = ll_hutch.std(0) / math.sqrt(cfg.ll_repeats)
-print(f"exact trace:  max |log p_ODE - log p_true| = {(ll_exact - ll_true).abs().max():.2e} nats   ({cpu_exact:.2f} s CPU)")
-print(f"Hutchinson: one probe per solve, {cfg.ll_repeats} solves: "
+print(f"through the whole ODE, one Rademacher probe per solve, {cfg.ll_repeats} solves: "
       f"mean bias {(ll_hutch.mean(0) - ll_exact).mean():+.3f} nats, "
-      f"per-solve std {ll_hutch.std(0).mean():.3f} nats (variance {ll_hutch.var(0).mean():.3f}), {cpu_hutch:.2f} s CPU/solve")
+      f"per-solve std {ll_hutch.std(0).mean():.3f} nats, {cpu_hutch:.2f} s CPU/solve")
 
 plt.figure(figsize=(5, 3.5))
 plt.scatter(ll_true.repeat(cfg.ll_repeats), ll_hutch.flatten(), s=6, alpha=0.4, label="Hutchinson, single solves")
-plt.scatter(ll_true, ll_exact, c="k", s=15, label="exact trace")
+plt.scatter(ll_true, ll_exact, c="k", s=15, label="exact trace (RK45)")
+plt.scatter(ll_true, ll_h2, marker="x", c="C3", s=20, label="Euler by hand, h = 1/200")
 lo, hi = ll_true.min().item() - 1, ll_true.max().item() + 1
 plt.plot([lo, hi], [lo, hi], "k:", lw=1)
 plt.xlabel("true log p(x)")
@@ -408,9 +633,15 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-td.check("log-likelihood through the PF-ODE (exact trace) = mixture log p(x)", ll_exact, ll_true, atol=2e-3)
-td.check_less("Hutchinson is unbiased: |mean - exact| < 4 standard errors",
-              ((ll_hutch.mean(0) - ll_exact).abs() - 4 * se_hutch).max().item(), 1e-3)
+td.check("log-likelihood through the PF-ODE (exact trace, RK45) = mixture log p(x)", ll_exact, ll_true, atol=2e-3)
+td.check("... = the hand-written Euler loop after Richardson extrapolation", ll_exact, ll_rich, atol=5e-3)
+for k, (zm, zv) in z_stats.items():
+    td.check_less(f"Hutchinson, {k} probes: mean = tr J within 4 standard errors at every point", zm.abs().max().item(), 4)
+    td.check_less(f"... and its variance = the {k} formula within 4 standard errors", zv.abs().max().item(), 4)
+td.check_less("the checks fail for probes U(-1, 1), for z^T v, and for the wrong variance formula (> 10 SE)",
+              -min(z_wrong_scale.abs().max(), z_no_jac.abs().max(), z_swap.abs().max()).item(), -10)
+td.check_less("through the whole solve (a consistency check, few solves): |mean - exact| < 4 standard errors",
+              ((ll_hutch.mean(0) - ll_exact).abs() - 4 * ll_hutch.std(0) / math.sqrt(cfg.ll_repeats)).max().item(), 1e-3)
 
 # %% [markdown]
 # ## 6 · Predictor–corrector sampling
@@ -420,8 +651,43 @@ td.check_less("Hutchinson is unbiased: |mean - exact| < 4 standard errors",
 # $x\leftarrow x+\epsilon\nabla\log p_t(x)+\sqrt{2\epsilon}\,z$, which leaves $p_t$ invariant in the limit
 # $\epsilon\to0$ (for a finite step it has a slightly wider stationary law, $O(\epsilon)$ off; lesson 05 §6
 # measures that bias on a Gaussian). We take
-# $\epsilon_t = 2(r\,s(t))^2$ with a "signal-to-noise" $r=0.1$. First the invariance, then the effect on few-step
-# sampling, measured with the sliced Wasserstein distance on the same noise for every sampler.
+# $\epsilon_t = 2(r\,s(t))^2$ with a "signal-to-noise" $r=0.1$. First the sampler by hand, then the invariance,
+# then the effect on few-step sampling, measured with the sliced Wasserstein distance on the same noise for every
+# sampler.
+#
+# On the grid $1 = t_0 > t_1 > \dots > t_N = 10^{-3}$, $h = t_i - t_{i+1}$, one predictor–corrector step is
+#
+# $$\tilde x = x - \big[f_{t_i}(x) - g_{t_i}^2\nabla\log p_{t_i}(x)\big]h + g_{t_i}\sqrt h\,z_1,\qquad
+#   x \leftarrow \tilde x + \epsilon_{t_{i+1}}\nabla\log p_{t_{i+1}}(\tilde x) + \sqrt{2\epsilon_{t_{i+1}}}\,z_2 .$$
+#
+# The corrector works at the time the predictor *reached*, $t_{i+1}$. Drawing $z_1, z_2$ in that order from one
+# generator, the loop must give `td.sde.sample_pc`'s numbers.
+
+# %%
+n_pc, snr_pc = 100, 0.1
+g_pc = torch.Generator().manual_seed(11)
+x_hand = torch.randn(cfg.pc_n, 2, generator=g_pc, dtype=torch.float64)   # float64: the loop must give the same numbers
+t_pc = torch.linspace(1.0, 1e-3, n_pc + 1, dtype=torch.float64).tolist()
+for i in range(n_pc):
+    t_i, t_next = t_pc[i], t_pc[i + 1]
+    h, beta_i = t_i - t_next, sde.beta(t_i).item()
+    score_i = score(x_hand, torch.full((cfg.pc_n,), t_i, dtype=torch.float64))
+    x_hand = x_hand - (-0.5 * beta_i * x_hand - beta_i * score_i) * h + math.sqrt(beta_i * h) * torch.randn(
+        x_hand.shape, generator=g_pc, dtype=torch.float64)                                    # predictor
+    eps_l = 2 * (snr_pc * sde.marginal(t_next)[1].item()) ** 2
+    x_hand = x_hand + eps_l * score(x_hand, torch.full((cfg.pc_n,), t_next, dtype=torch.float64)) + math.sqrt(
+        2 * eps_l) * torch.randn(x_hand.shape, generator=g_pc, dtype=torch.float64)          # corrector
+g_pc2 = torch.Generator().manual_seed(11)
+x_pc_pkg = td.sde.sample_pc(score, None, sde, n_pc, x_T=torch.randn(cfg.pc_n, 2, generator=g_pc2, dtype=torch.float64),
+                            snr=snr_pc, generator=g_pc2)
+verdict_pc = td.metrics.mixture_check(x_hand, ring)
+print(f"hand-written PC vs td.sde.sample_pc: largest difference {(x_hand - x_pc_pkg).abs().max():.1e}")
+print(f"mode statistics of the PC samples ({n_pc} predictor + {n_pc} corrector steps):\n{verdict_pc}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+td.check("hand-written predictor–corrector = td.sde.sample_pc (same seed, float64)", x_hand, x_pc_pkg, atol=1e-9)
+td.check_less("PC samples with the exact score: every mode statistic within its noise floor", len(verdict_pc.failed), 1)
 
 # %%
 t_l = 0.3
@@ -461,7 +727,7 @@ td.check_less("Langevin at fixed t keeps exact samples of p_t on p_t (MMD^2 < 2e
 # At 20–40 steps the columns differ by about the spread between repeats, i.e. by the distance's own sampling
 # noise. So with the exact score the corrector's gain on this VP-SDE is nil within our error bars, and predictor
 # steps are the better use of NFE. The corrector earns its keep elsewhere — the variance-exploding SDE, and image
-# models whose learned score is imperfect. Exercise 4 asks you to vary `snr` and the number of corrector steps.
+# models whose learned score is imperfect. Exercise 5 asks you to vary `snr` and the number of corrector steps.
 #
 # ## 7 · Denoising score matching in continuous time
 #
@@ -680,7 +946,57 @@ td.exercises.check(my_pf_ode_drift, lambda x, t, sc: td.sde.pf_ode_drift(lambda 
                              buggy_pf_ode_drift})
 
 # %% [markdown]
-# **4.** (open) Re-run section 6 with `snr` in {0.05, 0.2, 0.4} and 1–3 corrector steps, and with 5 predictor
+# **4.** (A whole sampler.) Write Heun's method for the probability-flow ODE as a loop:
+# `my_heun_sampler(score_fn, x_T, n_steps)` runs from $t=1$ to $t_{\min}=10^{-3}$ on the grid
+# `torch.linspace(1.0, 1e-3, n_steps + 1)` with the velocity $v(x,t) = f_t(x) - \tfrac12 g_t^2\,\text{score\_fn}(x, t)$
+# (`score_fn(x, t)` takes `t` as a tensor `(B,)` of `x`'s dtype). Each step, with $h = t_{i+1}-t_i < 0$:
+# $\tilde x = x + h\,v(x, t_i)$, then $x \leftarrow x + \tfrac h2\big(v(x, t_i) + v(\tilde x, t_{i+1})\big)$.
+# Use `sde.drift` and `sde.beta` for $f_t$ and $g_t^2$.
+
+# %%
+def my_heun_sampler(score_fn, x_T, n_steps):
+    # Your code here: return x at t_min (the shape and dtype of x_T).
+    raise NotImplementedError
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def _heun_cases(i):
+    gi = torch.Generator().manual_seed(50 + i)
+    ring_i = td.data.GaussianMixture.ring(4 + i, radius=1.5 + 0.25 * i, std=0.2 + 0.05 * i)
+    return td.sde.mixture_score_fn(ring_i, sde), torch.randn(32, 2, generator=gi, dtype=torch.float64), 5 + 5 * i
+
+
+def _heun_variant(score_fn, x_T, n_steps, second_slope_at_old_time=False, euler=False, g2_factor=0.5):
+    ts = torch.linspace(1.0, 1e-3, n_steps + 1, dtype=torch.float64).tolist()
+    x = x_T.clone()
+
+    def v(u, t):
+        tt = torch.full((u.shape[0],), t, dtype=u.dtype)
+        return sde.drift(u, tt) - g2_factor * sde.beta(tt).to(u.dtype)[:, None] * score_fn(u, tt)
+
+    for i in range(n_steps):
+        h = ts[i + 1] - ts[i]
+        v0 = v(x, ts[i])
+        if euler:
+            x = x + h * v0
+            continue
+        v1 = v(x + h * v0, ts[i] if second_slope_at_old_time else ts[i + 1])
+        x = x + 0.5 * h * (v0 + v1)
+    return x
+
+
+td.exercises.check(my_heun_sampler,
+                   lambda sf, xT, n: td.sde.sample_ode_heun(sf, None, sde, n, x_T=xT, progress_bar=False), _heun_cases,
+                   mistakes={"the second slope is taken at the new point AND the new time t_{i+1}":
+                             lambda sf, xT, n: _heun_variant(sf, xT, n, second_slope_at_old_time=True),
+                             "that is Euler's method: Heun averages the slopes at both ends of the step":
+                             lambda sf, xT, n: _heun_variant(sf, xT, n, euler=True),
+                             "the PF-ODE velocity has half of g^2 times the score (g^2 is the reverse SDE's)":
+                             lambda sf, xT, n: _heun_variant(sf, xT, n, g2_factor=1.0)})
+
+# %% [markdown]
+# **5.** (open) Re-run section 6 with `snr` in {0.05, 0.2, 0.4} and 1–3 corrector steps, and with 5 predictor
 # steps. When, if ever, does the corrector beat spending the same NFE on predictor steps? And what happens to
 # PF-ODE sampling with the *learned* score when you shrink `train_steps`?
 #
@@ -691,10 +1007,17 @@ td.exercises.check(my_pf_ode_drift, lambda x, t, sc: td.sde.pf_ode_drift(lambda 
 # | VP-SDE, its marginal $m(t), s(t)$, the discrete schedule | `td.sde.VPSDE` (`.marginal`, `.discrete_schedule`) |
 # | Euler–Maruyama forward | `td.sde.simulate_forward` |
 # | exact score of a mixture; a score from an $\varepsilon$-network | `td.sde.mixture_score_fn`, `td.sde.continuous_score_fn` |
-# | the family $f - \tfrac12(g^2+\sigma^2)\nabla\log p$; reverse SDE; PF-ODE | `td.sde.family_drift`, `sample_reverse_sde` |
+# | the family $f - \tfrac12(g^2+\sigma^2)\nabla\log p$; its samplers | `td.sde.family_drift`, `sample_reverse_family` |
+# | reverse SDE $f - g^2\nabla\log p$, Euler–Maruyama | `td.sde.reverse_sde_drift`, `sample_reverse_sde` |
+# | PF-ODE velocity $f - \tfrac12 g^2\nabla\log p$ | `td.sde.pf_ode_drift` |
 # | PF-ODE solvers | `td.sde.sample_ode_euler`, `sample_ode_heun`, `sample_ode_scipy` |
-# | Fokker–Planck on a grid | `td.sde.fokker_planck_1d`, `fokker_planck_residual` |
+# | Fokker–Planck on a grid | `td.sde.fokker_planck_1d` |
+# | both sides of Fokker–Planck, forward or reverse time, any drift | `td.sde.fokker_planck_sides`, `fokker_planck_residual` |
 # | likelihood through the ODE: exact trace, Hutchinson | `td.sde.log_likelihood`, `divergence_exact`, `divergence_hutchinson` |
+# | the variance of Hutchinson's estimator (Gaussian, Rademacher) | `td.sde.hutchinson_variance` |
 # | Langevin corrector, predictor–corrector | `td.sde.langevin_correct`, `td.sde.sample_pc` |
 # | denoising score matching | `td.sde.dsm_loss` |
 # | does a sample set reproduce a mixture? | `td.metrics.mixture_check` (modes' weights and spreads vs floors) |
+# | a 1-D histogram against a density | `td.metrics.histogram_tv` |
+#
+# Next: lesson 05 looks at the score itself — Tweedie's formula, score matching and Langevin dynamics.
