@@ -1031,13 +1031,17 @@ def run_fuzz(seed=0, log=None):
     rng = random.Random(seed)
     results = []
     os.environ["TINYDIFF_PROGRESS"] = "0"
-    here = os.getcwd()
+    here, threads = os.getcwd(), torch.get_num_threads()
+    # one thread: the calls are tiny, and on a loaded machine torch's thread pool made single calls take seconds
+    # (counted as hangs)
+    torch.set_num_threads(1)
     with no_network(), tempfile.TemporaryDirectory() as scratch:
         os.chdir(scratch)  # a bad value like ckpt="nonsense" writes its file here, not into the checkout
         try:
             _fuzz_all(rng, results, log)
         finally:
             os.chdir(here)
+            torch.set_num_threads(threads)
     return results
 
 
