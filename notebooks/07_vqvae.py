@@ -630,10 +630,14 @@ plt.show()
 # What the standard run supports: the learned prior's samples are recognisably digits far more often than those of
 # the independent prior (which pastes together pieces of different digits: each position is right on its own,
 # the combination is not) or of uniform codes (noise); the check above would fail if they were not. They are **not**
-# as good as real digits: their Fréchet distance is several times the held-out floor, some samples are smudged or
-# ambiguous, and the judge is less confident on them. A 16-code map, a tiny prior and 1,500 training maps are the
-# reason; bigger priors on bigger grids (VQ-VAE-2, VQGAN's transformer) are how this scales. The quick profile
-# trains everything far too briefly for the pictures to mean anything; it only runs the code.
+# as good as real digits: their Fréchet distance (about 0.9) is several times the held-out floor (about 0.15; both
+# baselines score about 5), some samples are smudged or ambiguous, and the judge is less confident on them (mean
+# confidence about 0.93 against 0.99). The class histogram says the same: the judge calls about a quarter of the
+# baselines' images "8" (its answer for blobs), while the learned prior's classes are spread like the real ones,
+# though unevenly (a few classes up to about 45 % over or under their real share). A 16-code map, a tiny prior
+# and 1,500 training maps are the reason; bigger priors on bigger grids (VQ-VAE-2, VQGAN's transformer) are how
+# this scales. The quick profile trains everything far too briefly for the pictures to mean anything; it only
+# runs the code.
 
 # %% [markdown]
 # ## 10. Coloured shapes
