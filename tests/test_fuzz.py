@@ -672,6 +672,15 @@ OVERRIDES = {
     "tinydiff.data.shapes.AttributeClassifier.foreground": {"x": lambda: td.data.shapes.make_shapes(2).images},
     "tinydiff.data.shapes.AttributeClassifier.crop": {"x": lambda: td.data.shapes.make_shapes(2).images,
                                                       "centre": lambda: torch.full((2, 2), 8.0)},
+    # lesson 07's code priors (their methods take index maps (B, h, w) of the prior's shape)
+    "tinydiff.vq.CodePrior": {"num_codes": lambda: 8, "shape": lambda: (2, 2), "dim": lambda: 8, "layers": lambda: 1,
+                              "heads": lambda: 2, "dropout": lambda: 0.0,
+                              "indices": lambda: torch.randint(0, 8, (B, 2, 2), generator=torch.Generator().manual_seed(0)),
+                              "n": lambda: 2},
+    "tinydiff.vq.PositionPrior": {"num_codes": lambda: 8, "shape": lambda: (2, 2),
+                                  "indices": lambda: torch.randint(0, 8, (B, 2, 2),
+                                                                   generator=torch.Generator().manual_seed(0)),
+                                  "n": lambda: 2},
     # the abstract NoisePath's methods run on _CosinePath (INSTANCES), in continuous time
     "tinydiff.denoisers.NoisePath": {"t": lambda: torch.full((B,), 0.5), "sigma_ve": lambda: torch.full((B,), 0.5)},
     "tinydiff.denoisers.Denoiser.velocity": {"t": lambda: torch.full((B,), 0.5)},
