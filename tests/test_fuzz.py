@@ -25,12 +25,14 @@ inside the loss_fn that fit trains), 0 silent NaN.
 Issue 13's validation pass, measured with ``TINYDIFF_FUZZ=full`` on 2026-12-01 (``python tests/test_fuzz.py``; its counts
 exclude the baseline calls). Before (commit ea17b62): 13,652 bad calls over 517 callables, 43 of which the harness
 could not call ('-' in KNOWN): 67.1 % clear, 1.0 % unclear (133), 14.8 % silent, 1 silent NaN, 17.1 % accepted,
-0 hangs; KNOWN had 63 entries (43 of them '-'). After: 15,034 bad calls over 531 callables (14 not callable, all new functions of
-sde, vq and weights, owned elsewhere): 68.5 % clear, 0 unclear, 14.5 % silent, 0 silent NaN, 17.0 % accepted, 0 hangs;
-KNOWN is empty. The one silent NaN (``within_class_spread`` with labels of one sample each) was not changed but
-reclassified as the documented NaN it is (:data:`DOCUMENTED_NAN`). The modules of that pass alone: 7,439 bad calls,
-41 callables not callable, 131 unclear before; 8,707 bad calls, every callable called, 0 unclear after. The default
-run (a seeded sample) took 4.7 s on an idle 2-core machine and 60 s while other test runs loaded it.
+0 hangs; KNOWN had 63 entries (43 of them '-'). After (commit 615fbbd's tree): 15,130 bad calls over 531 callables
+(7 not callable, all new functions of sde and weights, owned elsewhere): 68.6 % clear, 0 unclear, 14.4 % silent,
+0 silent NaN, 17.0 % accepted, 0 hangs; KNOWN is empty. The one silent NaN (``within_class_spread`` with labels of
+one sample each) was not changed but reclassified as the documented NaN it is (:data:`DOCUMENTED_NAN`). The modules
+of that pass alone: 7,439 bad calls, 41 callables not callable, 131 unclear before; 8,707 bad calls, every callable
+called, 0 unclear after. The default
+run (a seeded sample, one torch thread) took 4.3 s on an idle 2-core machine and 34 s with 3 busy processes on it
+(on two threads under other test runs' load it took 60 s, with 8 calls counted as hangs).
 
 The test fails on ``unclear`` and ``silent_nan`` outside :data:`KNOWN` (the list of failures owned by other
 modules' authors, with the reason). Run ``python tests/test_fuzz.py`` for the counts; ``TINYDIFF_FUZZ=full`` tries
