@@ -30,9 +30,9 @@ could not call ('-' in KNOWN): 67.1 % clear, 1.0 % unclear (133), 14.8 % silent,
 0 silent NaN, 17.0 % accepted, 0 hangs; KNOWN is empty. The one silent NaN (``within_class_spread`` with labels of
 one sample each) was not changed but reclassified as the documented NaN it is (:data:`DOCUMENTED_NAN`). The modules
 of that pass alone: 7,439 bad calls, 41 callables not callable, 131 unclear before; 8,707 bad calls, every callable
-called, 0 unclear after. The default
-run (a seeded sample, one torch thread) took 4.3 s on an idle 2-core machine and 34 s with 3 busy processes on it
-(on two threads under other test runs' load it took 60 s, with 8 calls counted as hangs).
+called, 0 unclear after. The default run (a seeded sample, one torch thread) took 4.3 s on an idle 2-core machine and
+34 s with 3 busy processes on it (on two threads under other test runs' load it took 60 s, with 8 calls counted as
+hangs).
 
 The test fails on ``unclear`` and ``silent_nan`` outside :data:`KNOWN` (the list of failures owned by other
 modules' authors, with the reason). Run ``python tests/test_fuzz.py`` for the counts; ``TINYDIFF_FUZZ=full`` tries
