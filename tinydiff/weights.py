@@ -59,11 +59,11 @@ def _check_mode(value, name) -> str:
     return value.strip().lower()
 
 
-def use(value: str | None) -> None:
+def use(mode: str | None) -> None:
     """Choose where trained weights come from for the rest of this process (see the module doc); ``None`` goes back to
     the environment variable ``TINYDIFF_WEIGHTS`` (default ``auto``)."""
     global _mode
-    _mode = None if value is None else _check_mode(value, "mode")
+    _mode = None if mode is None else _check_mode(mode, "mode")
 
 
 def mode() -> str:
@@ -165,13 +165,21 @@ def run_key(fingerprint: dict, data, settings: dict, steps: int) -> dict:
     settings), the SHA-256 of the data tensors (or the type of a data callable), the optimiser settings and the number
     of steps. ``amp`` is left out: the weights serve on any device. The loss function cannot be fingerprinted: a run
     with another loss and everything else equal would load the recorded weights (set ``TINYDIFF_WEIGHTS=train``)."""
-    model = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    for name, value in (("fingerprint", fingerprint), ("settings", settings)):
+        if not isinstance(value, dict):
+            raise TypeError(f"{name} must be a dict; got {describe(value)}")
+    from .validation import integer
+
+    steps = integer("steps", steps, low=1)
+    model = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
     return {"model": model, "data": _data_digest(data), "steps": int(steps),
             "settings": {k: v for k, v in sorted(settings.items()) if k != "amp"}}
 
 
 def lookup(name: str, key: dict) -> tuple[dict | None, str]:
     """The manifest entry of ``name`` if its recorded run has this ``key``, else ``(None, why not)``."""
+    if not isinstance(key, dict) or not {"model", "data", "steps", "settings"} <= set(key):
+        raise TypeError(f"key must be a dict from run_key() (model, data, steps, settings); got {describe(key)}")
     entry = manifest().get(_name(name))
     if entry is None:
         return None, f"no shipped weights are called {name!r}"
