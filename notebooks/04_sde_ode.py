@@ -755,7 +755,8 @@ td.check_less("... and lower than for the score shifted by 0.1", loss_true, loss
 net = td.models.MLPDenoiser(dim=2, hidden=cfg.hidden, depth=3, time_scale=1000.0)
 train_data = ring.sample(50000, g)
 result = td.train.fit(net, lambda model, x0: td.sde.dsm_loss(td.sde.continuous_score_fn(model, sde), x0, sde),
-                      train_data, steps=cfg.train_steps, batch_size=cfg.batch, lr=2e-3, device=dev)
+                      train_data, steps=cfg.train_steps, batch_size=cfg.batch, lr=2e-3, device=dev,
+                      desc="score network", shipped="04_score_network")
 learned = td.sde.continuous_score_fn(result.sampler_model, sde)
 
 

@@ -388,8 +388,9 @@ for name, ema, restart in [("codebook loss", False, None), ("+ restarts", False,
     td.seed_everything(0)
     model = td.vq.VQVAE(in_channels=1, hidden=cfg.hidden, dim=dim, num_codes=K, levels=1, ema=ema)
     loss_fn = td.vq.make_vqvae_loss(restart)
-    td.train.fit(model, loss_fn, x_digits, steps=cfg.steps, batch_size=128, lr=2e-3, ema_decay=None,
-                 desc=name)
+    slug = name.replace("+ ", "").replace(" ", "_").lower()
+    td.train.fit(model, loss_fn, x_digits, steps=cfg.steps, batch_size=128, lr=2e-3, ema_decay=None, desc=name,
+                 shipped=None if restart else f"07_vqvae_{slug}")  # a restart run's loss_fn keeps its counts: trained
     runs[name] = (model.eval(), loss_fn)
 
 # %%
@@ -545,7 +546,7 @@ train_idx, test_idx = split[:1500], split[1500:]
 td.seed_everything(0)
 prior = td.vq.CodePrior(K, vqvae.latent_shape((8, 8)), dim=64, layers=2, heads=4, dropout=0.1)
 prior_fit = td.train.fit(prior, lambda m, k: m.loss(k), codes[train_idx], steps=cfg.prior_steps, batch_size=128,
-                         lr=1e-3, weight_decay=0.01, ema_decay=0.99, desc="prior")
+                         lr=1e-3, weight_decay=0.01, ema_decay=0.99, desc="prior", shipped="07_code_prior")
 prior = prior_fit.ema.eval()
 uniform = td.vq.PositionPrior(K, (4, 4)).to(dev)
 independent = td.vq.PositionPrior(K, (4, 4)).to(dev).fit_counts(codes[train_idx], alpha=0.5)
@@ -583,7 +584,7 @@ x_all, y_all = td.data.load_digits(8, return_labels=True)
 td.seed_everything(0)
 judge = td.models.Classifier(in_channels=1, num_classes=10, base_channels=16)
 td.train.fit(judge, lambda m, b: F.cross_entropy(m(b[0]), b[1]), (x_all[train_idx], y_all[train_idx]),
-             steps=cfg.judge_steps, batch_size=128, lr=2e-3, ema_decay=None, desc="judge")
+             steps=cfg.judge_steps, batch_size=128, lr=2e-3, ema_decay=None, desc="judge", shipped="07_judge")
 judge.eval()
 gen = torch.Generator().manual_seed(1)
 n_gen = len(test_idx)
@@ -651,7 +652,7 @@ td.seed_everything(0)
 shape_model = td.vq.VQVAE(in_channels=3, hidden=cfg.hidden, dim=dim, num_codes=K, levels=2)
 shape_loss = td.vq.make_vqvae_loss(cfg.restart_every)
 td.train.fit(shape_model, shape_loss, shapes, steps=cfg.shape_steps, batch_size=64, lr=2e-3, ema_decay=None,
-             desc="shapes")
+             desc="shapes", shipped="07_vqvae_shapes")
 shape_model.eval()
 with torch.no_grad():
     s_hat, s_vq = shape_model(shapes.to(dev))

@@ -514,13 +514,16 @@ def fit(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int = 128, l
         digest = W.record(shipped, key, model, None if ema is None else ema.model, losses, torch.get_rng_state())
         if os.environ.get("TINYDIFF_PROGRESS", "1") != "0":
             print(f"{desc}: recorded as the shipped weights {shipped!r} (sha256 {digest[:12]}...)")
+        return _load_shipped(W, shipped, key, model, ema_decay, dev, progress_bar, desc, just_recorded=True)
     return FitResult(model=model, ema=None if ema is None else ema.model, losses=losses, steps=steps,
                      resumed_from=resumed)
 
 
-def _load_shipped(W, name, key, model, ema_decay, dev, progress_bar, desc):
-    """The recorded result of the run ``name`` if the weights mode and the run allow it, else None (train)."""
-    mode = W.mode()
+def _load_shipped(W, name, key, model, ema_decay, dev, progress_bar, desc, *, just_recorded=False):
+    """The recorded result of the run ``name`` if the weights mode and the run allow it, else None (train).
+    ``just_recorded``: a record run returns what a later run will load (float16 weights, the EMA copy), so that the
+    cells after it, and any run trained on its outputs, see exactly what they will see with the shipped weights."""
+    mode = "shipped" if just_recorded else W.mode()
     if mode not in ("auto", "shipped") or (mode == "auto" and dev.type != "cpu"):
         return None
     entry, why = W.lookup(name, key)
@@ -546,7 +549,7 @@ def _load_shipped(W, name, key, model, ema_decay, dev, progress_bar, desc):
         ema = EMA(model, ema_decay)
         ema.updates = key["steps"]
     torch.set_rng_state(state["torch_rng"])
-    if os.environ.get("TINYDIFF_PROGRESS", "1") != "0":  # one line, also without a progress bar (tests are quiet)
+    if os.environ.get("TINYDIFF_PROGRESS", "1") != "0" and not just_recorded:  # one line, also without a bar
         print(f"{desc}: shipped weights {name!r} loaded ({key['steps']} steps; to train yourself: "
               "td.weights.use('train'))")
     return FitResult(model=model, ema=None if ema is None else ema.model, losses=state["losses"].tolist(),
