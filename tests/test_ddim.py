@@ -154,6 +154,11 @@ def test_marginal_condition_holds_for_any_sigma(sched, t, t_prev):
         a, v = ddim.marginal_coefs(t, t_prev, s, sched)
         torch.testing.assert_close(a, ab_s.sqrt(), atol=1e-12, rtol=0)
         torch.testing.assert_close(v, 1 - ab_s, atol=1e-12, rtol=0)
+        # the same two conditions from kappa_t and lambda_t themselves (the equation map's rows 2-3 name them)
+        k, lam = ddim.kappa(t, t_prev, s, sched), ddim.lambda_(t, t_prev, s, sched)
+        ab_t = sched.alpha_bar[t]
+        torch.testing.assert_close(k * ab_t.sqrt() + lam, ab_s.sqrt(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(k**2 * (1 - ab_t) + s**2, 1 - ab_s, atol=1e-12, rtol=0)
 
 
 def test_marginal_preserved_exactly_for_gaussian_data(sched):

@@ -80,6 +80,10 @@ def test_classifier_eps_gamma_one_gives_conditional_eps(gm, sched):
     t = torch.full((x.shape[0],), 250)
     guided = G.oracle_classifier_eps_fn(gm, sched, 1, 1.0)(x, t)
     torch.testing.assert_close(guided, gm.conditional(1).eps_fn(sched)(x, t), atol=1e-9, rtol=1e-7)
+    # classifier_eps itself: eps - gamma sqrt(1 - abar) grad log p(y | x_t), from the oracle's eps and class gradient
+    ab = sched.alpha_bar[250]
+    by_fn = G.classifier_eps(gm.eps_fn(sched)(x, t), G.oracle_class_grad(gm, x, ab, 1), ab, 1.0)
+    torch.testing.assert_close(by_fn, gm.conditional(1).eps_fn(sched)(x, t), atol=1e-9, rtol=1e-7)
     # gamma = 0 is the unconditional model
     torch.testing.assert_close(G.oracle_classifier_eps_fn(gm, sched, 1, 0.0)(x, t), gm.eps_fn(sched)(x, t))
 
