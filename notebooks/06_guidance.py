@@ -193,12 +193,12 @@ td.check_less("accuracy rises with gamma: 1 -> 4", acc_cg[1], acc_cg[3])
 td.check_less("spread falls with gamma: 0 -> 4", spread_cg[3], spread_cg[0])
 
 # %%
-fig, axes = plt.subplots(1, len(gammas_cg), figsize=(13, 3.3))
+fig, axes = plt.subplots(1, len(gammas_cg), figsize=(13, 3.3), layout="constrained")
 for i, (ax, gam) in enumerate(zip(axes, gammas_cg)):
     xs = x_cg[i * n:(i + 1) * n]
     td.plotting.scatter2d(xs, ax=ax, c=gm.class_posterior(xs)[:, 0], cmap="coolwarm", vmin=0, vmax=1,
                           title=f"classifier guidance, γ={gam:g}")
-plt.tight_layout()
+fig.colorbar(axes[0].collections[0], ax=axes, fraction=0.02, pad=0.02, label="$p(y=0\\mid x)$ of the sample")
 plt.show()
 
 # %% [markdown]
@@ -311,7 +311,8 @@ for gam in (1.0, 3.0):
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
 for ax, i in zip(axes, [1, 2]):
-    td.plotting.density2d(G.tilted_log_density(gm, 0, gammas_cfg[i]), ax=ax, lim=3.5)
+    td.plotting.density2d(G.tilted_log_density(gm, 0, gammas_cfg[i]), ax=ax, lim=3.5, colorbar=True,
+                          label="tilted density (unnormalised)")
     xs = x_cfg[i * n:(i + 1) * n][:600]
     ax.scatter(xs[:, 0], xs[:, 1], s=2, c="w", alpha=0.6)
     ax.set_title(f"γ={gammas_cfg[i]:g}: tilted density vs CFG samples", fontsize=9)
@@ -559,8 +560,20 @@ plt.show()
 # %% [markdown]
 # ### Samples for each γ, and a slider
 #
-# One column per class (up to 10 samples each), one panel per $\gamma$. In a live notebook (Jupyter,
-# Colab) the slider below selects among the same precomputed grids; the static figure is what an executed notebook stores.
+# One row of panels per $\gamma$; in each, one column per class $0, \dots, 9$ and the first two samples of that
+# class. Below it, `td.guidance.gamma_browser` shows up to 10 samples per class for every $\gamma$ in one small
+# strip (an overview: zoom in to read it) and, in a live notebook (Jupyter, Colab), a slider that selects among
+# the same precomputed grids.
+
+# %%
+n_show = min(per, 2)
+fig, axes = plt.subplots(len(gammas_dig), 1, figsize=(8, 0.9 * n_show * len(gammas_dig) + 0.6))
+for ax, i, gam in zip(axes, range(len(gammas_dig)), gammas_dig):
+    block = img_gen[i * 10 * per:(i + 1) * 10 * per].view(10, per, 1, 8, 8)[:, :n_show]
+    td.plotting.show_images(block.transpose(0, 1).reshape(-1, 1, 8, 8), nrow=10, ax=ax)
+    ax.set_title(f"CFG γ = {gam:g}  (diffusers w = {1 + gam:g}); columns: classes 0–9", fontsize=9)
+plt.tight_layout()
+plt.show()
 
 # %%
 by_gamma = {}
