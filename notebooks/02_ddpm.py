@@ -405,7 +405,8 @@ plt.show()
 # %%
 mlp = td.models.MLPDenoiser(dim=2, hidden=128, depth=3)
 fit_2d = td.train.fit(mlp, lambda m, x: td.ddpm.loss(m, x, lin), lambda b, gen: gm.sample(b, gen),
-                      steps=cfg.mlp_steps, batch_size=256, lr=2e-3, ema_decay=cfg.ema, desc="Algorithm 1 (2-D)")
+                      steps=cfg.mlp_steps, batch_size=256, lr=2e-3, ema_decay=cfg.ema, desc="Algorithm 1 (2-D)",
+                      shipped="02_algorithm_1_2_d")
 eps_net = fit_2d.sampler_model.cpu()
 eps_exact = gm.eps_fn(lin)
 
@@ -709,7 +710,8 @@ digits_flat = digits.flatten(1)  # (1797, 64), for distances below
 digit_net = td.models.UNet(in_channels=1, base_channels=cfg.digit_width, channel_mults=(1, 2))
 print(f"UNet denoiser with {sum(p.numel() for p in digit_net.parameters()):,} parameters")
 fit_digits = td.train.fit(digit_net, lambda m, x: td.ddpm.loss(m, x, lin), digits, steps=cfg.digit_steps,
-                          batch_size=128, lr=1e-3, warmup=100, ema_decay=cfg.ema, desc="Algorithm 1 (digits)")
+                          batch_size=128, lr=1e-3, warmup=100, ema_decay=cfg.ema, desc="Algorithm 1 (digits)",
+                          shipped="02_algorithm_1_digits")
 digit_eps = fit_digits.sampler_model
 
 # %%

@@ -519,7 +519,8 @@ td.check_less("10 steps: the paper's sigma-hat is more than 5x worse than the fa
 digits, labels = td.data.load_digits(8)
 clf = td.models.Classifier(in_channels=1, num_classes=10, base_channels=16)
 clf_fit = td.train.fit(clf, lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]), (digits, labels),
-                       steps=cfg.clf_steps, batch_size=128, lr=2e-3, ema_decay=None, desc="feature classifier")
+                       steps=cfg.clf_steps, batch_size=128, lr=2e-3, ema_decay=None, desc="feature classifier",
+                       shipped="03_feature_classifier")
 clf = clf_fit.model.eval()
 perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(12))
 reference, held_out = digits[perm[600:]], digits[perm[:600]]
@@ -534,7 +535,8 @@ print(f"classifier accuracy {acc:.3f}; Fréchet distance of {min(cfg.n_digits, 6
 net = td.models.MLPDenoiser(dim=64, hidden=cfg.net_hidden, depth=cfg.net_depth)
 print(f"denoiser with {sum(p.numel() for p in net.parameters()):,} parameters")
 net_fit = td.train.fit(net, lambda m, x: td.ddpm.loss(m, x, sched), digits.flatten(1), steps=cfg.net_steps,
-                       batch_size=128, lr=1e-3, warmup=100, ema_decay=0.995, desc="DDPM loss (digits)")
+                       batch_size=128, lr=1e-3, warmup=100, ema_decay=0.995, desc="DDPM loss (digits)",
+                       shipped="03_ddpm_loss_digits")
 eps_digits = net_fit.sampler_model
 
 # %%

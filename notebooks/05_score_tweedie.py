@@ -396,7 +396,8 @@ td.exercises.check(my_tweedie, td.score.tweedie_x0, tweedie_cases, mistakes={
 # %%
 model = td.models.MLPDenoiser(dim=2, hidden=128, depth=3)
 fit = td.train.fit(model, lambda m, x0: td.ddpm.loss(m, x0, sched), lambda n, gen: mix.sample(n, gen),
-                   steps=cfg.train_steps, batch_size=256, lr=2e-3, warmup=100, seed=0, desc="eps-network")
+                   steps=cfg.train_steps, batch_size=256, lr=2e-3, warmup=100, seed=0, desc="eps-network",
+                   shipped="05_eps_network")
 net = fit.sampler_model.eval()
 
 

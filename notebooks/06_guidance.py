@@ -340,7 +340,7 @@ x_lab, comp = gm.sample(20000, g, return_components=True)
 y_lab = gm.labels[comp]
 clf2d = td.models.MLPClassifier(dim=2, num_classes=2)
 res = td.train.fit(clf2d, lambda m, b: G.classifier_loss(m, b[0], b[1], sched), (x_lab, y_lab), steps=cfg.clf2d_steps,
-                   batch_size=256, lr=2e-3, ema_decay=None, device="cpu", desc="2-D classifier")
+                   batch_size=256, lr=2e-3, ema_decay=None, device="cpu", desc="2-D classifier", shipped="06_2_d_classifier")
 print(f"final cross-entropy (mean of the last 100 steps): {sum(res.losses[-100:]) / len(res.losses[-100:]):.3f}")
 
 # %%
@@ -475,14 +475,14 @@ x_flat = x_dig.flatten(1)
 denoiser = td.models.MLPDenoiser(dim=64, hidden=256, depth=3, num_classes=10)
 fit_cfg = td.train.fit(denoiser, lambda m, b: G.cfg_loss(m, b[0], b[1], sched, p_uncond=0.2),
                        (x_flat[train_idx], y_dig[train_idx]), steps=cfg.digit_steps, batch_size=128, lr=1e-3,
-                       device=dev, desc="CFG denoiser")
+                       device=dev, desc="CFG denoiser", shipped="06_cfg_denoiser")
 judge = td.models.Classifier(1, 10, base_channels=16)
 td.train.fit(judge, lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]), (x_dig[train_idx], y_dig[train_idx]),
-             steps=cfg.judge_steps, batch_size=128, lr=2e-3, ema_decay=None, seed=1, device=dev, desc="judge")
+             steps=cfg.judge_steps, batch_size=128, lr=2e-3, ema_decay=None, seed=1, device=dev, desc="judge", shipped="06_judge")
 noisy_clf = td.models.Classifier(1, 10, base_channels=16, time_conditional=True)
 td.train.fit(noisy_clf, lambda m, b: G.classifier_loss(m, b[0], b[1], sched), (x_dig[train_idx], y_dig[train_idx]),
              steps=cfg.dclf_steps, batch_size=128, lr=2e-3, ema_decay=None, seed=2, device=dev,
-             desc="noisy classifier")
+             desc="noisy classifier", shipped="06_noisy_classifier")
 with torch.no_grad():
     judge_acc = (judge(x_dig[test_idx].to(dev)).argmax(1).cpu() == y_dig[test_idx]).double().mean().item()
 print(f"judge accuracy on held-out real digits: {judge_acc:.3f}")

@@ -489,10 +489,10 @@ mix_1, mix_2, _ = world.split_light(test_mix, generator=g)
 test_cond = world.condition(test_objects).to(dev)
 truth = {name: world.tone_map(world.render(test_objects, light)) for name, light in (("single", test_single), ("mix", test_mix))}
 VARIANTS = {
-    "vanilla": dict(lambda_consistency=0.0, use_mask=True, batch=3 * cfg.batch, slug="vanilla"),
-    "consistency + M": dict(lambda_consistency=0.1, use_mask=True, batch=cfg.batch, slug="consistency_m"),
-    "consistency, no M": dict(lambda_consistency=0.1, use_mask=False, batch=cfg.batch, slug="consistency_no_m"),
-    "vanilla, batch B": dict(lambda_consistency=0.0, use_mask=True, batch=cfg.batch, slug="vanilla_batch_b"),
+    "vanilla": dict(lambda_consistency=0.0, use_mask=True, batch=3 * cfg.batch),
+    "consistency + M": dict(lambda_consistency=0.1, use_mask=True, batch=cfg.batch),
+    "consistency, no M": dict(lambda_consistency=0.1, use_mask=False, batch=cfg.batch),
+    "vanilla, batch B": dict(lambda_consistency=0.0, use_mask=True, batch=cfg.batch),
 }  # equal data, 1/3 compute
 results, models = [], {}
 for seed in range(cfg.seeds):
@@ -509,7 +509,6 @@ for seed in range(cfg.seeds):
             seed=seed,
             progress_bar=False,
             desc=name,
-            shipped=f"10_{v['slug']}_seed{seed}",
         )
         f = fit.sampler_model
         row = {"variant": name, "seed": seed}

@@ -37,7 +37,7 @@ def test_every_shipped_name_is_used_by_its_notebook():
     root = Path(__file__).resolve().parents[1] / "notebooks"
     for name in W.manifest():
         source = next(root.glob(f"{name[:2]}_*.py")).read_text()
-        stems = [name[:i] for i in range(len(name), 3, -1)]
+        stems = [name[:i] for i in range(len(name), 2, -1)]
         assert f'"{name}"' in source or any(f'f"{s}{{' in source for s in stems), name
 
 
