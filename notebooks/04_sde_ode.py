@@ -176,13 +176,13 @@ td.check_less("simulated std = s(t) (within 5 standard errors + 0.01)", abs(x.st
 # write $\delta = x_{t+\Delta t}-x_t$ and $s_t=\nabla\log p_t$):
 #
 # 1. $p(x_t\mid x_{t+\Delta t}) = p(x_{t+\Delta t}\mid x_t)\,\exp\big(\log p_t(x_t)-\log p_{t+\Delta t}(x_{t+\Delta t})\big)$.
-# 2. Taylor to first order: $\log p_{t+\Delta t}(x_{t+\Delta t}) = \log p_t(x_t) + \delta\cdot s_t(x_t)
-#    + \Delta t\,\partial_t\log p_t(x_t) + O(\|\delta\|^2)$. Since $\delta = O(\sqrt{\Delta t})$, the $\partial_t$ term
+# 2. Taylor to first order: $\log p_{t+\Delta t}(x_{t+\Delta t}) = \log p_t(x_t) + \delta\cdot s_t(x_t) +
+#    \Delta t\,\partial_t\log p_t(x_t) + O(\|\delta\|^2)$. Since $\delta = O(\sqrt{\Delta t})$, the $\partial_t$ term
 #    and the remainder are both $O(\Delta t)$, so $p(x_t\mid x_{t+\Delta t})$ is proportional to
 #    $\exp\Big(-\frac{\|\delta-f_t\Delta t\|^2}{2g_t^2\Delta t} - \delta\cdot s_t + O(\Delta t)\Big)$.
 # 3. Complete the square:
-#    $\|\delta-f_t\Delta t\|^2 + 2g_t^2\Delta t\,\delta\cdot s_t = \|\delta-(f_t-g_t^2 s_t)\Delta t\|^2
-#    + \big(\|f_t\|^2-\|f_t-g_t^2s_t\|^2\big)\Delta t^2$, and the last term divided by $2g_t^2\Delta t$ is $O(\Delta t)$.
+#    $\|\delta-f_t\Delta t\|^2 + 2g_t^2\Delta t\,\delta\cdot s_t = \|\delta-(f_t-g_t^2 s_t)\Delta t\|^2 +
+#    \big(\|f_t\|^2-\|f_t-g_t^2s_t\|^2\big)\Delta t^2$, and the last term divided by $2g_t^2\Delta t$ is $O(\Delta t)$.
 # 4. So, up to $O(\Delta t)$ (which also covers evaluating $f, g, s$ at $t+\Delta t$ instead of $t$),
 #    $x_t \mid x_{t+\Delta t} \sim \mathcal N\big(x_{t+\Delta t} - [f - g^2 s]\,\Delta t,\; g^2\Delta t\,I\big)$:
 #
