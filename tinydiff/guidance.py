@@ -63,14 +63,7 @@ def _x(name: str, value) -> torch.Tensor:
     return validation.tensor(name, value, ndim=tuple(range(1, 9)))
 
 
-def _float64(name: str, value) -> torch.Tensor:
-    if value is None or isinstance(value, (str, bytes)) or (isinstance(value, torch.Tensor) and value.is_complex()):
-        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}")
-    try:
-        return torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}") \
-            from None
+_float64 = validation.reals  # a number, list or tensor of reals as float64, refused by name
 
 
 def _alpha_bar(value) -> torch.Tensor:

@@ -66,15 +66,7 @@ def _count(name: str, value, low: int) -> int:
     return validation.integer(name, value, low=low)
 
 
-def _float64(name: str, value) -> torch.Tensor:
-    """``value`` (a number, a list or a tensor of real numbers) as a float64 tensor, or a ValueError naming it."""
-    if isinstance(value, (str, bytes)) or value is None or (isinstance(value, torch.Tensor) and value.is_complex()):
-        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}")
-    try:
-        return torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {validation.describe(value)}") \
-            from None
+_float64 = validation.reals  # a number, list or tensor of reals as float64, refused by name
 
 
 def _alpha_bar(alpha_bar_t, name: str = "alpha_bar_t") -> torch.Tensor:

@@ -24,7 +24,7 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["integer", "number", "choice", "tensor", "output", "shape", "describe", "timesteps", "schedule", "sde",
+__all__ = ["integer", "number", "choice", "reals", "tensor", "output", "shape", "describe", "timesteps", "schedule", "sde",
            "generator", "callback"]
 
 
@@ -86,6 +86,17 @@ def choice(name: str, value, options) -> str:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {describe(value)}")
     return value
+
+
+def reals(name: str, value) -> torch.Tensor:
+    """``value`` (a number, a list or a tensor of real numbers) as a float64 tensor; strings, None and complex numbers
+    are refused by ``name``."""
+    if isinstance(value, (str, bytes)) or value is None or (isinstance(value, torch.Tensor) and value.is_complex()):
+        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {describe(value)}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {describe(value)}") from None
 
 
 def tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None, floating: bool = True, finite: bool = False,
