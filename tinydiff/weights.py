@@ -13,7 +13,8 @@ or :func:`use` in a notebook):
             fingerprint, data, settings and number of steps, see :func:`run_key`); otherwise train. On a GPU, train.
 ``shipped`` load the shipped weights on any device; a run that does not match is an error that says what differs.
 ``train``   always train ("train yourself").
-``record``  train, then store the result as the shipped weights of that name (how every file here was made).
+``record``  train, store the result as the shipped weights of that name (how every file here was made), and
+            return what a later load returns, so that later runs trained on its outputs record matching data.
 =========== ===========================================================================================================
 
 A loaded run is the recorded run: the same weights (stored in float16; the manifest records the largest absolute
