@@ -152,6 +152,37 @@ def test_predictor_corrector_and_langevin_invariance():
     assert dm < 0.03 and dc < 0.04
 
 
+def test_langevin_invariance_check_of_notebook_04_rejects_the_wrong_variants_at_quick_size():
+    """Notebook 04 §6: 500 Langevin steps at t = 0.1 from exact samples of p_t (n = lv_n = 4000 in quick), judged by
+    mixture_check against p_t itself. The same check passes langevin_correct with the exact score (seeds 0-3) and
+    rejects the score x0.8 and x1.25, no noise, sqrt(eps) noise instead of sqrt(2 eps), and a ring without modes.
+    At n = 1000 it passed x1.25 (the stationary spread is only 1/sqrt(1.25) = 0.89 of the right one); at 4000 all
+    four seeds tried reject it, by 4-53 % over the spread threshold."""
+    ring, n, t = td.data.GaussianMixture.ring(8, radius=2.0, std=0.3), 4000, 0.1
+    sde = S.VPSDE(beta_min=0.1, beta_max=20.0)
+    sf = S.mixture_score_fn(ring, sde)
+    m, s = (float(v) for v in sde.marginal(t))
+    p_t = td.data.GaussianMixture.isotropic(m * ring.means, (m**2 * 0.09 + s**2) ** 0.5)
+    for seed in range(4):
+        x = S.langevin_correct(sf, sde, p_t.sample(n, _gen(seed)), t, snr=0.1, n_steps=500, generator=_gen(seed + 50))
+        assert td.metrics.mixture_check(x, p_t).passed, seed
+    eps = 2 * (0.1 * s) ** 2  # the corrector's step for snr = 0.1
+
+    def by_hand(c, noise):
+        x, g = p_t.sample(n, _gen(60)), _gen(61)
+        for _ in range(500):
+            x = x + eps * c * sf(x, torch.full((n,), t)) + noise * (2 * eps) ** 0.5 * torch.randn(x.shape, generator=g)
+        return x
+
+    assert td.metrics.mixture_check(by_hand(1.0, 1.0), p_t).passed  # the loop written out is right...
+    for c, noise in [(0.8, 1.0), (1.25, 1.0), (1.0, 0.0), (1.0, 2 ** -0.5)]:  # ...and each near miss is not
+        assert not td.metrics.mixture_check(by_hand(c, noise), p_t).passed, (c, noise)
+    theta = torch.rand(n, generator=_gen(62)) * 2 * torch.pi
+    no_modes = 2 * m * torch.stack([theta.cos(), theta.sin()], 1) + p_t.covs[0, 0, 0] ** 0.5 * torch.randn(
+        n, 2, generator=_gen(63))
+    assert not td.metrics.mixture_check(no_modes, p_t).passed
+
+
 def test_pc_mixture_check_at_the_notebooks_quick_size_rejects_the_wrong_variants():
     """Notebook 04 §6 checks PC samples (n = 1000 in quick) with mixture_check: the same check, at that size, passes
     PC with the exact score and rejects the score scaled by 0.8 and 1.25, PC without its noise terms, and a ring
