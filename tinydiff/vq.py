@@ -463,18 +463,20 @@ def compression(image_shape, f: int, num_codes: int, bits_per_value: int = 8) ->
     return Compression(index_bits((H // f, W // f), num_codes), raw_bits(image_shape, bits_per_value))
 
 
-def _hw(name, value):
+def _dims(name, value, n: int, what: str) -> tuple[int, ...]:
+    """``value`` as a shape of ``n`` positive sizes, or a ValueError naming ``name`` and saying it must be ``what``."""
     shape = V.shape(name, value)
-    if len(shape) != 2:
-        raise ValueError(f"{name} must be (h, w); got {value!r}")
+    if len(shape) != n:
+        raise ValueError(f"{name} must be {what}; got {V.describe(value)}")
     return shape
+
+
+def _hw(name, value):
+    return _dims(name, value, 2, "(h, w)")
 
 
 def _chw(value):
-    shape = V.shape("image_shape", value)
-    if len(shape) != 3:
-        raise ValueError(f"image_shape must be (C, H, W); got {value!r}")
-    return shape
+    return _dims("image_shape", value, 3, "(C, H, W)")
 
 
 # ------------------------------------------------------------------------------------------------ VQ-VAE
@@ -606,10 +608,7 @@ def make_vqvae_loss(restart_every: int | None = None, *, threshold: int = 1, see
 
 # ------------------------------------------------------------------------------ a prior over the index maps
 def _grid_shape(value):
-    shape = V.shape("shape", value)
-    if len(shape) != 2:
-        raise ValueError(f"shape must be the (h, w) of the index map, e.g. (4, 4); got {V.describe(value)}")
-    return shape
+    return _dims("shape", value, 2, "the (h, w) of the index map, e.g. (4, 4)")
 
 
 class _GridPrior(nn.Module):
