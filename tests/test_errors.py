@@ -129,3 +129,17 @@ def test_a_denoiser_output_of_another_shape_no_longer_broadcasts():
         den.x0(torch.zeros(B, D), 5)
     with pytest.raises(TypeError, match="forget to `return`"):
         td.denoisers.Denoiser(lambda x, t: None, td.denoisers.LinearPath(), "velocity").velocity(torch.zeros(B, D), 0.5)
+
+
+def test_a_mean_that_does_not_broadcast_against_x_is_named_in_both_densities():
+    """One check (validation.broadcasts) behind ddpm.gaussian_log_prob and score.gaussian_score; a (1, D) mean still
+    broadcasts (notebook 02 passes one)."""
+    x = torch.zeros(4, 2)
+    for fn in (td.ddpm.gaussian_log_prob, td.score.gaussian_score):
+        with pytest.raises(ValueError, match=r"mean must broadcast against x \(4, 2\); got shape \(3, 2\)"):
+            fn(x, torch.zeros(3, 2), 1.0)
+        assert fn(x, torch.zeros(1, 2), 1.0).shape[0] == 4
+    with pytest.raises(TypeError, match="sigma must be a number, an array or a tensor of real numbers; got None"):
+        td.validation.reals("sigma", None)
+    with pytest.raises(ValueError, match="sigma must be real"):
+        td.validation.reals("sigma", torch.tensor([1j]))

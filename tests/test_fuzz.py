@@ -425,6 +425,8 @@ OVERRIDES = {
     "tinydiff.validation.integer": {"name": lambda: "n", "value": lambda: 3},
     "tinydiff.validation.number": {"name": lambda: "eta", "value": lambda: 0.5},
     "tinydiff.validation.reals": {"name": lambda: "sigma", "value": lambda: [0.5, 1.0]},
+    "tinydiff.validation.broadcasts": {"name": lambda: "mean", "value": lambda: torch.zeros(1, 2),
+                                       "like": lambda: torch.zeros(4, 2)},
     "tinydiff.validation.choice": {"name": lambda: "spacing", "value": lambda: "a", "options": lambda: ("a", "b")},
     "tinydiff.validation.tensor": {"name": lambda: "x", "value": _vec},
     "tinydiff.validation.output": {"fn_name": lambda: "eps_fn", "out": _vec, "like": _vec},

@@ -166,7 +166,7 @@ def test_density2d_colorbar_and_shared_scale():
 def test_check_refuses_what_is_no_number_by_name():
     with pytest.raises(td.checks.CheckFailed):  # a failing check is still an AssertionError
         td.check("nan", float("nan"), 1.0)
-    with pytest.raises(TypeError, match="actual must be a number or a tensor"):
+    with pytest.raises(TypeError, match="actual must be a number, an array or a tensor"):
         td.check("none", None, 1.0)
     with pytest.raises(ValueError, match="expected must be real"):
         td.check("complex", 1.0, 1j)

@@ -27,15 +27,7 @@ class CheckFailed(AssertionError):
 
 def _values(name: str, value) -> torch.Tensor:
     """``value`` (a number, a sequence of numbers, a numpy array or a tensor) as a float64 CPU tensor."""
-    if value is None or isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a number or a tensor; got {validation.describe(value)}")
-    try:
-        t = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a number or a tensor; got {validation.describe(value)}") from None
-    if t.is_complex():
-        raise ValueError(f"{name} must be real; got {validation.describe(value)}")
-    return t.detach().double().cpu()
+    return validation.reals(name, value).cpu()
 
 
 def _scalar(name: str, value) -> float:

@@ -436,13 +436,7 @@ def _var(name: str, var, like: torch.Tensor) -> torch.Tensor:
 def gaussian_log_prob(x, mean, var) -> torch.Tensor:
     r""":math:`\log\mathcal N(x;\mu, v I)`, summed over all but the batch dimension (float64 ``(B,)``)."""
     x = _x("x", x, 2).double()
-    mean = _x("mean", mean, 2).double()
-    try:
-        ok = torch.broadcast_shapes(mean.shape, x.shape) == x.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"mean must broadcast against x {tuple(x.shape)}; got {tuple(mean.shape)}")
+    mean = validation.broadcasts("mean", _x("mean", mean, 2).double(), x)
     var = _var("var", var, x)
     lp = -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
     return lp.flatten(1).sum(1)

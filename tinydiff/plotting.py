@@ -30,15 +30,7 @@ def _lim(lim, optional: bool = False):
 
 
 def _points_tensor(name: str, x) -> torch.Tensor:
-    if x is None or isinstance(x, (str, bytes)):
-        raise TypeError(f"{name} must be a tensor or an array; got {V.describe(x)}")
-    try:
-        t = torch.as_tensor(x)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a tensor or an array; got {V.describe(x)}") from None
-    if t.is_complex():
-        raise ValueError(f"{name} must be real; got {V.describe(x)}")
-    return t.detach().float().cpu()
+    return V.reals(name, x).float().cpu()
 
 
 def _fn_output(name: str, out, numel: int, cols: int | None = None) -> torch.Tensor:

@@ -87,13 +87,7 @@ def gaussian_score(x: torch.Tensor, mean, var) -> torch.Tensor:
     """
     _check_float("x", x)
     var = _positive("var (the variance sigma^2)", var)
-    mean = _float64("mean", mean)
-    try:
-        ok = torch.broadcast_shapes(mean.shape, x.shape) == x.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"mean must broadcast against x {tuple(x.shape)}; got shape {tuple(mean.shape)}")
+    mean = validation.broadcasts("mean", _float64("mean", mean), x)
     return -(x - mean.to(dtype=x.dtype, device=x.device)) / var
 
 

@@ -24,8 +24,8 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["integer", "number", "choice", "reals", "tensor", "output", "shape", "describe", "timesteps", "schedule", "sde",
-           "generator", "callback"]
+__all__ = ["integer", "number", "choice", "reals", "broadcasts", "tensor", "output", "shape", "describe", "timesteps",
+           "schedule", "sde", "generator", "callback"]
 
 
 def describe(value) -> str:
@@ -89,14 +89,30 @@ def choice(name: str, value, options) -> str:
 
 
 def reals(name: str, value) -> torch.Tensor:
-    """``value`` (a number, a list or a tensor of real numbers) as a float64 tensor; strings, None and complex numbers
-    are refused by ``name``."""
-    if isinstance(value, (str, bytes)) or value is None or (isinstance(value, torch.Tensor) and value.is_complex()):
-        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {describe(value)}")
+    """``value`` (a number, a sequence of numbers, a numpy array or a tensor) as a float64 tensor, detached, on its
+    device. A wrong kind of object (None, a string, something torch cannot convert) is a TypeError and complex numbers
+    a ValueError, each naming ``name``."""
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a number, an array or a tensor of real numbers; got {describe(value)}")
     try:
-        return torch.as_tensor(value, dtype=torch.float64)
+        t = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be a number or a tensor of real numbers; got {describe(value)}") from None
+        raise TypeError(f"{name} must be a number, an array or a tensor of real numbers; got {describe(value)}") \
+            from None
+    if t.is_complex():
+        raise ValueError(f"{name} must be real; got {describe(value)}")
+    return t.detach().to(torch.float64)
+
+
+def broadcasts(name: str, value: torch.Tensor, like: torch.Tensor, like_name: str = "x") -> torch.Tensor:
+    """``value`` unchanged if it broadcasts against ``like`` to ``like``'s own shape, else a ValueError naming both."""
+    try:
+        ok = torch.broadcast_shapes(value.shape, like.shape) == like.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must broadcast against {like_name} {tuple(like.shape)}; got shape {tuple(value.shape)}")
+    return value
 
 
 def tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None, floating: bool = True, finite: bool = False,
